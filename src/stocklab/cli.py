@@ -1,0 +1,92 @@
+"""Command line: `stocklab <job> --param value ...` (the MLproject entry points call this).
+
+    stocklab train --data sample --model lstm --epochs 5
+    python -m stocklab.cli train --model cnn2d --variant deep
+
+Arguments are generated from the config dataclasses, so a default lives in exactly one place.
+Model hyper-parameters (e.g. --hidden_size, --variant) come from the chosen model's config.
+User errors print one line (`stocklab: error: <param or file>: <problem>`) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from stocklab.config import StockLabError, TrainConfig, update
+from stocklab.models import MODELS
+
+
+def _add_fields(parser: argparse.ArgumentParser, cfg, seen: set[str]) -> None:
+    for f in dataclasses.fields(cfg):
+        if f.name in seen:
+            continue
+        seen.add(f.name)
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        default = getattr(cfg, f.name)
+        helptext = f.metadata.get("help", "")
+        parser.add_argument(*names, dest=f.name, default=None, help=f"{helptext} (default: {default})")
+
+
+def _split_model_args(args: dict, model: str) -> dict:
+    """Model-config values given on the command line; error if they belong to another model."""
+    if model not in MODELS:
+        raise StockLabError(f"model: unknown model '{model}' (choose from {', '.join(MODELS)})")
+    own = {f.name for f in dataclasses.fields(MODELS[model][1])}
+    out = {}
+    for key, val in args.items():
+        if val is None or key in {f.name for f in dataclasses.fields(TrainConfig)}:
+            continue
+        if key not in own:
+            raise StockLabError(f"{key}: not a parameter of model '{model}' (it has: {', '.join(sorted(own))})")
+        out[key] = val
+    return out
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="stocklab train", description="Train one model (one MLflow run).")
+    seen: set[str] = set()
+    _add_fields(p, TrainConfig(), seen)
+    for _, default_cfg in MODELS.values():
+        _add_fields(p, default_cfg, seen)
+    return p
+
+
+def cmd_train(argv: list[str]) -> int:
+    args, unknown = _train_parser().parse_known_args(argv)
+    if unknown:
+        raise StockLabError(f"{unknown[0].lstrip('-')}: unknown parameter for train")
+    values = vars(args)
+    cfg = update(
+        TrainConfig(), {k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
+    )
+    model_args = _split_model_args(values, cfg.model)
+    from stocklab.train import run_train  # heavy imports (torch, mlflow) only when needed
+
+    result = run_train(cfg, model_args)
+    print(
+        f"run {result['run_id']}: test_mse={result['test_mse']:.6g} naive_mse={result['naive_mse']:.6g} "
+        f"mse_skill={result['mse_skill']:.4f} best_epoch={result['best_epoch']} "
+        f"train_time_s={result['train_time_s']:.1f}"
+    )
+    return 0
+
+
+COMMANDS = {"train": cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: stocklab {{{','.join(COMMANDS)}}} [--param value ...]", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except StockLabError as e:
+        print(f"stocklab: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

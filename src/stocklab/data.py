@@ -1,0 +1,232 @@
+"""Load daily bars from any supported source, validate them, and cache the clean panel.
+
+Sources (one `data` string, auto-detected):
+  * ``sample``                  the 20 real S&P 500 daily closes that ship inside skfolio;
+  * a directory of CSV files    one ticker per file (``AAPL_data.csv``, ``AAPL.US_D1.csv``, ...);
+  * a CSV or Parquet file       long format with a ticker column.
+
+Cleaning rules (each counted in the data report logged to every run):
+  * duplicated (ticker, date) rows: the last one is kept;
+  * a missing or non-positive price (open/high/low/close present in the file): row dropped;
+  * ``high < low``: row dropped (which side is wrong cannot be told, so nothing is invented);
+  * open or close outside [low, high]: high/low widened to include them (repaired);
+  * missing or negative volume: row dropped (zero volume is kept: a real halted day).
+Errors (one line, naming the file): no files, a missing date/close/ticker column,
+unparseable dates, intraday timestamps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stocklab.config import StockLabError
+
+PRICE_COLS = ("open", "high", "low", "close")
+VALUE_COLS = ("open", "high", "low", "close", "volume", "vwap")
+DATE_NAMES = ("date", "datetime", "timestamp", "time")
+TICKER_NAMES = ("name", "ticker", "symbol")
+CACHE_VERSION = "1"  # bump when cleaning rules change so old caches are not reused
+
+
+@dataclass
+class DataReport:
+    """What was read, what was dropped or repaired and why; logged as data_report.json."""
+
+    source: str
+    fingerprint: str = ""
+    files: int = 0
+    rows_read: int = 0
+    rows_kept: int = 0
+    dropped: dict = field(default_factory=dict)
+    repaired: dict = field(default_factory=dict)
+    tickers: int = 0
+    date_min: str = ""
+    date_max: str = ""
+    columns: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def ticker_from_filename(path: Path) -> str:
+    """`AAPL_data.csv`, `AAPL.US_D1.csv` and `AAPL.csv` all give `AAPL`."""
+    stem = path.name
+    for suffix in (".csv.gz", ".csv", ".parquet"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    stem = re.sub(r"_data$", "", stem, flags=re.IGNORECASE)
+    stem = re.sub(r"\.[A-Z]{2}_[A-Z]\d+$", "", stem)  # `.US_D1` exchange/timeframe suffix
+    return stem
+
+
+def _normalise(df: pd.DataFrame, where: str, ticker: str | None) -> pd.DataFrame:
+    """Map columns case-insensitively to date, ticker, open..vwap; parse and check dates."""
+    lower = {str(c).strip().lower(): c for c in df.columns}
+    date_col = next((lower[n] for n in DATE_NAMES if n in lower), None)
+    if date_col is None:
+        raise StockLabError(f"{where}: missing date column (expected one of {DATE_NAMES})")
+    if "close" not in lower and "adj close" not in lower:
+        raise StockLabError(f"{where}: missing required column 'close'")
+    out = pd.DataFrame(index=df.index)
+    raw_dates = df[date_col]
+    dates = pd.to_datetime(raw_dates, errors="coerce", format="mixed")
+    bad = dates.isna() & raw_dates.notna()
+    if bad.any():
+        example = raw_dates[bad].iloc[0]
+        raise StockLabError(f"{where}: unparseable date {example!r} in column '{date_col}'")
+    if getattr(dates.dt, "tz", None) is not None:
+        dates = dates.dt.tz_localize(None)
+    if (dates != dates.dt.normalize()).any():
+        example = dates[dates != dates.dt.normalize()].iloc[0]
+        raise StockLabError(
+            f"{where}: intraday timestamps (e.g. {example}); daily bars are required, resample to one row per day first"
+        )
+    out["date"] = dates.astype("datetime64[ns]")
+    if ticker is None:
+        tcol = next((lower[n] for n in TICKER_NAMES if n in lower), None)
+        if tcol is None:
+            raise StockLabError(f"{where}: missing ticker column (expected one of {TICKER_NAMES})")
+        out["ticker"] = df[tcol].astype(str)
+    else:
+        # a Name column inside a per-ticker file wins over the file name
+        tcol = next((lower[n] for n in TICKER_NAMES if n in lower), None)
+        out["ticker"] = df[tcol].astype(str) if tcol is not None else ticker
+    for col in VALUE_COLS:
+        src = lower.get(col)
+        if col == "close" and src is None:
+            src = lower["adj close"]
+        if src is not None:
+            out[col] = pd.to_numeric(df[src], errors="coerce").astype("float64")
+    return out[out["date"].notna()]
+
+
+def _clean(df: pd.DataFrame, report: DataReport) -> pd.DataFrame:
+    """Apply the documented cleaning rules, counting every dropped or repaired row."""
+    dropped, repaired = report.dropped, report.repaired
+
+    def drop(mask: pd.Series, reason: str) -> pd.DataFrame:
+        n = int(mask.sum())
+        if n:
+            dropped[reason] = dropped.get(reason, 0) + n
+        return df[~mask]
+
+    df = df.sort_values(["ticker", "date"], kind="stable")
+    df = drop(df.duplicated(["ticker", "date"], keep="last"), "duplicate_ticker_date")
+    prices = [c for c in PRICE_COLS if c in df.columns]
+    df = drop(df[prices].isna().any(axis=1), "missing_price")
+    df = drop((df[prices] <= 0).any(axis=1), "nonpositive_price")
+    if "high" in df.columns and "low" in df.columns:
+        df = drop(df["high"] < df["low"], "high_below_low")
+        body = [c for c in ("open", "close") if c in df.columns]
+        hi, lo = df[body].max(axis=1), df[body].min(axis=1)
+        fix = (hi > df["high"]) | (lo < df["low"])
+        if fix.any():
+            repaired["open_close_outside_high_low"] = int(fix.sum())
+            df = df.assign(high=np.maximum(df["high"], hi), low=np.minimum(df["low"], lo))
+    if "volume" in df.columns:
+        df = drop(df["volume"].isna() | (df["volume"] < 0), "bad_volume")
+    if "vwap" in df.columns:
+        df = drop(df["vwap"].isna() | (df["vwap"] <= 0), "bad_vwap")
+    return df.reset_index(drop=True)
+
+
+def _files_fingerprint(paths: list[Path]) -> str:
+    h = hashlib.sha256(CACHE_VERSION.encode())
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+        raise StockLabError(f"{path}: cannot be read as a table ({str(e).splitlines()[0]})") from None
+
+
+def _load_sample() -> tuple[pd.DataFrame, str]:
+    import skfolio
+    from skfolio.datasets import load_sp500_dataset
+
+    wide = load_sp500_dataset()  # (dates, 20 tickers) of adjusted closes, shipped in the wheel
+    long = wide.rename_axis("date").reset_index().melt("date", var_name="ticker", value_name="close")
+    long["date"] = pd.to_datetime(long["date"]).astype("datetime64[ns]")
+    long = long.dropna(subset=["close"])
+    return long, hashlib.sha256(f"skfolio-sp500-{skfolio.__version__}".encode()).hexdigest()
+
+
+def load_panel(data: str, cache_dir: str | None = ".stocklab_cache") -> tuple[pd.DataFrame, DataReport]:
+    """Return the clean long panel (date, ticker, close[, open, high, low, volume, vwap]) and report.
+
+    The clean panel is cached as Parquet under `cache_dir`, keyed by a fingerprint of the
+    input files' bytes, so repeated runs (e.g. trials of one study) parse the CSVs once.
+    """
+    if data == "sample":
+        raw, fp = _load_sample()
+        report = DataReport(source="sample (skfolio load_sp500_dataset)", fingerprint=fp, files=1)
+        return _finish(raw, report), report
+
+    path = Path(data).expanduser()
+    if path.is_dir():
+        files = sorted(
+            p for p in path.iterdir() if p.is_file() and re.search(r"\.(csv|csv\.gz|parquet)$", p.name, re.I)
+        )
+        if not files:
+            raise StockLabError(f"data: folder '{data}' contains no .csv or .parquet files")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise StockLabError(f"data: '{data}' is not 'sample', an existing folder or a file")
+
+    fp = _files_fingerprint(files)
+    cache = Path(cache_dir) if cache_dir else None
+    if cache is not None:
+        cached, meta = cache / f"panel-{fp[:20]}.parquet", cache / f"panel-{fp[:20]}.json"
+        if cached.exists() and meta.exists():
+            report = DataReport(**json.loads(meta.read_text()))
+            return pd.read_parquet(cached), report
+
+    report = DataReport(source=str(path.resolve()), fingerprint=fp, files=len(files))
+    frames = []
+    for f in files:
+        table = _read_table(f)
+        if table.empty:
+            report.dropped["empty_file"] = report.dropped.get("empty_file", 0) + 1
+            continue
+        ticker = ticker_from_filename(f) if path.is_dir() else None
+        frames.append(_normalise(table, str(f), ticker))
+    if not frames:
+        raise StockLabError(f"data: '{data}' has no rows")
+    # files may differ in optional columns; keep the columns every file has
+    common = set.intersection(*(set(f.columns) for f in frames))
+    cols = [c for c in ("date", "ticker", *VALUE_COLS) if c in common]
+    panel = _finish(pd.concat([f[cols] for f in frames], ignore_index=True), report)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        panel.to_parquet(cached)
+        meta.write_text(json.dumps(report.to_dict()))
+    return panel, report
+
+
+def _finish(raw: pd.DataFrame, report: DataReport) -> pd.DataFrame:
+    report.rows_read = int(len(raw))
+    panel = _clean(raw, report)
+    if panel.empty:
+        raise StockLabError(f"data: '{report.source}' has no valid rows after cleaning")
+    report.rows_kept = int(len(panel))
+    report.tickers = int(panel["ticker"].nunique())
+    report.date_min = str(panel["date"].min().date())
+    report.date_max = str(panel["date"].max().date())
+    report.columns = [c for c in panel.columns if c not in ("date", "ticker")]
+    return panel

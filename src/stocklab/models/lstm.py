@@ -1,0 +1,36 @@
+"""Stacked LSTM (the LSTM lab): dropout between layers, optional batch norm before the head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LSTMConfig:
+    hidden_size: int = 32
+    num_layers: int = 2
+    dropout: float = 0.1  # between LSTM layers and before the head
+    batch_norm: bool = False  # BatchNorm1d on the last hidden state
+
+
+class LSTM(nn.Module):
+    def __init__(self, n_features: int, seq_len: int, cfg: LSTMConfig):
+        super().__init__()
+        self.rnn = nn.LSTM(
+            n_features,
+            cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,  # torch applies it between layers
+            batch_first=True,
+        )
+        self.norm = nn.BatchNorm1d(cfg.hidden_size) if cfg.batch_norm else nn.Identity()
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.hidden_size, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
+        out, _ = self.rnn(x)  # (B, T, H)
+        h = self.drop(self.norm(out[:, -1]))  # last step's state: (B, H)
+        return self.head(h).squeeze(-1)  # (B,)

@@ -1,0 +1,143 @@
+"""MLflow helpers: params, dataset fingerprint, the model bundle (weights + scaler + features), plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files, never windows
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from mlflow.models.signature import ModelSignature  # noqa: E402
+from mlflow.types.schema import Schema, TensorSpec  # noqa: E402
+
+BUNDLE_FILE = "preprocess.json"
+
+
+def log_params_once(params: dict) -> None:
+    """Log params, skipping keys the run already has (`mlflow run` logs the -P values itself,
+    and MLflow refuses to change a param, e.g. '1e-3' vs '0.001')."""
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
+    fresh = {k: v for k, v in params.items() if k not in existing}
+    items = list(fresh.items())
+    for i in range(0, len(items), 100):  # MLflow's per-call param limit
+        mlflow.log_params(dict(items[i : i + 100]))
+
+
+def environment_params(device: torch.device) -> dict:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    import pandas
+
+    return {
+        "device": str(device),
+        "git_commit": commit or "unknown",
+        "python_version": platform.python_version(),
+        "torch_version": torch.__version__,
+        "mlflow_version": mlflow.__version__,
+        "pandas_version": pandas.__version__,
+        "numpy_version": np.__version__,
+    }
+
+
+def dataset_params(report) -> dict:
+    return {
+        "data_fingerprint": report.fingerprint[:16],
+        "data_source": report.source[:250],
+        "data_files": report.files,
+        "data_tickers": report.tickers,
+        "data_date_range": f"{report.date_min}..{report.date_max}",
+        "data_rows_read": report.rows_read,
+        "data_rows_dropped": sum(report.dropped.values()) - report.dropped.get("short_tickers", 0),
+    }
+
+
+def config_params(*configs) -> dict:
+    out = {}
+    for c in configs:
+        out.update(dataclasses.asdict(c))
+    return out
+
+
+def log_json(obj: dict, artifact_file: str) -> None:
+    mlflow.log_dict(obj, artifact_file)
+
+
+def signature_for(seq_len: int, n_features: int) -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, seq_len, n_features))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]),
+    )
+
+
+def log_model(model: torch.nn.Module, example: np.ndarray, bundle: dict, registered_name: str | None = None):
+    """Log the model (torch.export `pt2`, MLflow 3's default; pickle if export fails) together
+    with `preprocess.json` (scaler, feature config) so it can score raw bars on its own."""
+    model = model.to("cpu").eval()
+    sig = signature_for(example.shape[1], example.shape[2])
+    torch_req = torch.__version__.split("+")[0]
+    reqs = [f"torch=={torch_req}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / BUNDLE_FILE
+        path.write_text(json.dumps(bundle))
+        kwargs = dict(
+            name="model",
+            signature=sig,
+            input_example=example.astype(np.float32),
+            extra_files=[str(path)],
+            pip_requirements=reqs,  # explicit: skips MLflow's slow requirement inference
+            registered_model_name=registered_name,
+        )
+        try:
+            info = mlflow.pytorch.log_model(model, serialization_format="pt2", **kwargs)
+            fmt = "pt2"
+        except Exception as e:  # noqa: BLE001 - e.g. an op torch.export cannot trace
+            mlflow.set_tag("model_pt2_error", str(e).splitlines()[0][:500])
+            info = mlflow.pytorch.log_model(model, serialization_format="pickle", **kwargs)
+            fmt = "pickle"
+    mlflow.set_tag("model_serialization", fmt)
+    return info
+
+
+def load_bundle(model_uri: str):
+    """(callable model, bundle dict) from a logged model URI (runs:/..., models:/...)."""
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    model = mlflow.pytorch.load_model(str(local))
+    found = list(local.rglob(BUNDLE_FILE))
+    if not found:
+        raise FileNotFoundError(f"{model_uri}: no {BUNDLE_FILE} in the logged model")
+    return model, json.loads(found[0].read_text())
+
+
+def loss_curve(train_loss: list[float], valid_loss: list[float], best_epoch: int):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = np.arange(1, len(train_loss) + 1)
+    ax.plot(epochs, train_loss, marker="o", label="train")
+    ax.plot(epochs, valid_loss, marker="o", label="valid")
+    if best_epoch:
+        ax.axvline(best_epoch, color="grey", ls="--", label=f"best epoch {best_epoch}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("Loss curves")
+    fig.tight_layout()
+    return fig
+
+
+def log_figure(fig, artifact_file: str) -> None:
+    mlflow.log_figure(fig, artifact_file)
+    plt.close(fig)

@@ -1,0 +1,157 @@
+"""The `train` job: one model, one configuration -> one MLflow run.
+
+Run it as an MLflow Project entry point::
+
+    mlflow run . -e train --env-manager local -P data=../shared/data/sp500_5yr -P model=lstm
+
+or directly: ``stocklab train --data sample --model cnn2d --variant deep``.
+Flow: load -> validate -> features -> split -> scale (train only) -> windows -> fit -> score -> log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+
+from stocklab import tracking
+from stocklab.config import StockLabError, TrainConfig
+from stocklab.data import DataReport, load_panel
+from stocklab.features import Panel, build_panel, resolve_feature_set
+from stocklab.models import build_model, model_config
+from stocklab.training import History, configure_cpu_threads, fit, mse, resolve_device, set_seed
+from stocklab.windows import Scaler, WindowSet, drop_short_tickers
+
+
+@dataclass
+class Prepared:
+    """Everything between raw files and the trainer."""
+
+    ws: WindowSet
+    panel: Panel
+    report: DataReport
+    features: str
+
+
+def prepare(cfg: TrainConfig, device="cpu", scaler: Scaler | None = None) -> Prepared:
+    """Load, clean, featurise, split and scale. `scaler` (from a logged model) skips fitting."""
+    raw, report = load_panel(cfg.data, cfg.cache_dir)
+    features = resolve_feature_set(cfg.features, report.columns)
+    if cfg.max_tickers:
+        keep = sorted(raw["ticker"].unique())[: cfg.max_tickers]
+        raw = raw[raw["ticker"].isin(keep)]
+    panel = build_panel(raw, features, cfg.horizon, cfg.label_scale)
+    panel, n_short = drop_short_tickers(panel, cfg.seq_len, cfg.horizon)
+    report.dropped["short_tickers"] = n_short
+    ws = WindowSet(panel, cfg.seq_len, cfg.horizon, cfg.split_fractions(), cfg.scaler, device, scaler)
+    for split in ("train", "valid", "test"):
+        if ws.size(split) == 0:
+            raise StockLabError(
+                f"data: the {split} split has no complete windows (seq_len={cfg.seq_len}, "
+                f"horizon={cfg.horizon}, split={cfg.split}); use more data or shorter windows"
+            )
+    return Prepared(ws, panel, report, features)
+
+
+def bundle_for(cfg: TrainConfig, mcfg, prep: Prepared) -> dict:
+    """What a logged model needs to score raw bars: feature recipe, scaler, window shape."""
+    return {
+        "model": cfg.model,
+        "model_config": dataclasses.asdict(mcfg),
+        "features": prep.features,
+        "feature_names": prep.panel.feature_names,
+        "seq_len": cfg.seq_len,
+        "horizon": cfg.horizon,
+        "label_scale": cfg.label_scale,
+        "split": cfg.split,
+        "tickers": prep.panel.tickers,
+        "scaler": prep.ws.scaler.to_dict(),
+    }
+
+
+def run_train(
+    cfg: TrainConfig,
+    model_overrides: dict | None = None,
+    nested: bool = False,
+    on_epoch=None,
+    registered_name: str | None = None,
+) -> dict:
+    """Train one model inside an MLflow run (the one `mlflow run` opened, or a new one)."""
+    cfg.validate()
+    mcfg = model_config(cfg.model, model_overrides)
+    configure_cpu_threads()
+    device = resolve_device(cfg.device)
+    prep = prepare(cfg, device)
+    ws = prep.ws
+    with mlflow.start_run(nested=nested) as run:
+        tracking.log_params_once(
+            {
+                **tracking.config_params(cfg, mcfg),
+                "features_resolved": prep.features,
+                "n_features": ws.n_features,
+                "n_train": ws.size("train"),
+                "n_valid": ws.size("valid"),
+                "n_test": ws.size("test"),
+                **tracking.dataset_params(prep.report),
+                **tracking.environment_params(device),
+            }
+        )
+        tracking.log_json(prep.report.to_dict(), "data_report.json")
+
+        set_seed(cfg.seed)
+        model = build_model(cfg.model, ws.n_features, cfg.seq_len, mcfg)
+        n_params = sum(p.numel() for p in model.parameters())
+        mlflow.log_param("n_params", n_params)
+
+        def log_epoch(epoch, train_loss, valid_loss, lr):
+            mlflow.log_metrics({"train_loss": train_loss, "valid_loss": valid_loss, "lr": lr}, step=epoch)
+            if on_epoch is not None:
+                on_epoch(epoch, train_loss, valid_loss, lr)
+
+        hist: History = fit(model, ws, cfg, on_epoch=log_epoch)
+
+        test_mse = mse(model, ws, "test", cfg.eval_batch_size)
+        y_test = ws.y[ws.index["test"]].double()
+        naive_mse = float((y_test**2).mean())  # the zero forecast, in label units
+        metrics = {
+            "test_mse": test_mse,
+            "valid_mse_min": hist.best_valid,
+            "best_epoch": hist.best_epoch,
+            "train_time_s": hist.train_time_s,
+            "train_samples_per_s": hist.samples_per_s,
+            "naive_mse": naive_mse,
+            "mse_skill": test_mse / naive_mse if naive_mse > 0 else float("nan"),
+            "epochs_run": len(hist.train_loss),
+        }
+        mlflow.log_metrics(metrics)
+        tracking.log_figure(
+            tracking.loss_curve(hist.train_loss, hist.valid_loss, hist.best_epoch), "plots/loss_curve.png"
+        )
+        bundle = bundle_for(cfg, mcfg, prep)
+        tracking.log_json(bundle, BUNDLE_ARTIFACT)
+        n, t = (a[:2] for a in ws.index["test"])
+        example = ws.gather(n, t).cpu().numpy()  # (2, T, F): batch > 1 keeps the batch dim dynamic
+        tracking.log_model(model, example, bundle, registered_name=registered_name)
+        return {"run_id": run.info.run_id, **metrics, "n_params": n_params}
+
+
+BUNDLE_ARTIFACT = "model_bundle/preprocess.json"
+
+
+def predictions_frame(model, ws: WindowSet, split: str, batch_size: int = 8192):
+    """Test predictions as a long DataFrame (date, ticker, prediction, label)."""
+    import pandas as pd
+
+    from stocklab.training import predict
+
+    pred, y, n, t = predict(model, ws, split, batch_size)
+    return pd.DataFrame(
+        {
+            "date": ws.panel.dates[t],
+            "ticker": np.asarray(ws.panel.tickers)[n],
+            "prediction": pred,
+            "label": y,
+        }
+    )

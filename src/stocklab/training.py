@@ -1,0 +1,139 @@
+"""One trainer for every model: Adam + MSE, early stopping, best state restored.
+
+The loop is deliberately short (nanoGPT style). Batches are gathered from the resident panel
+tensor (windows.WindowSet), so there is no DataLoader and no per-step host synchronisation:
+the epoch loss is accumulated on the device and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from stocklab.config import StockLabError, TrainConfig
+from stocklab.windows import WindowSet
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class History:
+    train_loss: list[float] = field(default_factory=list)
+    valid_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    best_valid: float = math.inf
+    train_time_s: float = 0.0
+    samples_per_s: float = 0.0
+
+
+def set_seed(seed: int) -> None:
+    """Seed every generator the pipeline touches (Python, NumPy, torch CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StockLabError("device: 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def configure_cpu_threads() -> None:
+    """Use every physical core for intra-op work unless the user pinned OMP_NUM_THREADS."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on CUDA: same exponent range as fp32, so no loss scaler is needed
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 8192):
+    """Predictions for every window of a split -> (pred, label, ticker_idx, day_idx) numpy arrays."""
+    model.eval()
+    preds, ys, ns, ts = [], [], [], []
+    for x, y, n, t in ws.batches(split, batch_size):
+        with _autocast(ws.device):
+            preds.append(model(x).float())
+        ys.append(y)
+        ns.append(n)
+        ts.append(t)
+    if not preds:
+        empty = np.zeros(0)
+        return empty, empty, empty.astype(int), empty.astype(int)
+    return tuple(torch.cat(a).cpu().numpy() for a in (preds, ys, ns, ts))
+
+
+@torch.no_grad()
+def mse(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 8192) -> float:
+    model.eval()
+    total = torch.zeros((), device=ws.device)
+    for x, y, _, _ in ws.batches(split, batch_size):
+        with _autocast(ws.device):
+            total += ((model(x).float() - y) ** 2).sum()
+    return float(total) / max(ws.size(split), 1)
+
+
+EpochCallback = Callable[[int, float, float, float], None]
+
+
+def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallback | None = None) -> History:
+    """Train `model` on ws's train split, early-stop on valid MSE, restore the best weights.
+
+    `on_epoch(epoch, train_loss, valid_loss, lr)` is called after every epoch (MLflow logging,
+    Optuna `trial.report`); it may raise to stop training (e.g. optuna.TrialPruned).
+    """
+    model.to(ws.device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)  # shuffling order, independent of model init
+    n_train = ws.size("train")
+    hist, best_state = History(), copy.deepcopy(model.state_dict())
+    start = time.perf_counter()
+    bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {type(model).__name__}", unit="epoch")
+    for epoch in bar:
+        model.train()
+        total = torch.zeros((), device=ws.device)
+        for x, y, _, _ in ws.batches("train", cfg.batch_size, gen):  # x: (B, T, F), y: (B,)
+            with _autocast(ws.device):
+                pred = model(x).float()
+            loss = torch.mean((pred - y) ** 2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * y.numel()  # stays on the device: no sync per step
+        train_loss = float(total) / n_train
+        valid_loss = mse(model, ws, "valid", cfg.eval_batch_size)
+        if not (math.isfinite(train_loss) and math.isfinite(valid_loss)):
+            raise TrainingDiverged(f"loss is not finite at epoch {epoch} (train {train_loss}, valid {valid_loss})")
+        hist.train_loss.append(train_loss)
+        hist.valid_loss.append(valid_loss)
+        bar.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}")
+        if on_epoch is not None:
+            on_epoch(epoch, train_loss, valid_loss, opt.param_groups[0]["lr"])
+        if valid_loss < hist.best_valid:
+            hist.best_valid, hist.best_epoch = valid_loss, epoch
+            best_state = copy.deepcopy(model.state_dict())
+        elif epoch - hist.best_epoch >= cfg.patience:
+            break
+    hist.train_time_s = time.perf_counter() - start
+    hist.samples_per_s = n_train * len(hist.train_loss) / max(hist.train_time_s, 1e-9)
+    model.load_state_dict(best_state)
+    model.eval()
+    return hist

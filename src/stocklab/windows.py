@@ -1,0 +1,192 @@
+"""Chronological splits with an embargo, train-only scaling, and lazily indexed windows.
+
+No window is ever materialised in advance: the panel stays one (tickers, days, features) tensor
+(on the GPU when training there) and a batch is a single advanced-indexing gather
+``X[n[:, None], t[:, None] + offsets]`` -> (B, seq_len, F).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from stocklab.config import StockLabError
+from stocklab.features import Panel
+
+SPLITS = ("train", "valid", "test")
+
+
+def split_bounds(n_days: int, fractions: tuple[float, float, float]) -> tuple[int, int]:
+    """Day indices where valid and test begin (chronological, by calendar date)."""
+    b1 = int(round(n_days * fractions[0]))
+    b2 = int(round(n_days * (fractions[0] + fractions[1])))
+    return b1, b2
+
+
+def end_day_ranges(n_days: int, fractions, horizon: int) -> dict[str, tuple[int, int]]:
+    """Half-open ranges of window *end* days per split.
+
+    A sample ending on day t has its label on day t + horizon, so train ends `horizon` days
+    before the valid boundary and valid ends `horizon` days before the test boundary: this
+    embargo keeps every label window inside its own split.
+    """
+    b1, b2 = split_bounds(n_days, fractions)
+    return {"train": (0, b1 - horizon), "valid": (b1, b2 - horizon), "test": (b2, n_days - horizon)}
+
+
+@dataclass
+class Scaler:
+    """Per-feature affine scaling fitted on the training days only: x' = (x - shift) / scale.
+
+    `shift` and `scale` are (1, F) for a global scaler or (N, F) per ticker.
+    """
+
+    kind: str
+    shift: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, X: np.ndarray, train_end: int, kind: str, skip_cols=()) -> Scaler:
+        N, _, F = X.shape
+        train = X[:, :train_end]  # (N, Dtrain, F): only days before the valid boundary
+        if kind == "none" or train_end <= 0:
+            return cls("none", np.zeros((1, F)), np.ones((1, F)))
+        per_ticker = kind.endswith("_ticker")
+        axis = 1 if per_ticker else (0, 1)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN tickers
+            if kind.startswith("standard"):
+                shift, scale = np.nanmean(train, axis=axis), np.nanstd(train, axis=axis)
+            else:
+                lo, hi = np.nanmin(train, axis=axis), np.nanmax(train, axis=axis)
+                shift, scale = lo, hi - lo
+        shift, scale = np.atleast_2d(shift).astype(np.float64), np.atleast_2d(scale).astype(np.float64)
+        if per_ticker:
+            # tickers with no training history use the global statistics
+            g = cls.fit(X, train_end, kind.replace("_ticker", ""))
+            missing = ~np.isfinite(shift) | ~np.isfinite(scale)
+            shift = np.where(missing, g.shift, shift)
+            scale = np.where(missing, g.scale, scale)
+        scale = np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
+        shift = np.where(np.isfinite(shift), shift, 0.0)
+        for c in skip_cols:
+            shift[:, c], scale[:, c] = 0.0, 1.0
+        return cls(kind, shift, scale)
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        return ((X - self.shift[:, None, :]) / self.scale[:, None, :]).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "shift": self.shift.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Scaler:
+        return cls(d["kind"], np.asarray(d["shift"]), np.asarray(d["scale"]))
+
+
+def valid_window_mask(X: np.ndarray, seq_len: int) -> np.ndarray:
+    """(N, D) bool: True where the window of `seq_len` days ending on day t is fully known."""
+    finite = np.isfinite(X).all(axis=-1)  # (N, D)
+    c = np.concatenate([np.zeros((X.shape[0], 1), np.int64), np.cumsum(finite, axis=1)], axis=1)
+    ok = np.zeros_like(finite)
+    ok[:, seq_len - 1 :] = (c[:, seq_len:] - c[:, :-seq_len]) == seq_len
+    return ok
+
+
+class WindowSet:
+    """The scaled panel as one tensor plus (ticker, end-day) indices per split."""
+
+    def __init__(
+        self,
+        panel: Panel,
+        seq_len: int,
+        horizon: int,
+        fractions,
+        scaler_kind: str,
+        device: str | torch.device = "cpu",
+        scaler: Scaler | None = None,
+    ):
+        self.panel, self.seq_len, self.horizon = panel, seq_len, horizon
+        N, D, F = panel.X.shape
+        if D < seq_len + 3 * horizon:
+            raise StockLabError(
+                f"data: only {D} trading days; seq_len={seq_len} and horizon={horizon} need "
+                f"at least {seq_len + 3 * horizon} for a train/valid/test split with embargo"
+            )
+        self.ranges = end_day_ranges(D, fractions, horizon)
+        train_end = split_bounds(D, fractions)[0]
+        # relative columns are normalised by construction, so the scaler leaves them alone
+        self.scaler = scaler or Scaler.fit(panel.X, train_end, scaler_kind, panel.relative_cols)
+        Xs = self.scaler.transform(panel.X)
+        ok = valid_window_mask(panel.X, seq_len)
+        labelled = ok & np.isfinite(panel.y)
+        self.device = torch.device(device)
+        self.X = torch.from_numpy(np.nan_to_num(Xs, nan=0.0)).to(self.device)  # (N, D, F)
+        self.y = torch.from_numpy(np.nan_to_num(panel.y, nan=0.0)).to(self.device)  # (N, D)
+        self.offsets = torch.arange(-seq_len + 1, 1, device=self.device)  # (T,)
+        self.rel_cols = torch.tensor(panel.relative_cols, dtype=torch.long, device=self.device)
+        self.rel_ref = torch.tensor(panel.relative_ref, dtype=torch.long, device=self.device)
+        self.index: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for name, (lo, hi) in self.ranges.items():
+            m = np.zeros_like(labelled)
+            m[:, max(lo, 0) : max(hi, 0)] = True
+            n, t = np.nonzero(labelled & m)
+            order = np.lexsort((n, t))  # by date, then ticker: stable, readable order
+            self.index[name] = (
+                torch.from_numpy(n[order]).to(self.device),
+                torch.from_numpy(t[order]).to(self.device),
+            )
+        self.latest_ok = ok  # windows usable for prediction (no label needed)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[-1])
+
+    def size(self, split: str) -> int:
+        return int(self.index[split][0].numel())
+
+    def gather(self, n: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """(B,) ticker and end-day indices -> (B, T, F) windows, one gather, no copies kept."""
+        x = self.X[n[:, None], t[:, None] + self.offsets[None, :]]  # (B, T, F)
+        if self.rel_cols.numel():
+            # log(x / x_ref on the window's last day): subtract the last day's log reference
+            x = x.clone()
+            x[..., self.rel_cols] = x[..., self.rel_cols] - x[:, -1:, self.rel_ref]
+        return x
+
+    def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None):
+        """Yield (x (B,T,F), y (B,), n (B,), t (B,)); shuffled when a generator is given."""
+        n_all, t_all = self.index[split]
+        if generator is not None:
+            perm = torch.randperm(n_all.numel(), generator=generator).to(self.device)
+            n_all, t_all = n_all[perm], t_all[perm]
+        for i in range(0, n_all.numel(), batch_size):
+            n, t = n_all[i : i + batch_size], t_all[i : i + batch_size]
+            yield self.gather(n, t), self.y[n, t], n, t
+
+
+def drop_short_tickers(panel: Panel, seq_len: int, horizon: int) -> tuple[Panel, int]:
+    """Drop tickers with fewer rows than one window plus the horizon; error if none is left."""
+    rows = np.isfinite(panel.X).all(axis=-1).sum(axis=1)  # (N,)
+    keep = rows >= seq_len + horizon
+    n_short = int((~keep).sum())
+    if not keep.any():
+        raise StockLabError(
+            f"data: no ticker has at least seq_len + horizon = {seq_len + horizon} usable rows "
+            f"(longest has {int(rows.max()) if rows.size else 0})"
+        )
+    if n_short:
+        panel = Panel(
+            tickers=[t for t, k in zip(panel.tickers, keep) if k],
+            dates=panel.dates,
+            X=panel.X[keep],
+            y=panel.y[keep],
+            close=panel.close[keep],
+            feature_names=panel.feature_names,
+            relative_cols=panel.relative_cols,
+            relative_ref=panel.relative_ref,
+        )
+    return panel, n_short

@@ -1,0 +1,110 @@
+"""Data layer: formats, cleaning rules and their counts, caching, clear errors."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from conftest import synthetic_bars, write_ticker_csvs
+
+from stocklab.config import StockLabError
+from stocklab.data import load_panel, ticker_from_filename
+
+
+@pytest.mark.parametrize(
+    "name, ticker",
+    [("AAPL_data.csv", "AAPL"), ("AAPL.US_D1.csv", "AAPL"), ("AAPL.csv", "AAPL"), ("brk_b.parquet", "brk_b")],
+)
+def test_ticker_from_filename(tmp_path, name, ticker):
+    assert ticker_from_filename(tmp_path / name) == ticker
+
+
+@pytest.mark.parametrize("style", ["data", "us"])
+def test_per_ticker_folder_formats(tmp_path, bars, style):
+    folder = write_ticker_csvs(bars, tmp_path / style, style=style)
+    panel, report = load_panel(str(folder), cache_dir=None)
+    assert sorted(panel["ticker"].unique()) == sorted(bars["Name"].unique())
+    assert len(panel) == len(bars) and report.rows_kept == len(bars)
+    assert {"open", "high", "low", "close", "volume"} <= set(panel.columns)
+    assert report.dropped == {}
+
+
+def test_long_parquet_file(tmp_path, bars):
+    path = tmp_path / "long.parquet"
+    bars.rename(columns={"Name": "Ticker", "date": "Date"}).to_parquet(path)
+    panel, report = load_panel(str(path), cache_dir=None)
+    assert report.tickers == bars["Name"].nunique() and len(panel) == len(bars)
+
+
+def test_sample_is_close_only_real_data():
+    panel, report = load_panel("sample", cache_dir=None)
+    assert report.tickers == 20 and report.columns == ["close"]
+    assert report.date_min.startswith("1990") and (panel["close"] > 0).all()
+
+
+def test_dirty_rows_are_dropped_or_repaired_and_counted(tmp_path):
+    df = synthetic_bars(n_tickers=2, n_days=50)
+    df.loc[3, "open"] = float("nan")  # missing price
+    df.loc[4, "close"] = -1.0  # non-positive price
+    df.loc[5, ["high", "low"]] = [1.0, 2.0]  # high < low
+    df.loc[6, "high"] = df.loc[6, ["open", "close"]].min()  # close/open above high -> repaired
+    df.loc[7, "volume"] = -5  # bad volume
+    df = pd.concat([df, df.iloc[[10]]])  # duplicated (ticker, date)
+    folder = write_ticker_csvs(df, tmp_path / "dirty")
+    panel, report = load_panel(str(folder), cache_dir=None)
+    assert report.dropped == {
+        "duplicate_ticker_date": 1,
+        "missing_price": 1,
+        "nonpositive_price": 1,
+        "high_below_low": 1,
+        "bad_volume": 1,
+    }
+    assert report.repaired == {"open_close_outside_high_low": 1}
+    assert report.rows_read == 101 and report.rows_kept == 96 == len(panel)
+    assert (panel["high"] >= panel[["open", "close"]].max(axis=1)).all()
+    assert not panel.duplicated(["ticker", "date"]).any()
+
+
+def test_cache_is_keyed_by_file_contents(tmp_path, csv_dir):
+    cache = tmp_path / "cache"
+    first, _ = load_panel(str(csv_dir), cache_dir=str(cache))
+    assert len(list(cache.glob("panel-*.parquet"))) == 1
+    again, rep = load_panel(str(csv_dir), cache_dir=str(cache))
+    pd.testing.assert_frame_equal(first, again)
+    # changing a file changes the fingerprint -> a second cache entry, new data
+    f = sorted(csv_dir.iterdir())[0]
+    d = pd.read_csv(f).iloc[:-10]
+    d.to_csv(f, index=False)
+    changed, rep2 = load_panel(str(csv_dir), cache_dir=str(cache))
+    assert rep2.fingerprint != rep.fingerprint and len(changed) == len(first) - 10
+    assert len(list(cache.glob("panel-*.parquet"))) == 2
+
+
+def _one_file(tmp_path, df, name="BAD_data.csv"):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    df.to_csv(folder / name, index=False)
+    return str(folder), str(folder / name)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.drop(columns="close"), "missing required column 'close'"),
+        (lambda d: d.drop(columns="date"), "missing date column"),
+        (lambda d: d.assign(date=["not a date"] + list(d["date"][1:])), "unparseable date 'not a date'"),
+        (lambda d: d.assign(date=pd.to_datetime(d["date"]) + pd.Timedelta(hours=9, minutes=30)), "intraday"),
+    ],
+)
+def test_bad_files_give_one_line_errors_naming_the_file(tmp_path, mutate, message):
+    folder, file = _one_file(tmp_path, mutate(synthetic_bars(n_tickers=1, n_days=30)))
+    with pytest.raises(StockLabError) as e:
+        load_panel(folder, cache_dir=None)
+    assert message in str(e.value) and file in str(e.value) and "\n" not in str(e.value)
+
+
+def test_empty_folder_and_missing_path(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StockLabError, match="contains no .csv"):
+        load_panel(str(tmp_path / "empty"), cache_dir=None)
+    with pytest.raises(StockLabError, match="is not 'sample', an existing folder or a file"):
+        load_panel(str(tmp_path / "nope"), cache_dir=None)

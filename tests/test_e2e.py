@@ -1,0 +1,72 @@
+"""End to end through `mlflow run . -e train --env-manager local`, as a user runs it."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+from stocklab.tracking import load_bundle
+
+pytestmark = pytest.mark.e2e
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+
+def mlflow_run(entry: str, params: dict, tracking_uri: str, cwd: Path):
+    cmd = [MLFLOW, "run", str(ROOT), "-e", entry, "--env-manager", "local"]
+    for k, v in params.items():
+        cmd += ["-P", f"{k}={v}"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_mlflow_run_train_end_to_end(tmp_path, csv_dir, tracking):
+    r = mlflow_run(
+        "train",
+        {
+            "data": csv_dir,
+            "model": "lstm",
+            "epochs": 2,
+            "seq_len": 10,
+            "horizon": 5,
+            "batch_size": 64,
+            "hidden_size": 8,
+            "lr": "1e-3",
+        },
+        tracking,
+        tmp_path,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert len(runs) == 1 and runs.loc[0, "status"] == "FINISHED"
+    run = mlflow.get_run(runs.loc[0, "run_id"])
+    for k in ("test_mse", "valid_mse_min", "best_epoch", "train_time_s", "naive_mse", "mse_skill"):
+        assert math.isfinite(run.data.metrics[k]), k
+    p = run.data.params
+    assert p["hidden_size"] == "8" and p["epochs"] == "2" and p["lr"] == "1e-3" and p["data"] == str(csv_dir)
+    model, bundle = load_bundle(f"runs:/{run.info.run_id}/model")
+    with torch.no_grad():
+        out = model(torch.randn(3, 10, 7))
+    assert out.shape == (3,) and torch.isfinite(out).all()
+    assert np.asarray(bundle["scaler"]["shift"]).shape == (1, 7)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [({"data": "/no/such/dir"}, "data: '/no/such/dir' is not"), ({"model": "nope"}, "model: unknown model")],
+)
+def test_mlflow_run_bad_input_fails_cleanly(tmp_path, tracking, params, message):
+    r = mlflow_run("train", params, tracking, tmp_path)
+    assert r.returncode != 0
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("stocklab: error:")]
+    assert len(errors) == 1 and message in errors[0]
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert list(runs["status"]) == ["FAILED"]  # recorded, marked failed, nothing lost

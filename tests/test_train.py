@@ -1,0 +1,110 @@
+"""The train job in-process: what a run records, determinism, the logged model, CLI errors."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+
+from stocklab.config import TrainConfig
+from stocklab.tracking import load_bundle
+from stocklab.train import prepare, run_train
+from stocklab.windows import Scaler
+
+SUMMARY = ("test_mse", "valid_mse_min", "best_epoch", "train_time_s", "naive_mse", "mse_skill")
+
+
+def _cfg(data, **kw) -> TrainConfig:
+    base = dict(data=str(data), horizon=5, seq_len=10, epochs=2, batch_size=64, cache_dir="")
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("model", ["lstm", "cnn2d"])
+def test_run_records_params_metrics_artifacts_and_model(tracking, csv_dir, model):
+    res = run_train(_cfg(csv_dir, model=model))
+    run = mlflow.get_run(res["run_id"])
+    m, p = run.data.metrics, run.data.params
+    for k in SUMMARY:
+        assert math.isfinite(m[k]), k
+    assert m["mse_skill"] == pytest.approx(m["test_mse"] / m["naive_mse"])
+    assert p["model"] == model and p["features_resolved"] == "ohlcv" and p["seq_len"] == "10"
+    assert p["data_tickers"] == "6" and p["data_date_range"].startswith("2015-01-01..")
+    assert len(p["data_fingerprint"]) == 16 and int(p["n_params"]) > 0
+    hist = mlflow.tracking.MlflowClient().get_metric_history(res["run_id"], "valid_loss")
+    assert [h.step for h in hist] == [1, 2]
+    arts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(res["run_id"], "plots")}
+    assert "plots/loss_curve.png" in arts
+    report = mlflow.artifacts.load_dict(f"runs:/{res['run_id']}/data_report.json")
+    assert report["tickers"] == 6 and report["rows_kept"] == 1800
+
+    # the logged model + its scaler reproduce the in-memory test predictions
+    loaded, bundle = load_bundle(f"runs:/{res['run_id']}/model")
+    assert bundle["seq_len"] == 10 and bundle["features"] == "ohlcv" and bundle["model"] == model
+    prep = prepare(_cfg(csv_dir, model=model), scaler=Scaler.from_dict(bundle["scaler"]))
+    n, t = prep.ws.index["test"]
+    x = prep.ws.gather(n, t)
+    with torch.no_grad():
+        pred = loaded(x).numpy()
+    mse = float(np.mean((pred - prep.ws.y[n, t].numpy()) ** 2))
+    assert mse == pytest.approx(m["test_mse"], rel=1e-4)
+    pyfunc = mlflow.pyfunc.load_model(f"runs:/{res['run_id']}/model")
+    np.testing.assert_allclose(np.asarray(pyfunc.predict(x[:8].numpy())).ravel(), pred[:8], rtol=1e-5)
+
+
+def test_same_seed_same_numbers(tracking, csv_dir):
+    a = run_train(_cfg(csv_dir, seed=3))
+    b = run_train(_cfg(csv_dir, seed=3))
+    c = run_train(_cfg(csv_dir, seed=4))
+    assert a["test_mse"] == b["test_mse"] and a["valid_mse_min"] == b["valid_mse_min"]
+    assert c["test_mse"] != a["test_mse"]
+
+
+def test_sample_data_default_features(tracking):
+    res = run_train(TrainConfig(epochs=1, max_tickers=3, seq_len=5, horizon=5))
+    p = mlflow.get_run(res["run_id"]).data.params
+    assert p["features_resolved"] == "returns" and p["data_tickers"] == "20"
+    assert math.isfinite(res["test_mse"])
+
+
+def _cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "stocklab.cli", "train", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "nope"], "model: unknown model 'nope'"),
+        (["--lr", "0"], "lr: 0.0 must be > 0"),
+        (["--lr", "abc"], "lr: 'abc' is not a valid float"),
+        (["--seq_len", "0"], "seq_len: 0 must be >= 1"),
+        (["--dropout", "1.5"], "dropout: 1.5 must be in [0, 1)"),
+        (["--split", "0.5,0.2,0.2"], "split: fractions '0.5,0.2,0.2' must be three non-negative numbers summing to 1"),
+        (["--variant", "deep"], "variant: not a parameter of model 'lstm'"),
+        (["--bogus", "1"], "bogus: unknown parameter for train"),
+        (["--data", "/no/such/dir"], "data: '/no/such/dir' is not 'sample', an existing folder or a file"),
+        (["--features", "ohlcv"], "features: 'ohlcv' needs columns"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
+    r = _cli(*args, cwd=tmp_path)
+    lines = [
+        ln
+        for ln in r.stderr.splitlines()
+        if ln.strip() and "Creating initial MLflow" not in ln and "Updating database" not in ln and "INFO" not in ln
+    ]
+    assert r.returncode == 2, r.stderr
+    assert lines == [f"stocklab: error: {lines[0].split('error: ', 1)[1]}"] and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,0 +1,162 @@
+"""Features, chronological splits with embargo, train-only scaling, lazy windows, leakage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import synthetic_bars
+
+from stocklab.config import StockLabError
+from stocklab.data import load_panel
+from stocklab.features import build_panel, resolve_feature_set
+from stocklab.windows import Scaler, WindowSet, drop_short_tickers, end_day_ranges
+
+FR = (0.6, 0.2, 0.2)
+
+
+def _long(bars: pd.DataFrame) -> pd.DataFrame:
+    df = bars.rename(columns={"Name": "ticker"})
+    df["date"] = pd.to_datetime(df["date"])
+    return df
+
+
+def test_feature_sets_shapes_and_names(bars):
+    for features, n_feat in [("ohlcv", 7), ("returns", 2), ("relative", 5)]:
+        p = build_panel(_long(bars), features, horizon=5, label_scale=1.0)
+        assert p.X.shape == (6, 300, n_feat) and len(p.feature_names) == n_feat
+    p = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=1.0)
+    assert p.feature_names[5] == "typical_price"  # no vwap column -> (H + L + C) / 3
+    close = p.close
+    np.testing.assert_allclose(p.y[:, :-5], (close[:, 5:] / close[:, :-5] - 1), rtol=1e-5)
+    assert np.isnan(p.y[:, -5:]).all()
+    scaled = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=10.0)
+    np.testing.assert_allclose(scaled.y, 10 * p.y, rtol=1e-5)
+
+
+def test_close_only_data_rejects_ohlcv_and_auto_adapts():
+    sample, report = load_panel("sample", cache_dir=None)
+    with pytest.raises(StockLabError, match="features: 'ohlcv' needs columns open, high, low, volume"):
+        resolve_feature_set("ohlcv", report.columns)
+    assert resolve_feature_set("auto", report.columns) == "returns"
+    assert resolve_feature_set("auto", ["open", "high", "low", "close", "volume"]) == "ohlcv"
+
+
+def test_embargo_keeps_every_label_window_inside_its_split(bars):
+    p = build_panel(_long(bars), "ohlcv", horizon=7, label_scale=1.0)
+    ws = WindowSet(p, seq_len=10, horizon=7, fractions=FR, scaler_kind="standard")
+    r = end_day_ranges(300, FR, 7)
+    t = {s: ws.index[s][1].numpy() for s in ("train", "valid", "test")}
+    assert t["train"].max() + 7 < r["valid"][0] <= t["valid"].min()  # train labels end before valid
+    assert t["valid"].max() + 7 < r["test"][0] <= t["test"].min()
+    assert t["test"].max() + 7 <= 299
+    assert t["train"].min() >= 9  # a full window of history
+
+
+def test_scaler_statistics_come_only_from_train_rows(bars):
+    p = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=1.0)
+    ws = WindowSet(p, 10, 5, FR, "standard")
+    b1 = ws.ranges["valid"][0]
+    expected = np.nanmean(p.X[:, :b1].reshape(-1, 7), axis=0)
+    np.testing.assert_allclose(ws.scaler.shift[0], expected, rtol=1e-5)
+    # wildly different valid/test data must not move the scaler
+    p2 = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=1.0)
+    p2.X[:, b1:] *= 1000
+    ws2 = WindowSet(p2, 10, 5, FR, "standard")
+    np.testing.assert_array_equal(ws.scaler.shift, ws2.scaler.shift)
+    np.testing.assert_array_equal(ws.scaler.scale, ws2.scaler.scale)
+
+
+@pytest.mark.parametrize("kind", ["standard_ticker", "minmax", "minmax_ticker"])
+def test_other_scalers_fit_on_train(bars, kind):
+    p = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=1.0)
+    ws = WindowSet(p, 10, 5, FR, kind)
+    b1 = ws.ranges["valid"][0]
+    train = ws.X[:, :b1].numpy()
+    if kind.startswith("minmax"):
+        assert train.min() >= -1e-5 and train.max() <= 1 + 1e-5
+    assert ws.scaler.shift.shape[0] == (6 if kind.endswith("ticker") else 1)
+
+
+def test_lazy_windows_equal_naive_slices(bars):
+    p = build_panel(_long(bars), "returns", horizon=5, label_scale=1.0)
+    ws = WindowSet(p, 12, 5, FR, "standard")
+    n, t = ws.index["valid"]
+    x = ws.gather(n[:50], t[:50])  # (50, 12, 2)
+    Xs = ws.scaler.transform(p.X)
+    for i in range(50):
+        ni, ti = int(n[i]), int(t[i])
+        np.testing.assert_allclose(x[i].numpy(), Xs[ni, ti - 11 : ti + 1], rtol=1e-6)
+    assert ws.y[n[0], t[0]] == pytest.approx(float(p.y[n[0], t[0]]))
+
+
+def test_relative_features_are_relative_to_the_windows_last_day(bars):
+    p = build_panel(_long(bars), "relative", horizon=5, label_scale=1.0)
+    ws = WindowSet(p, 8, 5, FR, "standard")
+    n, t = ws.index["train"]
+    x = ws.gather(n[:5], t[:5])
+    assert torch.allclose(x[:, -1, 3], torch.zeros(5))  # log(close_T / close_T) = 0
+    raw_close = p.close[int(n[0]), int(t[0]) - 7 : int(t[0]) + 1]
+    np.testing.assert_allclose(x[0, :, 3].numpy(), np.log(raw_close / raw_close[-1]), atol=1e-5)
+
+
+def test_gaps_in_a_ticker_never_enter_a_window(bars):
+    df = _long(bars)
+    df = df[~((df["ticker"] == "T01") & (df["date"] == df["date"].unique()[100]))]
+    p = build_panel(df, "ohlcv", horizon=5, label_scale=1.0)
+    ws = WindowSet(p, 10, 5, FR, "standard")
+    for split in ("train", "valid", "test"):
+        n, t = (a.numpy() for a in ws.index[split])
+        hit = (n == 1) & (t >= 100) & (t - 9 <= 100)
+        assert not hit.any()
+
+
+def test_short_tickers_are_dropped_then_an_error_when_none_left(bars):
+    df = _long(bars)
+    df = df[~((df["ticker"] == "T05") & (df["date"] > df["date"].unique()[20]))]  # 21 rows left
+    p = build_panel(df, "ohlcv", horizon=5, label_scale=1.0)
+    kept, n_short = drop_short_tickers(p, seq_len=20, horizon=5)
+    assert n_short == 1 and "T05" not in kept.tickers and kept.X.shape[0] == 5
+    with pytest.raises(StockLabError, match="no ticker has at least seq_len \\+ horizon = 400"):
+        drop_short_tickers(p, seq_len=395, horizon=5)
+
+
+def test_prediction_for_day_t_ignores_all_later_data(bars):
+    """Change every bar after day t (prices, volumes): the window, the scaler and hence the
+    model's prediction for day t are bit-for-bit unchanged."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10 * 7, 1))
+    p = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=1.0)
+    ws = WindowSet(p, 10, 5, FR, "standard")
+    n, t = ws.index["test"]
+    day = int(t[len(t) // 2])
+    pick = t == day
+    before = model(ws.gather(n[pick], t[pick])).detach()
+
+    df = _long(bars)
+    later = df["date"] > p.dates[day]
+    rng = np.random.default_rng(1)
+    for col in ("open", "high", "low", "close"):
+        df.loc[later, col] *= rng.uniform(0.5, 2.0, later.sum())
+    df.loc[later, "high"] = df.loc[later, ["open", "high", "low", "close"]].max(axis=1)
+    df.loc[later, "low"] = df.loc[later, ["open", "high", "low", "close"]].min(axis=1)
+    df.loc[later, "volume"] = 1
+    p2 = build_panel(df, "ohlcv", horizon=5, label_scale=1.0)
+    ws2 = WindowSet(p2, 10, 5, FR, "standard")
+    after = model(ws2.gather(n[pick], t[pick])).detach()
+    assert torch.equal(before, after)
+    assert not np.allclose(p.X[:, day + 1 :], p2.X[:, day + 1 :])  # the future really changed
+
+
+def test_scaler_round_trips_through_json(bars):
+    p = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=1.0)
+    s = Scaler.fit(p.X, 150, "standard_ticker")
+    s2 = Scaler.from_dict(s.to_dict())
+    np.testing.assert_array_equal(s.transform(p.X), s2.transform(p.X))
+
+
+def test_too_few_days_for_a_split_is_a_clear_error():
+    p = build_panel(_long(synthetic_bars(n_tickers=2, n_days=40)), "ohlcv", horizon=10, label_scale=1.0)
+    with pytest.raises(StockLabError, match="only 40 trading days"):
+        WindowSet(p, 20, 10, FR, "standard")

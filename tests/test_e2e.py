@@ -58,6 +58,16 @@ def test_mlflow_run_train_end_to_end(tmp_path, csv_dir, tracking):
     assert out.shape == (3,) and torch.isfinite(out).all()
     assert np.asarray(bundle["scaler"]["shift"]).shape == (1, 7)
 
+    # `evaluate` re-scores the logged model into a new run linked by a tag
+    r = mlflow_run("evaluate", {"run_id": run.info.run_id}, tracking, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ev = mlflow.search_runs(
+        search_all_experiments=True, filter_string=f"tags.`stocklab.source_run_id` = '{run.info.run_id}'"
+    )
+    assert len(ev) == 1 and ev.loc[0, "status"] == "FINISHED"
+    assert ev.loc[0, "metrics.test_mse"] == pytest.approx(run.data.metrics["test_mse"], rel=1e-5)
+    assert math.isfinite(ev.loc[0, "metrics.rank_ic"])
+
 
 @pytest.mark.parametrize(
     "params, message",

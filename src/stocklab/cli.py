@@ -73,7 +73,26 @@ def cmd_train(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train}
+def _parse(prog: str, cfg_cls, argv: list[str]):
+    """Parse `--field value` pairs for one config dataclass into a validated instance."""
+    p = argparse.ArgumentParser(prog=f"stocklab {prog}")
+    _add_fields(p, cfg_cls(), set())
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        raise StockLabError(f"{unknown[0].lstrip('-')}: unknown parameter for {prog}")
+    return update(cfg_cls(), vars(args))
+
+
+def cmd_evaluate(argv: list[str]) -> int:
+    from stocklab.evaluate import EvaluateConfig, run_evaluate
+
+    res = run_evaluate(_parse("evaluate", EvaluateConfig, argv))
+    shown = {k: v for k, v in res.items() if isinstance(v, float)}
+    print(f"run {res['run_id']} (source {res['source_run_id']}): " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate}
 
 
 def main(argv: list[str] | None = None) -> int:

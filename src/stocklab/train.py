@@ -11,18 +11,23 @@ Flow: load -> validate -> features -> split -> scale (train only) -> windows -> 
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 
-from stocklab import tracking
+from stocklab import evaluation, tracking
 from stocklab.config import StockLabError, TrainConfig
 from stocklab.data import DataReport, load_panel
 from stocklab.features import Panel, build_panel, resolve_feature_set
 from stocklab.models import build_model, model_config
-from stocklab.training import History, configure_cpu_threads, fit, mse, resolve_device, set_seed
+from stocklab.training import History, configure_cpu_threads, fit, predict, resolve_device, set_seed
 from stocklab.windows import Scaler, WindowSet, drop_short_tickers
+
+BUNDLE_ARTIFACT = "model_bundle/preprocess.json"
 
 
 @dataclass
@@ -112,17 +117,12 @@ def run_train(
 
         hist: History = fit(model, ws, cfg, on_epoch=log_epoch)
 
-        test_mse = mse(model, ws, "test", cfg.eval_batch_size)
-        y_test = ws.y[ws.index["test"]].double()
-        naive_mse = float((y_test**2).mean())  # the zero forecast, in label units
         metrics = {
-            "test_mse": test_mse,
+            **evaluate_split(model, prep, cfg, "test"),
             "valid_mse_min": hist.best_valid,
             "best_epoch": hist.best_epoch,
             "train_time_s": hist.train_time_s,
             "train_samples_per_s": hist.samples_per_s,
-            "naive_mse": naive_mse,
-            "mse_skill": test_mse / naive_mse if naive_mse > 0 else float("nan"),
             "epochs_run": len(hist.train_loss),
         }
         mlflow.log_metrics(metrics)
@@ -137,21 +137,42 @@ def run_train(
         return {"run_id": run.info.run_id, **metrics, "n_params": n_params}
 
 
-BUNDLE_ARTIFACT = "model_bundle/preprocess.json"
-
-
-def predictions_frame(model, ws: WindowSet, split: str, batch_size: int = 8192):
-    """Test predictions as a long DataFrame (date, ticker, prediction, label)."""
-    import pandas as pd
-
-    from stocklab.training import predict
-
+def predictions_frame(model, ws: WindowSet, split: str, batch_size: int = 8192) -> pd.DataFrame:
+    """One split's predictions as a long frame (date, ticker, prediction, label)."""
     pred, y, n, t = predict(model, ws, split, batch_size)
     return pd.DataFrame(
-        {
-            "date": ws.panel.dates[t],
-            "ticker": np.asarray(ws.panel.tickers)[n],
-            "prediction": pred,
-            "label": y,
-        }
+        {"date": ws.panel.dates[t], "ticker": np.asarray(ws.panel.tickers)[n], "prediction": pred, "label": y}
     )
+
+
+def evaluate_split(model, prep: Prepared, cfg: TrainConfig, split: str) -> dict:
+    """Score one split and log it to the active run: MSE vs the zero forecast, factor metrics,
+    predictions.parquet, prediction-vs-actual plots and the alphalens tear sheet."""
+    df = predictions_frame(model, prep.ws, split, cfg.eval_batch_size)
+    err = df["prediction"].to_numpy(np.float64) - df["label"].to_numpy(np.float64)
+    split_mse = float(np.mean(err**2))
+    naive_mse = float(np.mean(df["label"].to_numpy(np.float64) ** 2))  # the zero forecast
+    metrics = {
+        f"{split}_mse": split_mse,
+        "naive_mse": naive_mse,
+        "mse_skill": split_mse / naive_mse if naive_mse > 0 else float("nan"),
+    }
+    factor, skipped = evaluation.factor_metrics(df, cfg.label_scale)
+    metrics.update(factor)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        df.to_parquet(out / "predictions.parquet", index=False)
+        mlflow.log_artifact(str(out / "predictions.parquet"))
+        evaluation.prediction_plots(df, out / "plots", seed=cfg.seed)
+        mlflow.log_artifacts(str(out / "plots"), "plots")
+        if skipped:
+            mlflow.set_tag("factor_metrics_skipped", skipped)
+        else:
+            close = pd.DataFrame(prep.panel.close.T, index=prep.panel.dates, columns=prep.panel.tickers)
+            try:
+                evaluation.tear_sheet(df, close, (1, 5, cfg.horizon), out / "tearsheet")
+                mlflow.log_artifacts(str(out / "tearsheet"), "tearsheet")
+            except Exception as e:  # noqa: BLE001 - a tear sheet must never lose the run
+                mlflow.set_tag("tearsheet_error", f"{type(e).__name__}: {str(e).splitlines()[0][:400]}")
+    mlflow.log_metrics(metrics)
+    return metrics

@@ -64,10 +64,17 @@ def _autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def eval_mode(model: nn.Module) -> None:
+    try:
+        model.eval()
+    except NotImplementedError:  # a loaded torch.export (pt2) module: traced in eval mode already
+        pass
+
+
 @torch.no_grad()
 def predict(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 8192):
     """Predictions for every window of a split -> (pred, label, ticker_idx, day_idx) numpy arrays."""
-    model.eval()
+    eval_mode(model)
     preds, ys, ns, ts = [], [], [], []
     for x, y, n, t in ws.batches(split, batch_size):
         with _autocast(ws.device):

@@ -1,0 +1,195 @@
+"""Judge predictions as an alpha factor: daily IC / rank IC, ICIR, hit rate, quintile spread,
+the alphalens tear sheet (figures + tables) and prediction-vs-actual plots.
+
+The input everywhere is a long frame of (date, ticker, prediction, label) where `label` is the
+realised forward return over the label horizon (in label units; correlations ignore the scale).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+MIN_CROSS_SECTION = 5  # quintiles need at least five stocks on a date
+
+
+def daily_ic(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-date cross-sectional Pearson IC and Spearman rank IC (dates with < 3 names or a
+    constant prediction/label are left out: a correlation is undefined there)."""
+
+    def one_day(g: pd.DataFrame) -> pd.Series:
+        p, y = g["prediction"], g["label"]
+        if len(g) < 3 or p.nunique() < 2 or y.nunique() < 2:
+            return pd.Series({"ic": np.nan, "rank_ic": np.nan})
+        return pd.Series({"ic": p.corr(y), "rank_ic": p.rank().corr(y.rank())})
+
+    out = df.groupby("date")[["prediction", "label"]].apply(one_day)
+    return out.dropna(how="all")
+
+
+def quintile_spread(df: pd.DataFrame, label_scale: float = 1.0) -> float:
+    """Mean over dates of (mean forward return of the top fifth - bottom fifth by prediction)."""
+
+    def one_day(g: pd.DataFrame) -> float:
+        if len(g) < MIN_CROSS_SECTION or g["prediction"].nunique() < 2:
+            return np.nan
+        q = pd.qcut(g["prediction"].rank(method="first"), 5, labels=False)
+        return g["label"][q == 4].mean() - g["label"][q == 0].mean()
+
+    spreads = df.groupby("date")[["prediction", "label"]].apply(one_day).dropna()
+    return float(spreads.mean() / label_scale) if len(spreads) else float("nan")
+
+
+def factor_metrics(df: pd.DataFrame, label_scale: float = 1.0) -> tuple[dict, str | None]:
+    """The factor metrics, or ({hit_rate}, reason) when the cross-section is too small."""
+    hit = float((np.sign(df["prediction"]) == np.sign(df["label"])).mean()) if len(df) else float("nan")
+    names_per_day = df.groupby("date")["ticker"].nunique()
+    if names_per_day.empty or names_per_day.median() < MIN_CROSS_SECTION:
+        n = int(names_per_day.median()) if len(names_per_day) else 0
+        return {"hit_rate": hit}, (
+            f"cross-section too small for factor metrics: median {n} tickers per date, need >= {MIN_CROSS_SECTION}"
+        )
+    ic = daily_ic(df)
+    n_days = int(ic["ic"].notna().sum())
+    mean, std = ic["ic"].mean(), ic["ic"].std()
+    metrics = {
+        "ic": float(mean),
+        "rank_ic": float(ic["rank_ic"].mean()),
+        "icir": float(mean / std) if std > 0 else float("nan"),
+        "ic_tstat": float(mean / std * np.sqrt(n_days)) if std > 0 else float("nan"),
+        "hit_rate": hit,
+        "spread_q5_q1": quintile_spread(df, label_scale),
+        "ic_days": n_days,
+    }
+    return metrics, None
+
+
+def trading_calendar(dates: pd.DatetimeIndex) -> pd.DatetimeIndex:
+    """The dates with a CustomBusinessDay frequency whose holidays are the weekdays missing
+    from the data, so alphalens counts periods in trading days (1D, 5D, 20D: exact day
+    multiples, none skipped)."""
+    dates = pd.DatetimeIndex(sorted(dates.unique()))
+    weekdays = pd.bdate_range(dates[0], dates[-1])
+    holidays = weekdays.difference(dates)
+    freq = pd.offsets.CustomBusinessDay(holidays=list(holidays))
+    if (dates.dayofweek >= 5).any():  # weekend bars (e.g. crypto): every calendar day counts
+        freq = pd.offsets.Day()
+        dates = pd.date_range(dates[0], dates[-1], freq="D")
+    return pd.DatetimeIndex(dates, freq=freq)
+
+
+def _save_open_figures(outdir: Path, stem: str) -> list[Path]:
+    paths = []
+    for i, num in enumerate(plt.get_fignums()):
+        fig = plt.figure(num)
+        path = outdir / (f"{stem}.png" if i == 0 else f"{stem}_{i + 1}.png")
+        fig.savefig(path, dpi=80, bbox_inches="tight")
+        paths.append(path)
+    plt.close("all")
+    return paths
+
+
+def tear_sheet(df: pd.DataFrame, close: pd.DataFrame, periods, outdir: Path) -> list[Path]:
+    """alphalens-reloaded tear sheet of the prediction factor -> PNG figures + CSV tables.
+
+    `close` is the (dates x tickers) close panel; it must extend `max(periods)` days past the
+    last factor date so every forward return exists.
+    """
+    import alphalens as al
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    cal = trading_calendar(close.index)
+    prices = close.reindex(cal)
+    prices.index = cal
+    factor = df.set_index(["date", "ticker"])["prediction"].astype(float)
+    factor.index = factor.index.set_names(["date", "asset"])
+    factor = factor[factor.index.get_level_values(0).isin(cal)]
+    periods = tuple(sorted(set(int(p) for p in periods)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # pandas deprecations inside alphalens
+        printed = io.StringIO()  # alphalens prints its tables; they are kept as summary.txt
+        with contextlib.redirect_stdout(printed):
+            fd = al.utils.get_clean_factor_and_forward_returns(
+                factor, prices, quantiles=5, periods=periods, max_loss=1.0, filter_zscore=None
+            )
+        # the forward-return columns ('1D', '5D', ...) given explicitly: left to itself the
+        # turnover sheet also scans 'factor' and 'factor_quantile' and warns that it skips them
+        fwd_cols = list(al.utils.get_forward_returns_columns(fd.columns))
+        sheets = {
+            "returns": al.tears.create_returns_tear_sheet,
+            "information": al.tears.create_information_tear_sheet,
+            "turnover": lambda f: al.tears.create_turnover_tear_sheet(f, turnover_periods=fwd_cols),
+        }
+        written: list[Path] = []
+        show = plt.show
+        try:
+            for name, make in sheets.items():
+                # alphalens draws a sheet then calls plt.show(), a no-op under Agg: save the
+                # figures it opened at that moment, before it closes them
+                plt.show = lambda *a, _name=name, **k: written.extend(_save_open_figures(outdir, _name))
+                with contextlib.redirect_stdout(printed):
+                    make(fd)
+        finally:
+            plt.show = show
+            plt.close("all")
+        (outdir / "summary.txt").write_text(printed.getvalue())
+
+        # the tables behind the sheets, from alphalens' own computations
+        perf, plotting = al.performance, al.plotting
+        ic = perf.factor_information_coefficient(fd)
+        plotting.plot_information_table(ic, return_df=True).to_csv(outdir / "information_table.csv")
+        ic.to_csv(outdir / "daily_ic.csv")
+        mean_q, _ = perf.mean_return_by_quantile(fd)
+        mean_q_date, std_q_date = perf.mean_return_by_quantile(fd, by_date=True)
+        spread, _ = perf.compute_mean_returns_spread(mean_q_date, 5, 1, std_q_date)
+        alpha_beta = perf.factor_alpha_beta(fd)
+        plotting.plot_returns_table(alpha_beta, mean_q, spread, return_df=True).to_csv(outdir / "returns_table.csv")
+        mean_q.to_csv(outdir / "mean_return_by_quantile.csv")
+        quantiles = sorted(fd["factor_quantile"].unique())
+        turnover = {
+            p: pd.concat({q: perf.quantile_turnover(fd["factor_quantile"], q, p) for q in quantiles}, axis=1)
+            for p in periods
+        }
+        autocorr = pd.concat({p: perf.factor_rank_autocorrelation(fd, p) for p in periods}, axis=1)
+        turn_table, auto_table = plotting.plot_turnover_table(autocorr, turnover, return_df=True)
+        pd.concat([turn_table, auto_table]).to_csv(outdir / "turnover_table.csv")
+        plotting.plot_quantile_statistics_table(fd, return_df=True).to_csv(outdir / "quantile_statistics.csv")
+    return written + sorted(outdir.glob("*.csv"))
+
+
+def prediction_plots(df: pd.DataFrame, outdir: Path, seed: int = 0, n_tickers: int = 3, seg_days: int = 60):
+    """Prediction vs realised label for a few tickers: the whole period and random segments."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tickers = sorted(df["ticker"].unique())
+    chosen = rng.choice(tickers, size=min(n_tickers, len(tickers)), replace=False)
+    paths = []
+    for tk in chosen:
+        g = df[df["ticker"] == tk].sort_values("date")
+        fig, axes = plt.subplots(3, 1, figsize=(10, 8))
+        segments = [(0, len(g))]
+        for _ in range(2):
+            start = int(rng.integers(0, max(len(g) - seg_days, 1)))
+            segments.append((start, min(start + seg_days, len(g))))
+        for ax, (a, b) in zip(axes, segments):
+            s = g.iloc[a:b]
+            ax.plot(s["date"], s["label"], label="actual", lw=1)
+            ax.plot(s["date"], s["prediction"], label="prediction", lw=1)
+            ax.axhline(0, color="grey", lw=0.5)
+            ax.set_title(f"{tk}: {s['date'].iloc[0].date()} .. {s['date'].iloc[-1].date()}", fontsize=9)
+        axes[0].legend(loc="upper left")
+        fig.tight_layout()
+        path = outdir / f"pred_vs_actual_{tk}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,132 @@
+"""Factor metrics against scipy, the alphalens tear sheet, the one-ticker case, `evaluate`."""
+
+from __future__ import annotations
+
+import warnings
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import synthetic_bars, write_ticker_csvs
+from scipy import stats
+
+from stocklab.config import StockLabError, TrainConfig
+from stocklab.evaluate import EvaluateConfig, run_evaluate
+from stocklab.evaluation import daily_ic, factor_metrics, quintile_spread, tear_sheet, trading_calendar
+from stocklab.train import run_train
+
+
+def _factor_frame(n_days=60, n_names=20, kind="perfect", seed=0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2020-01-01", periods=n_days)
+    rows = []
+    for d in dates:
+        label = rng.normal(0, 0.02, n_names)
+        pred = {"perfect": label, "inverted": -label, "random": rng.normal(size=n_names)}[kind]
+        rows += [(d, f"S{i}", pred[i], label[i]) for i in range(n_names)]
+    return pd.DataFrame(rows, columns=["date", "ticker", "prediction", "label"])
+
+
+@pytest.mark.parametrize("kind, expected", [("perfect", 1.0), ("inverted", -1.0)])
+def test_perfect_and_inverted_factor(kind, expected):
+    m, skipped = factor_metrics(_factor_frame(kind=kind))
+    assert skipped is None
+    assert m["ic"] == pytest.approx(expected) and m["rank_ic"] == pytest.approx(expected)
+    assert m["hit_rate"] == (1.0 if kind == "perfect" else 0.0)
+    assert (m["spread_q5_q1"] > 0) == (kind == "perfect")
+
+
+def test_random_factor_is_near_zero_and_matches_scipy():
+    df = _factor_frame(n_days=300, kind="random")
+    m, _ = factor_metrics(df)
+    assert abs(m["ic"]) < 0.03 and abs(m["rank_ic"]) < 0.03 and abs(m["ic_tstat"]) < 3
+    ic = daily_ic(df)
+    for d in ic.index[:5]:
+        g = df[df["date"] == d]
+        assert ic.loc[d, "ic"] == pytest.approx(stats.pearsonr(g["prediction"], g["label"])[0])
+        assert ic.loc[d, "rank_ic"] == pytest.approx(stats.spearmanr(g["prediction"], g["label"])[0])
+    daily = ic["ic"]
+    assert m["icir"] == pytest.approx(daily.mean() / daily.std())
+    assert m["ic_tstat"] == pytest.approx(stats.ttest_1samp(daily, 0).statistic)
+
+
+def test_quintile_spread_on_a_hand_made_case():
+    # 10 names: prediction = label = 0..9; top fifth {8, 9}, bottom {0, 1}: spread 8 (per label unit)
+    df = pd.DataFrame(
+        {
+            "date": pd.Timestamp("2020-01-02"),
+            "ticker": list("abcdefghij"),
+            "prediction": np.arange(10.0),
+            "label": np.arange(10.0),
+        }
+    )
+    assert quintile_spread(df) == pytest.approx(8.0)
+    assert quintile_spread(df, label_scale=10.0) == pytest.approx(0.8)
+
+
+def test_small_cross_section_skips_factor_metrics_with_a_reason():
+    df = _factor_frame(n_names=1)
+    m, skipped = factor_metrics(df)
+    assert set(m) == {"hit_rate"} and "cross-section too small" in skipped
+
+
+def test_trading_calendar_counts_trading_days():
+    dates = pd.bdate_range("2020-01-01", periods=30).delete([5, 17])  # two holidays
+    cal = trading_calendar(dates)
+    assert len(cal) == 28 and cal[5] == dates[5]
+    assert cal[4] + cal.freq == cal[5]  # stepping one trading day skips the holiday
+
+
+def test_tear_sheet_on_synthetic_data(tmp_path):
+    bars = synthetic_bars(n_tickers=12, n_days=160)
+    close = bars.pivot(index="date", columns="Name", values="close")
+    close.index = pd.to_datetime(close.index)
+    close = close.drop(close.index[[40, 41]])  # market holidays in the calendar
+    rng = np.random.default_rng(0)
+    fwd = close.pct_change(5).shift(-5)
+    rows = [(d, t, fwd.loc[d, t] + rng.normal(0, 0.01), fwd.loc[d, t]) for d in close.index[20:130] for t in close]
+    df = pd.DataFrame(rows, columns=["date", "ticker", "prediction", "label"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        files = tear_sheet(df, close, (1, 5, 20), tmp_path / "ts")
+    assert not [w for w in caught if "Skipping return periods" in str(w.message)]
+    names = {f.name for f in files}
+    assert {"returns.png", "information.png", "turnover.png"} <= names
+    assert {"information_table.csv", "returns_table.csv", "turnover_table.csv"} <= names
+    info = pd.read_csv(tmp_path / "ts" / "information_table.csv", index_col=0)
+    assert list(info.index) == ["1D", "5D", "20D"] and info.loc["5D", "IC Mean"] > 0.5
+
+
+def test_train_run_logs_factor_metrics_and_tear_sheet_then_evaluate(tracking, csv_dir):
+    cfg = TrainConfig(data=str(csv_dir), epochs=1, seq_len=10, horizon=5, cache_dir="")
+    res = run_train(cfg)
+    client = mlflow.tracking.MlflowClient()
+    m = client.get_run(res["run_id"]).data.metrics
+    for k in ("ic", "rank_ic", "icir", "ic_tstat", "hit_rate", "spread_q5_q1"):
+        assert np.isfinite(m[k]), k
+    tear = [a.path for a in client.list_artifacts(res["run_id"], "tearsheet")]
+    assert any(p.endswith(".png") for p in tear) and "tearsheet/information_table.csv" in tear
+    preds = pd.read_parquet(mlflow.artifacts.download_artifacts(f"runs:/{res['run_id']}/predictions.parquet"))
+    assert list(preds.columns) == ["date", "ticker", "prediction", "label"] and len(preds) > 0
+    plots = [a.path for a in client.list_artifacts(res["run_id"], "plots")]
+    assert sum(p.startswith("plots/pred_vs_actual_") for p in plots) == 3
+
+    ev = run_evaluate(EvaluateConfig(run_id=res["run_id"], cache_dir=""))
+    run = client.get_run(ev["run_id"])
+    assert run.data.tags["stocklab.source_run_id"] == res["run_id"]
+    assert run.data.metrics["test_mse"] == pytest.approx(m["test_mse"], rel=1e-5)
+    assert run.data.metrics["ic"] == pytest.approx(m["ic"], rel=1e-4, abs=1e-6)
+    ev_valid = run_evaluate(EvaluateConfig(run_id=res["run_id"], split="valid", cache_dir=""))
+    assert "valid_mse" in client.get_run(ev_valid["run_id"]).data.metrics
+    with pytest.raises(StockLabError, match="run_id: no run 'nope'"):
+        run_evaluate(EvaluateConfig(run_id="nope"))
+
+
+def test_one_ticker_logs_mse_and_skips_factor_metrics(tracking, tmp_path):
+    folder = write_ticker_csvs(synthetic_bars(n_tickers=1, n_days=300), tmp_path / "one")
+    res = run_train(TrainConfig(data=str(folder), epochs=1, seq_len=10, horizon=5, cache_dir=""))
+    run = mlflow.get_run(res["run_id"])
+    assert np.isfinite(run.data.metrics["test_mse"]) and np.isfinite(run.data.metrics["mse_skill"])
+    assert "ic" not in run.data.metrics
+    assert "cross-section too small" in run.data.tags["factor_metrics_skipped"]

@@ -92,7 +92,40 @@ def cmd_evaluate(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate}
+def cmd_tune(argv: list[str]) -> int:
+    from stocklab.tune import TuneConfig, run_tune
+
+    res = run_tune(_parse("tune", TuneConfig, argv))
+    print(f"study done: best value {res['best_value']} (trial {res.get('best_trial')}), trials {res['states']}")
+    return 0
+
+
+def cmd_promote(argv: list[str]) -> int:
+    import mlflow
+
+    from stocklab.promote import PromoteConfig, run_promote
+
+    cfg = _parse("promote", PromoteConfig, argv)
+    with mlflow.start_run():  # an audit trail of what changed
+        res = run_promote(cfg)
+        mlflow.set_tag("stocklab.promote", res["action"][:5000])
+    return 0
+
+
+def cmd_predict(argv: list[str]) -> int:
+    from stocklab.predict import PredictConfig, run_predict
+
+    run_predict(_parse("predict", PredictConfig, argv))
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "tune": cmd_tune,
+    "promote": cmd_promote,
+    "predict": cmd_predict,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ import json
 import platform
 import subprocess
 import tempfile
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -83,7 +84,7 @@ def signature_for(seq_len: int, n_features: int) -> ModelSignature:
     )
 
 
-def log_model(model: torch.nn.Module, example: np.ndarray, bundle: dict, registered_name: str | None = None):
+def log_model(model: torch.nn.Module, example: np.ndarray, bundle: dict):
     """Log the model (torch.export `pt2`, MLflow 3's default; pickle if export fails) together
     with `preprocess.json` (scaler, feature config) so it can score raw bars on its own."""
     model = model.to("cpu").eval()
@@ -99,16 +100,18 @@ def log_model(model: torch.nn.Module, example: np.ndarray, bundle: dict, registe
             input_example=example.astype(np.float32),
             extra_files=[str(path)],
             pip_requirements=reqs,  # explicit: skips MLflow's slow requirement inference
-            registered_model_name=registered_name,
         )
         try:
-            info = mlflow.pytorch.log_model(model, serialization_format="pt2", **kwargs)
+            with warnings.catch_warnings():
+                # nn.LSTM re-assigns its flat weights while torch.export traces it: harmless
+                warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
+                info = mlflow.pytorch.log_model(model, serialization_format="pt2", **kwargs)
             fmt = "pt2"
         except Exception as e:  # noqa: BLE001 - e.g. an op torch.export cannot trace
             mlflow.set_tag("model_pt2_error", str(e).splitlines()[0][:500])
             info = mlflow.pytorch.log_model(model, serialization_format="pickle", **kwargs)
             fmt = "pickle"
-    mlflow.set_tag("model_serialization", fmt)
+    mlflow.set_tags({"model_serialization": fmt, "stocklab.model_uri": info.model_uri})
     return info
 
 

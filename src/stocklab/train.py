@@ -79,62 +79,83 @@ def bundle_for(cfg: TrainConfig, mcfg, prep: Prepared) -> dict:
 def run_train(
     cfg: TrainConfig,
     model_overrides: dict | None = None,
+    *,
     nested: bool = False,
+    run_name: str | None = None,
+    tags: dict | None = None,
+    on_start=None,
     on_epoch=None,
-    registered_name: str | None = None,
+    tear_sheet: bool = True,
 ) -> dict:
-    """Train one model inside an MLflow run (the one `mlflow run` opened, or a new one)."""
+    """Train one model inside an MLflow run (the one `mlflow run` opened, or a new one).
+
+    Hooks for the tuner: `on_start(run_id)` once the run exists; `on_epoch(epoch, valid_loss,
+    model, prep)` after every epoch (it may raise, e.g. optuna.TrialPruned, to stop).
+    """
+    with mlflow.start_run(nested=nested, run_name=run_name, tags=tags) as run:
+        if on_start is not None:
+            on_start(run.info.run_id)
+        try:
+            return _train_in_run(cfg, model_overrides, on_epoch, tear_sheet, run.info.run_id)
+        except Exception as e:
+            # the run ends FAILED; say why in the UI (pruning is not a failure)
+            if type(e).__name__ != "TrialPruned":
+                mlflow.set_tag(
+                    "stocklab.error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+                )
+            raise
+
+
+def _train_in_run(cfg: TrainConfig, model_overrides, on_epoch, tear_sheet: bool, run_id: str) -> dict:
     cfg.validate()
     mcfg = model_config(cfg.model, model_overrides)
     configure_cpu_threads()
     device = resolve_device(cfg.device)
     prep = prepare(cfg, device)
     ws = prep.ws
-    with mlflow.start_run(nested=nested) as run:
-        tracking.log_params_once(
-            {
-                **tracking.config_params(cfg, mcfg),
-                "features_resolved": prep.features,
-                "n_features": ws.n_features,
-                "n_train": ws.size("train"),
-                "n_valid": ws.size("valid"),
-                "n_test": ws.size("test"),
-                **tracking.dataset_params(prep.report),
-                **tracking.environment_params(device),
-            }
-        )
-        tracking.log_json(prep.report.to_dict(), "data_report.json")
-
-        set_seed(cfg.seed)
-        model = build_model(cfg.model, ws.n_features, cfg.seq_len, mcfg)
-        n_params = sum(p.numel() for p in model.parameters())
-        mlflow.log_param("n_params", n_params)
-
-        def log_epoch(epoch, train_loss, valid_loss, lr):
-            mlflow.log_metrics({"train_loss": train_loss, "valid_loss": valid_loss, "lr": lr}, step=epoch)
-            if on_epoch is not None:
-                on_epoch(epoch, train_loss, valid_loss, lr)
-
-        hist: History = fit(model, ws, cfg, on_epoch=log_epoch)
-
-        metrics = {
-            **evaluate_split(model, prep, cfg, "test"),
-            "valid_mse_min": hist.best_valid,
-            "best_epoch": hist.best_epoch,
-            "train_time_s": hist.train_time_s,
-            "train_samples_per_s": hist.samples_per_s,
-            "epochs_run": len(hist.train_loss),
+    tracking.log_params_once(
+        {
+            **tracking.config_params(cfg, mcfg),
+            "features_resolved": prep.features,
+            "n_features": ws.n_features,
+            "n_train": ws.size("train"),
+            "n_valid": ws.size("valid"),
+            "n_test": ws.size("test"),
+            **tracking.dataset_params(prep.report),
+            **tracking.environment_params(device),
         }
-        mlflow.log_metrics(metrics)
-        tracking.log_figure(
-            tracking.loss_curve(hist.train_loss, hist.valid_loss, hist.best_epoch), "plots/loss_curve.png"
-        )
-        bundle = bundle_for(cfg, mcfg, prep)
-        tracking.log_json(bundle, BUNDLE_ARTIFACT)
-        n, t = (a[:2] for a in ws.index["test"])
-        example = ws.gather(n, t).cpu().numpy()  # (2, T, F): batch > 1 keeps the batch dim dynamic
-        tracking.log_model(model, example, bundle, registered_name=registered_name)
-        return {"run_id": run.info.run_id, **metrics, "n_params": n_params}
+    )
+    tracking.log_json(prep.report.to_dict(), "data_report.json")
+
+    set_seed(cfg.seed)
+    model = build_model(cfg.model, ws.n_features, cfg.seq_len, mcfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    mlflow.log_param("n_params", n_params)
+
+    def log_epoch(epoch, train_loss, valid_loss, lr):
+        mlflow.log_metrics({"train_loss": train_loss, "valid_loss": valid_loss, "lr": lr}, step=epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, valid_loss, model, prep)
+
+    hist: History = fit(model, ws, cfg, on_epoch=log_epoch)
+
+    metrics = {
+        **evaluate_split(model, prep, cfg, "test", tear_sheet=tear_sheet),
+        "valid_mse_min": hist.best_valid,
+        "valid_rank_ic": valid_rank_ic(model, prep, cfg),
+        "best_epoch": hist.best_epoch,
+        "train_time_s": hist.train_time_s,
+        "train_samples_per_s": hist.samples_per_s,
+        "epochs_run": len(hist.train_loss),
+    }
+    mlflow.log_metrics(metrics)
+    tracking.log_figure(tracking.loss_curve(hist.train_loss, hist.valid_loss, hist.best_epoch), "plots/loss_curve.png")
+    bundle = bundle_for(cfg, mcfg, prep)
+    tracking.log_json(bundle, BUNDLE_ARTIFACT)
+    n, t = (a[:2] for a in ws.index["test"])
+    example = ws.gather(n, t).cpu().numpy()  # (2, T, F): batch > 1 keeps the batch dim dynamic
+    tracking.log_model(model, example, bundle)
+    return {"run_id": run_id, **metrics, "n_params": n_params}
 
 
 def predictions_frame(model, ws: WindowSet, split: str, batch_size: int = 8192) -> pd.DataFrame:
@@ -145,7 +166,13 @@ def predictions_frame(model, ws: WindowSet, split: str, batch_size: int = 8192) 
     )
 
 
-def evaluate_split(model, prep: Prepared, cfg: TrainConfig, split: str) -> dict:
+def valid_rank_ic(model, prep: Prepared, cfg: TrainConfig) -> float:
+    """Mean daily rank IC on the validation split (the tuner's alternative objective)."""
+    ic = evaluation.daily_ic(predictions_frame(model, prep.ws, "valid", cfg.eval_batch_size))
+    return float(ic["rank_ic"].mean()) if len(ic) else float("nan")
+
+
+def evaluate_split(model, prep: Prepared, cfg: TrainConfig, split: str, tear_sheet: bool = True) -> dict:
     """Score one split and log it to the active run: MSE vs the zero forecast, factor metrics,
     predictions.parquet, prediction-vs-actual plots and the alphalens tear sheet."""
     df = predictions_frame(model, prep.ws, split, cfg.eval_batch_size)
@@ -167,7 +194,7 @@ def evaluate_split(model, prep: Prepared, cfg: TrainConfig, split: str) -> dict:
         mlflow.log_artifacts(str(out / "plots"), "plots")
         if skipped:
             mlflow.set_tag("factor_metrics_skipped", skipped)
-        else:
+        elif tear_sheet:
             close = pd.DataFrame(prep.panel.close.T, index=prep.panel.dates, columns=prep.panel.tickers)
             try:
                 evaluation.tear_sheet(df, close, (1, 5, cfg.horizon), out / "tearsheet")

@@ -1,0 +1,145 @@
+"""The tune -> promote -> predict workflow, through `mlflow run` as users run it."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import optuna
+import pandas as pd
+import pytest
+import torch
+from conftest import synthetic_bars, write_ticker_csvs
+from test_e2e import mlflow_run
+
+from stocklab.promote import PromoteConfig, direction_for, run_promote
+from stocklab.tune import TuneConfig, load_space, make_storage
+
+SPACE = """
+hidden_size: {type: int, low: 4, high: 8}
+lr: {type: float, low: 1.0e-3, high: 2.0e-2, log: true}
+dropout: {type: float, low: 0.0, high: 0.2}
+batch_size: {type: categorical, choices: [32]}
+"""
+
+
+@pytest.mark.e2e
+def test_tune_study_end_to_end_then_promote_and_predict(tmp_path, tracking):
+    data = write_ticker_csvs(synthetic_bars(n_tickers=8, n_days=400, signal=0.5), tmp_path / "csvs")
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    journal = tmp_path / "study.log"
+    # pin the first four trials so each outcome is certain: two good ones, one that cannot
+    # learn (lr 1e-7, pruned after epoch 1 by the median rule), one with an invalid dropout
+    study = optuna.create_study(study_name="s1", storage=make_storage(str(journal)), direction="minimize")
+    for p in (
+        {"hidden_size": 8, "lr": 0.02, "dropout": 0.0},
+        {"hidden_size": 8, "lr": 0.01, "dropout": 0.0},
+        {"hidden_size": 4, "lr": 1e-7, "dropout": 0.0},
+        {"hidden_size": 4, "lr": 0.01, "dropout": 1.5},
+    ):
+        study.enqueue_trial({**p, "batch_size": 32})
+    params = {
+        "data": data,
+        "n_trials": 4,
+        "epochs": 2,
+        "study_name": "s1",
+        "storage": journal,
+        "space": space,
+        "horizon": 1,
+        "features": "returns",
+        "seed": 0,
+    }
+    r = mlflow_run("tune", params, tracking, tmp_path)
+    assert r.returncode == 0, r.stderr[-4000:]
+
+    study = optuna.load_study(study_name="s1", storage=make_storage(str(journal)))
+    states = [t.state.name for t in study.trials]
+    assert states == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
+    assert "dropout: 1.5 must be in [0, 1)" in study.trials[3].user_attrs["fail_reason"]
+    runs = mlflow.search_runs(search_all_experiments=True)
+    parent = runs[runs["tags.stocklab.role"] == "study"]
+    assert len(parent) == 1
+    parent_id = parent["run_id"].iloc[0]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent_id].set_index("tags.stocklab.trial")
+    assert sorted(children.index) == ["0", "1", "2", "3"]
+    assert list(children.loc[["0", "1", "2", "3"], "status"]) == ["FINISHED", "FINISHED", "KILLED", "FAILED"]
+    assert (children["tags.stocklab.study"] == "s1").all()
+    for t in study.trials:  # every Optuna trial knows its MLflow run
+        assert t.user_attrs["mlflow_run_id"] == children.loc[str(t.number), "run_id"]
+    hist = mlflow.tracking.MlflowClient().get_metric_history(children.loc["0", "run_id"], "valid_loss")
+    assert [h.step for h in hist] == [1, 2]
+
+    client = mlflow.tracking.MlflowClient()
+    prun = client.get_run(parent_id)
+    assert prun.data.metrics["best_value"] == pytest.approx(study.best_value)
+    assert prun.data.params["best_lr"] == str(study.best_params["lr"])
+    arts = {a.path for a in client.list_artifacts(parent_id)} | {
+        a.path for a in client.list_artifacts(parent_id, "plots")
+    }
+    assert {"trials.csv", "plots/optimization_history.png", "plots/param_importances.png"} <= arts
+    versions = client.search_model_versions("name='stocklab-lstm'")
+    assert len(versions) == 1 and versions[0].run_id == study.best_trial.user_attrs["mlflow_run_id"]
+    assert float(versions[0].tags["valid_mse_min"]) == pytest.approx(study.best_value)
+
+    # resume: the same study with the same target runs nothing again; one more trial runs one
+    r = mlflow_run("tune", params, tracking, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(optuna.load_study(study_name="s1", storage=make_storage(str(journal))).trials) == 4
+    r = mlflow_run("tune", {**params, "n_trials": 5}, tracking, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    trials = optuna.load_study(study_name="s1", storage=make_storage(str(journal))).trials
+    assert len(trials) == 5 and len({t.user_attrs.get("mlflow_run_id") for t in trials}) == 5
+
+    # promote, then predict with the champion
+    r = mlflow_run("promote", {"model": "lstm", "metric": "valid_mse_min"}, tracking, tmp_path)
+    assert r.returncode == 0 and "champion -> v" in r.stdout, r.stderr[-3000:]
+    out = tmp_path / "preds.csv"
+    r = mlflow_run("predict", {"model": "lstm", "data": data, "output": out}, tracking, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    preds = pd.read_csv(out, parse_dates=["date"])
+    assert sorted(preds["ticker"]) == [f"T{i:02d}" for i in range(8)]
+    assert (preds["date"] == preds["date"].max()).all() and preds["prediction"].map(math.isfinite).all()
+
+
+def _register(name: str, metrics: dict) -> str:
+    with mlflow.start_run():
+        mlflow.log_metrics(metrics)
+        info = mlflow.pytorch.log_model(torch.nn.Linear(2, 1), name="model", serialization_format="pickle")
+    return mlflow.register_model(info.model_uri, name).version
+
+
+def test_promote_guard_is_direction_aware(tracking, capsys):
+    name = "stocklab-lstm"
+    client = mlflow.tracking.MlflowClient()
+    _register(name, {"test_mse": 0.5, "ic": 0.02})
+    _register(name, {"test_mse": 0.9, "ic": 0.05})
+    res = run_promote(PromoteConfig(model="lstm", metric="test_mse"))
+    assert res["champion"] == 1 and "there was no champion" in capsys.readouterr().out
+    _register(name, {"test_mse": 0.7, "ic": 0.01})  # the best candidate, but worse than v1
+    res = run_promote(PromoteConfig(model="lstm", metric="test_mse"))
+    assert res["champion"] == 1 and "champion stays v1" in capsys.readouterr().out
+    assert int(client.get_model_version_by_alias(name, "challenger").version) == 3
+    _register(name, {"test_mse": 0.1, "ic": 0.0})  # better: takes the alias
+    res = run_promote(PromoteConfig(model="lstm", metric="test_mse"))
+    assert res["champion"] == 4 and "champion v1 -> v4" in capsys.readouterr().out
+    # ic is maximised: v2 (0.05) beats the champion v4 (0.0)
+    assert run_promote(PromoteConfig(model="lstm", metric="ic"))["champion"] == 2
+    assert direction_for("valid_mse_min") == "minimize" and direction_for("rank_ic") == "maximize"
+
+
+def test_promote_with_no_versions_is_a_clear_error(tracking):
+    with pytest.raises(ValueError, match="no registered versions of 'stocklab-cnn2d'"):
+        run_promote(PromoteConfig(model="cnn2d"))
+
+
+def test_tune_config_and_space_errors(tmp_path):
+    with pytest.raises(ValueError, match="metric: 'ic' must be one of"):
+        TuneConfig(metric="ic").validate()
+    with pytest.raises(ValueError, match="pruner: 'x' must be one of"):
+        TuneConfig(pruner="x").validate()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hidden: {type: int, low: 1, high: 2}\n")
+    with pytest.raises(ValueError, match="'hidden' is neither a train nor a lstm parameter"):
+        load_space(TuneConfig(space=str(bad)))
+    assert TuneConfig(data="/x/sp500_5yr/").resolved_study_name() == "lstm-sp500_5yr"

@@ -30,18 +30,14 @@ def _add_fields(parser: argparse.ArgumentParser, cfg, seen: set[str]) -> None:
 
 
 def _split_model_args(args: dict, model: str) -> dict:
-    """Model-config values given on the command line; error if they belong to another model."""
+    """Check that model-config values belong to the chosen model."""
     if model not in MODELS:
         raise StockLabError(f"model: unknown model '{model}' (choose from {', '.join(MODELS)})")
     own = {f.name for f in dataclasses.fields(MODELS[model][1])}
-    out = {}
-    for key, val in args.items():
-        if val is None or key in {f.name for f in dataclasses.fields(TrainConfig)}:
-            continue
+    for key in args:
         if key not in own:
             raise StockLabError(f"{key}: not a parameter of model '{model}' (it has: {', '.join(sorted(own))})")
-        out[key] = val
-    return out
+    return args
 
 
 def _train_parser() -> argparse.ArgumentParser:
@@ -53,15 +49,29 @@ def _train_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _train_config(values: dict) -> tuple[TrainConfig, dict]:
+    """TrainConfig and model overrides from parsed CLI values, with a preset applied underneath:
+    a value that differs from its built-in default always wins over the preset."""
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = update(TrainConfig(), {k: v for k, v in values.items() if k in train_fields})
+    model_args = {k: v for k, v in values.items() if k not in train_fields and v is not None}
+    if given.preset:
+        from stocklab.presets import preset_values
+
+        default = TrainConfig()
+        preset = preset_values(given.preset)
+        explicit = {k for k in train_fields if getattr(given, k) != getattr(default, k)}
+        given = update(given, {k: v for k, v in preset.items() if k in train_fields and k not in explicit})
+        if given.model == preset.get("model"):
+            model_args = {**{k: v for k, v in preset.items() if k not in train_fields}, **model_args}
+    return given, _split_model_args(model_args, given.model)
+
+
 def cmd_train(argv: list[str]) -> int:
     args, unknown = _train_parser().parse_known_args(argv)
     if unknown:
         raise StockLabError(f"{unknown[0].lstrip('-')}: unknown parameter for train")
-    values = vars(args)
-    cfg = update(
-        TrainConfig(), {k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(TrainConfig)}}
-    )
-    model_args = _split_model_args(values, cfg.model)
+    cfg, model_args = _train_config(vars(args))
     from stocklab.train import run_train  # heavy imports (torch, mlflow) only when needed
 
     result = run_train(cfg, model_args)

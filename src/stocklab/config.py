@@ -13,7 +13,7 @@ class StockLabError(ValueError):
     """A user-facing error: the CLI prints its one-line message and exits non-zero."""
 
 
-FEATURE_SETS = ("auto", "ohlcv", "returns", "relative")
+FEATURE_SETS = ("auto", "ohlcv", "returns", "relative", "technical")
 SCALERS = ("standard", "minmax", "standard_ticker", "minmax_ticker", "none")
 
 
@@ -23,9 +23,12 @@ class TrainConfig:
 
     data: str = field(default="sample", metadata={"help": "'sample', a CSV folder or a file"})
     model: str = field(default="lstm", metadata={"help": "a name from stocklab.models.MODELS"})
-    features: str = field(default="auto", metadata={"help": "auto|ohlcv|returns|relative"})
+    preset: str = field(default="", metadata={"help": "a source study's configuration (see presets.py)"})
+    features: str = field(default="auto", metadata={"help": "auto|ohlcv|returns|relative|technical"})
     horizon: int = field(default=20, metadata={"help": "label = forward return over N days"})
-    seq_len: int = field(default=20, metadata={"help": "days per input window"})
+    seq_len: int = field(default=20, metadata={"help": "steps per input window"})
+    window_stride: int = field(default=1, metadata={"help": "days between window steps (21: monthly)"})
+    return_period: int = field(default=1, metadata={"help": "look-back of `returns` features in days"})
     epochs: int = 10
     batch_size: int = 256
     lr: float = 1e-3
@@ -56,6 +59,8 @@ class TrainConfig:
         checks = [
             (self.horizon >= 1, "horizon", "must be >= 1"),
             (self.seq_len >= 1, "seq_len", "must be >= 1"),
+            (self.window_stride >= 1, "window_stride", "must be >= 1"),
+            (self.return_period >= 1, "return_period", "must be >= 1"),
             (self.epochs >= 1, "epochs", "must be >= 1"),
             (self.batch_size >= 1, "batch_size", "must be >= 1"),
             (self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),

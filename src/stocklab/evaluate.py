@@ -69,6 +69,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         features=bundle["features"],
         horizon=bundle["horizon"],
         seq_len=bundle["seq_len"],
+        window_stride=bundle.get("window_stride", 1),
+        return_period=bundle.get("return_period", 1),
         label_scale=bundle["label_scale"],
         split=bundle["split"],
         max_tickers=int(params.get("max_tickers", 0)),
@@ -78,7 +80,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         device="cpu",
     )
     scaler = Scaler.from_dict(bundle["scaler"])
-    prep = prepare(tcfg, "cpu", scaler)
+    prep = prepare(tcfg, "cpu", scaler, feature_names=bundle["feature_names"])
     if np.asarray(scaler.shift).shape[0] > 1 and prep.panel.tickers != bundle["tickers"]:
         raise StockLabError(
             f"data: the model's per-ticker scaler was fit on {len(bundle['tickers'])} other tickers; "

@@ -35,7 +35,7 @@ def resolve_feature_set(features: str, columns: list[str]) -> str:
     """`auto` -> `ohlcv` when the data has full OHLCV bars, else `returns` (close-only data)."""
     if features == "auto":
         return "ohlcv" if all(c in columns for c in OHLCV_NEEDS) else "returns"
-    if features in ("ohlcv", "relative"):
+    if features in ("ohlcv", "relative", "technical"):
         missing = [c for c in OHLCV_NEEDS if c not in columns]
         if missing:
             raise StockLabError(
@@ -51,8 +51,10 @@ def _wide(panel: pd.DataFrame, col: str, tickers, dates) -> np.ndarray:
     return wide.reindex(index=dates, columns=tickers).to_numpy(dtype=np.float64).T
 
 
-def build_panel(panel: pd.DataFrame, features: str, horizon: int, label_scale: float) -> Panel:
-    """Turn the clean long frame into feature and label arrays for one named feature set."""
+def build_panel(panel: pd.DataFrame, features: str, horizon: int, label_scale: float, return_period: int = 1) -> Panel:
+    """Turn the clean long frame into feature and label arrays for one named feature set.
+
+    `return_period` is the look-back of the `returns` features (21: monthly returns)."""
     features = resolve_feature_set(features, list(panel.columns))
     tickers = sorted(panel["ticker"].unique())
     dates = pd.DatetimeIndex(sorted(panel["date"].unique()))
@@ -75,16 +77,23 @@ def build_panel(panel: pd.DataFrame, features: str, horizon: int, label_scale: f
                 ["open", "high", "low", "close", "volume", vname, "ticker_id"],
             )
         elif features == "returns":
+            p = return_period
             lc = np.log(close)
             ret = np.full_like(lc, np.nan)
-            ret[:, 1:] = lc[:, 1:] - lc[:, :-1]
-            cols, names = [ret], ["log_return"]
+            ret[:, p:] = lc[:, p:] - lc[:, :-p]
+            cols, names = [ret], [f"log_return_{p}d"]
             if "volume" in panel.columns:
                 lv = np.log1p(_wide(panel, "volume", tickers, dates))
                 dv = np.full_like(lv, np.nan)
-                dv[:, 1:] = lv[:, 1:] - lv[:, :-1]
+                dv[:, p:] = lv[:, p:] - lv[:, :-p]
                 cols.append(dv)
-                names.append("log_volume_change")
+                names.append(f"log_volume_change_{p}d")
+        elif features == "technical":
+            from stocklab import indicators
+
+            o, h, lo, v = (_wide(panel, c, tickers, dates) for c in ("open", "high", "low", "volume"))
+            img = np.stack([indicators.technical_image(o[i], h[i], lo[i], close[i], v[i]) for i in range(N)])
+            cols, names = [img[..., j] for j in range(img.shape[-1])], indicators.feature_names()
         elif features == "relative":
             # log levels here; windows.py subtracts the window's last-day log close (prices) and
             # log volume (volume), giving log(x / x_ref on the window's last day)

@@ -20,7 +20,7 @@ from stocklab.config import StockLabError
 from stocklab.data import load_panel
 from stocklab.features import build_panel
 from stocklab.tracking import load_bundle
-from stocklab.windows import Scaler, valid_window_mask
+from stocklab.windows import Scaler, valid_window_mask, window_offsets, window_span
 
 
 @dataclass
@@ -45,7 +45,10 @@ def run_predict(cfg: PredictConfig) -> pd.DataFrame:
         raise StockLabError(f"model: cannot load '{uri}' ({str(e).splitlines()[0][:200]})") from None
     raw, _ = load_panel(cfg.data, cfg.cache_dir)
     # the label horizon only shapes labels, which prediction does not use
-    panel = build_panel(raw, bundle["features"], bundle["horizon"], bundle["label_scale"])
+    panel = build_panel(
+        raw, bundle["features"], bundle["horizon"], bundle["label_scale"], bundle.get("return_period", 1)
+    )
+    cols = [panel.feature_names.index(f) for f in bundle["feature_names"]]  # the training column order
     scaler = Scaler.from_dict(bundle["scaler"])
     keep = np.arange(len(panel.tickers))
     if scaler.shift.shape[0] > 1:  # per-ticker scaler: only tickers the model was fit on
@@ -55,17 +58,18 @@ def run_predict(cfg: PredictConfig) -> pd.DataFrame:
             raise StockLabError("data: none of its tickers was in the model's training data (per-ticker scaler)")
         rows = [known[panel.tickers[i]] for i in keep]
         scaler = Scaler(scaler.kind, scaler.shift[rows], scaler.scale[rows])
-    X = panel.X[keep]
-    seq_len = bundle["seq_len"]
-    ok = valid_window_mask(X, seq_len) if X.shape[1] >= seq_len else np.zeros(X.shape[:2], bool)
+    X = panel.X[keep][..., cols]
+    seq_len, stride = bundle["seq_len"], bundle.get("window_stride", 1)
+    span = window_span(seq_len, stride)
+    ok = valid_window_mask(X, span) if X.shape[1] >= span else np.zeros(X.shape[:2], bool)
     has = ok.any(axis=1)
     if not has.any():
-        raise StockLabError(f"data: no ticker has a complete window of seq_len={seq_len} days")
+        raise StockLabError(f"data: no ticker has a complete window of {span} days")
     last = X.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1)  # latest complete window per ticker
     n = np.nonzero(has)[0]
     t = last[n]
     Xs = np.nan_to_num(scaler.transform(X), nan=0.0)
-    windows = Xs[n[:, None], t[:, None] + np.arange(-seq_len + 1, 1)[None, :]]  # (B, T, F)
+    windows = Xs[n[:, None], t[:, None] + window_offsets(seq_len, stride)[None, :]]  # (B, T, F)
     if panel.relative_cols:
         rc, rr = panel.relative_cols, panel.relative_ref
         windows[..., rc] = windows[..., rc] - windows[:, -1:, rr]

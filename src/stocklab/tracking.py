@@ -23,15 +23,26 @@ from mlflow.types.schema import Schema, TensorSpec  # noqa: E402
 BUNDLE_FILE = "preprocess.json"
 
 
-def log_params_once(params: dict) -> None:
+def _same(logged: str, value) -> bool:
+    if str(logged) == str(value):
+        return True
+    try:
+        return float(logged) == float(value)
+    except (TypeError, ValueError):
+        return str(logged).lower() == str(value).lower()
+
+
+def log_params_once(params: dict) -> dict:
     """Log params, skipping keys the run already has (`mlflow run` logs the -P values itself,
-    and MLflow refuses to change a param, e.g. '1e-3' vs '0.001')."""
+    and MLflow refuses to change a param, e.g. '1e-3' vs '0.001'). Returns the keys whose
+    effective value differs from the one already logged (e.g. set by a preset)."""
     run = mlflow.active_run()
     existing = mlflow.get_run(run.info.run_id).data.params if run else {}
     fresh = {k: v for k, v in params.items() if k not in existing}
     items = list(fresh.items())
     for i in range(0, len(items), 100):  # MLflow's per-call param limit
         mlflow.log_params(dict(items[i : i + 100]))
+    return {k: v for k, v in params.items() if k in existing and not _same(existing[k], v)}
 
 
 def environment_params(device: torch.device) -> dict:
@@ -137,6 +148,20 @@ def loss_curve(train_loss: list[float], valid_loss: list[float], best_epoch: int
     ax.set_yscale("log")
     ax.legend()
     ax.set_title("Loss curves")
+    fig.tight_layout()
+    return fig
+
+
+def attention_heatmap(weights: np.ndarray, labels: list[str]):
+    """Attention weights (windows x days in the window) as a heatmap."""
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(labels) + 1.5))
+    im = ax.imshow(weights, aspect="auto", cmap="viridis")
+    T = weights.shape[1]
+    ax.set_xticks(range(0, T, max(T // 10, 1)), [str(d - T + 1) for d in range(0, T, max(T // 10, 1))])
+    ax.set_xlabel("day in window (0 = last)")
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    fig.colorbar(im, ax=ax, label="attention weight")
+    ax.set_title("Attention over the window, test windows")
     fig.tight_layout()
     return fig
 

@@ -18,14 +18,15 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 
-from stocklab import evaluation, tracking
+from stocklab import evaluation, indicators, tracking
 from stocklab.config import StockLabError, TrainConfig
 from stocklab.data import DataReport, load_panel
 from stocklab.features import Panel, build_panel, resolve_feature_set
 from stocklab.models import build_model, model_config
 from stocklab.training import History, configure_cpu_threads, fit, predict, resolve_device, set_seed
-from stocklab.windows import Scaler, WindowSet, drop_short_tickers
+from stocklab.windows import Scaler, WindowSet, drop_short_tickers, split_bounds, window_span
 
 BUNDLE_ARTIFACT = "model_bundle/preprocess.json"
 
@@ -40,17 +41,29 @@ class Prepared:
     features: str
 
 
-def prepare(cfg: TrainConfig, device="cpu", scaler: Scaler | None = None) -> Prepared:
-    """Load, clean, featurise, split and scale. `scaler` (from a logged model) skips fitting."""
+def prepare(
+    cfg: TrainConfig, device="cpu", scaler: Scaler | None = None, feature_names: list | None = None
+) -> Prepared:
+    """Load, clean, featurise, split and scale. `scaler` and `feature_names` (from a logged
+    model) reuse the training run's fitted scaler and column order instead of fitting them."""
     raw, report = load_panel(cfg.data, cfg.cache_dir)
     features = resolve_feature_set(cfg.features, report.columns)
     if cfg.max_tickers:
         keep = sorted(raw["ticker"].unique())[: cfg.max_tickers]
         raw = raw[raw["ticker"].isin(keep)]
-    panel = build_panel(raw, features, cfg.horizon, cfg.label_scale)
-    panel, n_short = drop_short_tickers(panel, cfg.seq_len, cfg.horizon)
+    panel = build_panel(raw, features, cfg.horizon, cfg.label_scale, cfg.return_period)
+    panel, n_short = drop_short_tickers(panel, window_span(cfg.seq_len, cfg.window_stride), cfg.horizon)
     report.dropped["short_tickers"] = n_short
-    ws = WindowSet(panel, cfg.seq_len, cfg.horizon, cfg.split_fractions(), cfg.scaler, device, scaler)
+    if feature_names is None and features == "technical":
+        # image rows ordered by clustering the indicators' correlations on the training days only
+        order = indicators.cluster_order(panel.X, split_bounds(len(panel.dates), cfg.split_fractions())[0])
+        feature_names = indicators.feature_names(order)
+    if feature_names is not None and feature_names != panel.feature_names:
+        cols = [panel.feature_names.index(f) for f in feature_names]
+        panel = dataclasses.replace(panel, X=panel.X[..., cols], feature_names=list(feature_names))
+    ws = WindowSet(
+        panel, cfg.seq_len, cfg.horizon, cfg.split_fractions(), cfg.scaler, device, scaler, cfg.window_stride
+    )
     for split in ("train", "valid", "test"):
         if ws.size(split) == 0:
             raise StockLabError(
@@ -68,7 +81,10 @@ def bundle_for(cfg: TrainConfig, mcfg, prep: Prepared) -> dict:
         "features": prep.features,
         "feature_names": prep.panel.feature_names,
         "seq_len": cfg.seq_len,
+        "window_stride": cfg.window_stride,
+        "return_period": cfg.return_period,
         "horizon": cfg.horizon,
+        "class_cuts": prep.ws.class_cuts.tolist(),
         "label_scale": cfg.label_scale,
         "split": cfg.split,
         "tickers": prep.panel.tickers,
@@ -113,7 +129,7 @@ def _train_in_run(cfg: TrainConfig, model_overrides, on_epoch, tear_sheet: bool,
     device = resolve_device(cfg.device)
     prep = prepare(cfg, device)
     ws = prep.ws
-    tracking.log_params_once(
+    differs = tracking.log_params_once(
         {
             **tracking.config_params(cfg, mcfg),
             "features_resolved": prep.features,
@@ -126,6 +142,9 @@ def _train_in_run(cfg: TrainConfig, model_overrides, on_epoch, tear_sheet: bool,
         }
     )
     tracking.log_json(prep.report.to_dict(), "data_report.json")
+    tracking.log_json(tracking.config_params(cfg, mcfg), "config.json")  # the effective configuration
+    if differs:  # e.g. a preset replaced the MLproject defaults that `mlflow run` logged
+        mlflow.set_tag("stocklab.effective_params", ", ".join(f"{k}={v}" for k, v in differs.items())[:5000])
 
     set_seed(cfg.seed)
     model = build_model(cfg.model, ws.n_features, cfg.seq_len, mcfg)
@@ -150,6 +169,12 @@ def _train_in_run(cfg: TrainConfig, model_overrides, on_epoch, tear_sheet: bool,
     }
     mlflow.log_metrics(metrics)
     tracking.log_figure(tracking.loss_curve(hist.train_loss, hist.valid_loss, hist.best_epoch), "plots/loss_curve.png")
+    if hasattr(model, "attention_weights"):
+        n, t = (a[:8] for a in ws.index["test"])
+        with torch.no_grad():
+            weights = model.attention_weights(ws.gather(n, t)).float().cpu().numpy()  # (8, T)
+        labels = [f"{prep.panel.tickers[i]} {prep.panel.dates[d].date()}" for i, d in zip(n.tolist(), t.tolist())]
+        tracking.log_figure(tracking.attention_heatmap(weights, labels), "plots/attention_heatmap.png")
     bundle = bundle_for(cfg, mcfg, prep)
     tracking.log_json(bundle, BUNDLE_ARTIFACT)
     n, t = (a[:2] for a in ws.index["test"])

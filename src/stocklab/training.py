@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -88,13 +89,36 @@ def predict(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 8192)
     return tuple(torch.cat(a).cpu().numpy() for a in (preds, ys, ns, ts))
 
 
+def batch_loss(model: nn.Module, ws: WindowSet, x, y, n, t, train: bool = False) -> torch.Tensor:
+    """The model's training objective on one batch.
+
+    Regression models: MSE of forward(x) (B,) vs the label. `target = "sequence"` models:
+    masked MSE of forward_steps(x) (B, T) vs every day's label in the window.
+    `target = "classes"` models: cross-entropy of logits(x) (B, 3) vs sell/hold/buy terciles
+    whose cut points come from the training labels. A `penalty()` (e.g. ridge) is added in training.
+    """
+    target = getattr(model, "target", "regression")
+    if target == "sequence":
+        pred = model.forward_steps(x).float()  # (B, T)
+        ys, ok = ws.label_steps(n, t)  # (B, T) labels and their availability
+        loss = (((pred - ys) ** 2) * ok).sum() / ok.sum().clamp(min=1)
+    elif target == "classes":
+        loss = F.cross_entropy(model.logits(x).float(), torch.bucketize(y, ws.class_cuts))
+    else:
+        loss = torch.mean((model(x).float() - y) ** 2)
+    if train and hasattr(model, "penalty"):
+        loss = loss + model.penalty()
+    return loss
+
+
 @torch.no_grad()
-def mse(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 8192) -> float:
-    model.eval()
+def mean_loss(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 8192) -> float:
+    """The objective averaged over a split (MSE for regressors: the early-stopping criterion)."""
+    eval_mode(model)
     total = torch.zeros((), device=ws.device)
-    for x, y, _, _ in ws.batches(split, batch_size):
+    for x, y, n, t in ws.batches(split, batch_size):
         with _autocast(ws.device):
-            total += ((model(x).float() - y) ** 2).sum()
+            total += batch_loss(model, ws, x, y, n, t) * y.numel()
     return float(total) / max(ws.size(split), 1)
 
 
@@ -108,7 +132,9 @@ def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallba
     Optuna `trial.report`); it may raise to stop training (e.g. optuna.TrialPruned).
     """
     model.to(ws.device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad]
+    # a parameter-free baseline (naive zero forecast) is only evaluated
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if params else None
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling order, independent of model init
     n_train = ws.size("train")
     hist, best_state = History(), copy.deepcopy(model.state_dict())
@@ -117,23 +143,23 @@ def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallba
     for epoch in bar:
         model.train()
         total = torch.zeros((), device=ws.device)
-        for x, y, _, _ in ws.batches("train", cfg.batch_size, gen):  # x: (B, T, F), y: (B,)
+        for x, y, n, t in ws.batches("train", cfg.batch_size, gen):  # x: (B, T, F), y: (B,)
             with _autocast(ws.device):
-                pred = model(x).float()
-            loss = torch.mean((pred - y) ** 2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+                loss = batch_loss(model, ws, x, y, n, t, train=True)
+            if opt is not None:
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
             total += loss.detach() * y.numel()  # stays on the device: no sync per step
         train_loss = float(total) / n_train
-        valid_loss = mse(model, ws, "valid", cfg.eval_batch_size)
+        valid_loss = mean_loss(model, ws, "valid", cfg.eval_batch_size)
         if not (math.isfinite(train_loss) and math.isfinite(valid_loss)):
             raise TrainingDiverged(f"loss is not finite at epoch {epoch} (train {train_loss}, valid {valid_loss})")
         hist.train_loss.append(train_loss)
         hist.valid_loss.append(valid_loss)
         bar.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}")
         if on_epoch is not None:
-            on_epoch(epoch, train_loss, valid_loss, opt.param_groups[0]["lr"])
+            on_epoch(epoch, train_loss, valid_loss, cfg.lr)
         if valid_loss < hist.best_valid:
             hist.best_valid, hist.best_epoch = valid_loss, epoch
             best_state = copy.deepcopy(model.state_dict())

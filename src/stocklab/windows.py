@@ -87,8 +87,18 @@ class Scaler:
         return cls(d["kind"], np.asarray(d["shift"]), np.asarray(d["scale"]))
 
 
+def window_offsets(seq_len: int, stride: int = 1) -> np.ndarray:
+    """Day offsets of a window ending on day 0: seq_len steps, `stride` days apart."""
+    return np.arange(-(seq_len - 1) * stride, 1, stride)
+
+
+def window_span(seq_len: int, stride: int = 1) -> int:
+    """Calendar days covered by a window (every one of them must be known)."""
+    return (seq_len - 1) * stride + 1
+
+
 def valid_window_mask(X: np.ndarray, seq_len: int) -> np.ndarray:
-    """(N, D) bool: True where the window of `seq_len` days ending on day t is fully known."""
+    """(N, D) bool: True where the `seq_len` days ending on day t are all fully known."""
     finite = np.isfinite(X).all(axis=-1)  # (N, D)
     c = np.concatenate([np.zeros((X.shape[0], 1), np.int64), np.cumsum(finite, axis=1)], axis=1)
     ok = np.zeros_like(finite)
@@ -108,25 +118,28 @@ class WindowSet:
         scaler_kind: str,
         device: str | torch.device = "cpu",
         scaler: Scaler | None = None,
+        stride: int = 1,
     ):
-        self.panel, self.seq_len, self.horizon = panel, seq_len, horizon
+        self.panel, self.seq_len, self.horizon, self.stride = panel, seq_len, horizon, stride
         N, D, F = panel.X.shape
-        if D < seq_len + 3 * horizon:
+        span = window_span(seq_len, stride)
+        if D < span + 3 * horizon:
             raise StockLabError(
-                f"data: only {D} trading days; seq_len={seq_len} and horizon={horizon} need "
-                f"at least {seq_len + 3 * horizon} for a train/valid/test split with embargo"
+                f"data: only {D} trading days; a window of {span} days and horizon={horizon} need "
+                f"at least {span + 3 * horizon} for a train/valid/test split with embargo"
             )
         self.ranges = end_day_ranges(D, fractions, horizon)
         train_end = split_bounds(D, fractions)[0]
         # relative columns are normalised by construction, so the scaler leaves them alone
         self.scaler = scaler or Scaler.fit(panel.X, train_end, scaler_kind, panel.relative_cols)
         Xs = self.scaler.transform(panel.X)
-        ok = valid_window_mask(panel.X, seq_len)
+        ok = valid_window_mask(panel.X, span)
         labelled = ok & np.isfinite(panel.y)
         self.device = torch.device(device)
         self.X = torch.from_numpy(np.nan_to_num(Xs, nan=0.0)).to(self.device)  # (N, D, F)
         self.y = torch.from_numpy(np.nan_to_num(panel.y, nan=0.0)).to(self.device)  # (N, D)
-        self.offsets = torch.arange(-seq_len + 1, 1, device=self.device)  # (T,)
+        self.y_ok = torch.from_numpy(np.isfinite(panel.y)).to(self.device)  # (N, D)
+        self.offsets = torch.from_numpy(window_offsets(seq_len, stride)).to(self.device)  # (T,)
         self.rel_cols = torch.tensor(panel.relative_cols, dtype=torch.long, device=self.device)
         self.rel_ref = torch.tensor(panel.relative_ref, dtype=torch.long, device=self.device)
         self.index: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -139,7 +152,13 @@ class WindowSet:
                 torch.from_numpy(n[order]).to(self.device),
                 torch.from_numpy(t[order]).to(self.device),
             )
-        self.latest_ok = ok  # windows usable for prediction (no label needed)
+        # sell/hold/buy cut points for classifiers: terciles of the *training* labels only
+        y_train = self.y[self.index["train"]].float()
+        self.class_cuts = (
+            torch.quantile(y_train, torch.tensor([1 / 3, 2 / 3], device=self.device))
+            if y_train.numel()
+            else torch.zeros(2, device=self.device)
+        )
 
     @property
     def n_features(self) -> int:
@@ -157,6 +176,12 @@ class WindowSet:
             x[..., self.rel_cols] = x[..., self.rel_cols] - x[:, -1:, self.rel_ref]
         return x
 
+    def label_steps(self, n: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every day's label inside each window, (B, T), and whether it exists (per-step targets).
+        For a training window all of them end before its own label, so they stay in the split."""
+        days = t[:, None] + self.offsets[None, :]  # (B, T)
+        return self.y[n[:, None], days], self.y_ok[n[:, None], days].float()
+
     def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None):
         """Yield (x (B,T,F), y (B,), n (B,), t (B,)); shuffled when a generator is given."""
         n_all, t_all = self.index[split]
@@ -169,7 +194,8 @@ class WindowSet:
 
 
 def drop_short_tickers(panel: Panel, seq_len: int, horizon: int) -> tuple[Panel, int]:
-    """Drop tickers with fewer rows than one window plus the horizon; error if none is left."""
+    """Drop tickers with fewer rows than one window (`seq_len` days) plus the horizon; error if
+    none is left."""
     rows = np.isfinite(panel.X).all(axis=-1).sum(axis=1)  # (N,)
     keep = rows >= seq_len + horizon
     n_short = int((~keep).sum())

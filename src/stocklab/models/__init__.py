@@ -1,6 +1,8 @@
 """Model registry: every model maps a name to (nn.Module class, default config dataclass).
 
 Every model is built as ``cls(n_features, seq_len, cfg)`` and maps x (B, T, F) -> (B,).
+Optional class attribute ``target``: "sequence" (per-step targets through ``forward_steps``) or
+"classes" (sell/hold/buy cross-entropy through ``logits``); a ``penalty()`` method adds to the loss.
 """
 
 from __future__ import annotations
@@ -10,13 +12,31 @@ import dataclasses
 from torch import nn
 
 from stocklab.config import StockLabError, update
+from stocklab.models.attention import Attention, AttentionConfig
+from stocklab.models.baselines import Linear, LinearConfig, Naive, NaiveConfig
+from stocklab.models.cnn1d import CNN1D, CNN1DConfig
 from stocklab.models.cnn2d import CNN2D, VARIANTS, CNN2DConfig
-from stocklab.models.lstm import LSTM, LSTMConfig
+from stocklab.models.cnn_ta import CNNTA, CNNTAConfig
+from stocklab.models.lstm import GRU, LSTM, LSTMConfig
+from stocklab.models.rnn import RNN, RNNConfig
+from stocklab.models.seq2seq import Seq2Seq, Seq2SeqConfig
+from stocklab.models.transformer import Transformer, TransformerConfig
 
 MODELS: dict[str, tuple[type[nn.Module], object]] = {
+    "rnn": (RNN, RNNConfig()),
     "lstm": (LSTM, LSTMConfig()),
+    "gru": (GRU, LSTMConfig()),
+    "seq2seq": (Seq2Seq, Seq2SeqConfig()),
+    "cnn1d": (CNN1D, CNN1DConfig()),
     "cnn2d": (CNN2D, CNN2DConfig()),
+    "cnn_ta": (CNNTA, CNNTAConfig()),
+    "attention": (Attention, AttentionConfig()),
+    "transformer": (Transformer, TransformerConfig()),
+    "linear": (Linear, LinearConfig()),
+    "naive": (Naive, NaiveConfig()),
 }
+BASELINES = ("linear", "naive")
+CHOICES = {"variant": tuple(VARIANTS), "cell": ("lstm", "rnn"), "mode": ("zero", "mean")}
 
 
 def model_config(name: str, overrides: dict | None = None):
@@ -27,17 +47,23 @@ def model_config(name: str, overrides: dict | None = None):
     values = dataclasses.asdict(cfg)
     if "dropout" in values and not 0.0 <= values["dropout"] < 1.0:
         raise StockLabError(f"dropout: {values['dropout']!r} must be in [0, 1)")
-    for key in ("hidden_size", "num_layers", "kernel"):
+    for key in ("hidden_size", "num_layers", "kernel", "channels", "d_model", "nhead", "dim_feedforward", "dense"):
         if key in values and values[key] < 1:
             raise StockLabError(f"{key}: {values[key]!r} must be >= 1")
-    for key in ("channels1", "channels2"):
+    for key in ("channels1", "channels2", "alpha"):
         if key in values and values[key] < 0:
-            raise StockLabError(f"{key}: {values[key]!r} must be >= 0 (0 = from variant)")
-    if "variant" in values and values["variant"] not in VARIANTS:
-        raise StockLabError(f"variant: {values['variant']!r} must be one of {', '.join(VARIANTS)}")
+            raise StockLabError(f"{key}: {values[key]!r} must be >= 0")
+    for key, allowed in CHOICES.items():
+        if key in values and values[key] not in allowed:
+            raise StockLabError(f"{key}: {values[key]!r} must be one of {', '.join(allowed)}")
+    if "d_model" in values and values["d_model"] % values["nhead"]:
+        raise StockLabError(f"d_model: {values['d_model']} must be divisible by nhead={values['nhead']}")
     return cfg
 
 
 def build_model(name: str, n_features: int, seq_len: int, cfg) -> nn.Module:
     cls, _ = MODELS[name]
-    return cls(n_features, seq_len, cfg)
+    try:
+        return cls(n_features, seq_len, cfg)
+    except ValueError as e:
+        raise StockLabError(f"model: {e}") from None

@@ -1,4 +1,5 @@
-"""Stacked LSTM (the LSTM lab): dropout between layers, optional batch norm before the head."""
+"""Stacked LSTM (the LSTM lab) and its GRU twin: dropout between layers, optional batch norm
+before the head, prediction from the last step's hidden state."""
 
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ from torch import nn
 class LSTMConfig:
     hidden_size: int = 32
     num_layers: int = 2
-    dropout: float = 0.1  # between LSTM layers and before the head
+    dropout: float = 0.1  # between recurrent layers and before the head
     batch_norm: bool = False  # BatchNorm1d on the last hidden state
 
 
 class LSTM(nn.Module):
+    cell = nn.LSTM
+
     def __init__(self, n_features: int, seq_len: int, cfg: LSTMConfig):
         super().__init__()
-        self.rnn = nn.LSTM(
+        self.rnn = self.cell(
             n_features,
             cfg.hidden_size,
             num_layers=cfg.num_layers,
@@ -34,3 +37,9 @@ class LSTM(nn.Module):
         out, _ = self.rnn(x)  # (B, T, H)
         h = self.drop(self.norm(out[:, -1]))  # last step's state: (B, H)
         return self.head(h).squeeze(-1)  # (B,)
+
+
+class GRU(LSTM):
+    """As LSTM with GRU cells (same config)."""
+
+    cell = nn.GRU

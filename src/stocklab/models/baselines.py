@@ -1,0 +1,48 @@
+"""Baselines every report compares with.
+
+`linear`: ridge regression on the flattened window, fitted by the shared trainer with an L2
+penalty `alpha` on the weights. `naive`: `zero` predicts a zero return (no parameters) and `mean`
+predicts the historical average return of the training labels (one bias fitted by MSE).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class LinearConfig:
+    alpha: float = 1e-3  # ridge penalty on the weights
+
+
+class Linear(nn.Module):
+    def __init__(self, n_features: int, seq_len: int, cfg: LinearConfig):
+        super().__init__()
+        self.fc = nn.Linear(seq_len * n_features, 1)
+        self.alpha = cfg.alpha
+
+    def penalty(self) -> torch.Tensor:
+        return self.alpha * (self.fc.weight**2).sum()  # ridge: L2 on weights, not the intercept
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
+        return self.fc(x.flatten(1)).squeeze(-1)  # (B,)
+
+
+@dataclass
+class NaiveConfig:
+    mode: str = "zero"  # zero | mean
+
+
+class Naive(nn.Module):
+    def __init__(self, n_features: int, seq_len: int, cfg: NaiveConfig):
+        super().__init__()
+        self.mode = cfg.mode
+        if cfg.mode == "mean":
+            self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
+        zero = x[:, -1, 0] * 0.0  # (B,) on x's device and dtype, traceable by torch.export
+        return zero + self.bias if self.mode == "mean" else zero

@@ -1,0 +1,30 @@
+"""Autoregressive 1D CNN: one convolution over the lagged inputs (e.g. 12 monthly returns), then a
+dense head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class CNN1DConfig:
+    channels: int = 16
+    kernel: int = 3
+    dropout: float = 0.1
+
+
+class CNN1D(nn.Module):
+    def __init__(self, n_features: int, seq_len: int, cfg: CNN1DConfig):
+        super().__init__()
+        k = min(cfg.kernel, seq_len)
+        self.conv = nn.Conv1d(n_features, cfg.channels, k)  # over time, features as channels
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cfg.channels * (seq_len - k + 1), 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
+        z = self.conv(x.transpose(1, 2))  # (B, C, T - k + 1)
+        return self.head(z).squeeze(-1)  # (B,)

@@ -1,0 +1,50 @@
+"""CNN-TA: a 2D CNN on the 15x15 technical-indicator image (indicators x look-backs) of the last
+day, a buy/hold/sell classifier. Its prediction (the alpha score) is P(buy) - P(sell)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class CNNTAConfig:
+    channels1: int = 32
+    channels2: int = 64
+    dense: int = 128
+    dropout: float = 0.25
+
+
+class CNNTA(nn.Module):
+    target = "classes"  # the trainer uses cross-entropy on sell/hold/buy terciles
+
+    def __init__(self, n_features: int, seq_len: int, cfg: CNNTAConfig):
+        super().__init__()
+        self.side = math.isqrt(n_features)
+        if self.side * self.side != n_features:
+            raise ValueError(f"cnn_ta needs a square indicator image (features=technical), got {n_features} inputs")
+        s = self.side
+        self.net = nn.Sequential(
+            nn.Conv2d(1, cfg.channels1, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(cfg.channels1, cfg.channels2, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(cfg.dropout),
+            nn.Flatten(),
+            nn.Linear(cfg.channels2 * (s // 2) * (s // 2), cfg.dense),
+            nn.ReLU(),
+            nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.dense, 3),
+        )
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, 225): the last day's image
+        img = x[:, -1].reshape(-1, 1, self.side, self.side)  # (B, 1, 15, 15)
+        return self.net(img)  # (B, 3): sell, hold, buy
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(self.logits(x), dim=-1)  # (B, 3)
+        return p[:, 2] - p[:, 0]  # (B,) score in [-1, 1]

@@ -1,0 +1,35 @@
+"""Vanilla RNN of the RNN study: every time step's output, flattened, feeds one linear head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class RNNConfig:
+    hidden_size: int = 8
+    num_layers: int = 2
+    dropout: float = 0.0  # between RNN layers
+    sigmoid: bool = False  # squash the output to (0, 1) for min-max scaled targets
+
+
+class RNN(nn.Module):
+    def __init__(self, n_features: int, seq_len: int, cfg: RNNConfig):
+        super().__init__()
+        self.rnn = nn.RNN(
+            n_features,
+            cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.head = nn.Linear(seq_len * cfg.hidden_size, 1)
+        self.sigmoid = cfg.sigmoid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
+        out, _ = self.rnn(x)  # (B, T, H)
+        y = self.head(out.flatten(1)).squeeze(-1)  # all steps -> (B,)
+        return torch.sigmoid(y) if self.sigmoid else y

@@ -1,0 +1,41 @@
+"""Sequence-to-sequence regressor: a recurrent net returns the whole sequence and a per-step dense
+head predicts the next value at every step. Trained on per-step targets (the label of every day
+in the window); the prediction for the window is the last step's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Seq2SeqConfig:
+    hidden_size: int = 100
+    num_layers: int = 1
+    cell: str = "lstm"  # lstm | rnn
+    dropout: float = 0.0
+
+
+class Seq2Seq(nn.Module):
+    target = "sequence"  # the trainer feeds per-step targets (B, T) to forward_steps
+
+    def __init__(self, n_features: int, seq_len: int, cfg: Seq2SeqConfig):
+        super().__init__()
+        cell = {"lstm": nn.LSTM, "rnn": nn.RNN}[cfg.cell]
+        self.rnn = cell(
+            n_features,
+            cfg.hidden_size,
+            num_layers=cfg.num_layers,
+            dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.head = nn.Linear(cfg.hidden_size, 1)  # applied at every step
+
+    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
+        out, _ = self.rnn(x)  # (B, T, H)
+        return self.head(out).squeeze(-1)  # (B, T)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_steps(x)[:, -1]  # (B,)

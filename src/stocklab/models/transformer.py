@@ -1,0 +1,36 @@
+"""A small Transformer encoder over the window: linear embedding + learned positions, pre-norm
+encoder layers, the last day's token feeds the head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TransformerConfig:
+    d_model: int = 32
+    nhead: int = 4
+    num_layers: int = 2
+    dim_feedforward: int = 64
+    dropout: float = 0.1
+
+
+class Transformer(nn.Module):
+    def __init__(self, n_features: int, seq_len: int, cfg: TransformerConfig):
+        super().__init__()
+        self.embed = nn.Linear(n_features, cfg.d_model)
+        self.pos = nn.Parameter(torch.zeros(1, seq_len, cfg.d_model))
+        nn.init.normal_(self.pos, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            cfg.d_model, cfg.nhead, cfg.dim_feedforward, cfg.dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
+        z = self.encoder(self.embed(x) + self.pos)  # (B, T, D)
+        return self.head(self.norm(z[:, -1])).squeeze(-1)  # (B,)

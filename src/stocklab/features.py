@@ -31,8 +31,11 @@ class Panel:
     relative_ref: list[int]  # for each relative column, the column it is divided by
 
 
-def resolve_feature_set(features: str, columns: list[str]) -> str:
-    """`auto` -> `ohlcv` when the data has full OHLCV bars, else `returns` (close-only data)."""
+def resolve_feature_set(features: str, columns: list[str], model: str = "") -> str:
+    """`auto` -> `technical` for cnn_ta (its indicator image), else `ohlcv` when the data has
+    full OHLCV bars and `returns` on close-only data."""
+    if features == "auto" and model == "cnn_ta":
+        features = "technical"
     if features == "auto":
         return "ohlcv" if all(c in columns for c in OHLCV_NEEDS) else "returns"
     if features in ("ohlcv", "relative", "technical"):

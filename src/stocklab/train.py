@@ -47,7 +47,7 @@ def prepare(
     """Load, clean, featurise, split and scale. `scaler` and `feature_names` (from a logged
     model) reuse the training run's fitted scaler and column order instead of fitting them."""
     raw, report = load_panel(cfg.data, cfg.cache_dir)
-    features = resolve_feature_set(cfg.features, report.columns)
+    features = resolve_feature_set(cfg.features, report.columns, cfg.model)
     if cfg.max_tickers:
         keep = sorted(raw["ticker"].unique())[: cfg.max_tickers]
         raw = raw[raw["ticker"].isin(keep)]

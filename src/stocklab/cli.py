@@ -129,12 +129,20 @@ def cmd_predict(argv: list[str]) -> int:
     return 0
 
 
+def cmd_benchmark(argv: list[str]) -> int:
+    from stocklab.benchmark import BenchmarkConfig, run_benchmark
+
+    run_benchmark(_parse("benchmark", BenchmarkConfig, argv))
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "tune": cmd_tune,
     "promote": cmd_promote,
     "predict": cmd_predict,
+    "benchmark": cmd_benchmark,
 }
 
 

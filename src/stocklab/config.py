@@ -40,6 +40,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_tickers: int = field(default=0, metadata={"help": "use the first N tickers (0 = all)"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model for training"})
     eval_batch_size: int = 8192
     cache_dir: str = field(default=".stocklab_cache", metadata={"help": "parsed-panel cache"})
 

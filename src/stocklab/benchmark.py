@@ -1,0 +1,273 @@
+"""The `benchmark` job, `suite=speed`: the project's pipeline side by side with the source one.
+
+    mlflow run . -e benchmark --env-manager local -P suite=speed
+
+Measured in one process on one machine, and written to `speed.json` (also logged to the run):
+  (a) window construction: the source tutorial's Python loop that appends `.tolist()` windows
+      and stacks them, vs the project's lazy index + on-device gather of every window;
+  (b) training throughput (samples/s): a DataLoader over materialised windows with batch 64
+      (the source pipeline) vs the project's trainer (resident panel, gathered batches of
+      `batch_size`), same model and data, for cnn2d (deep) and lstm;
+  (c) the 2D-CNN study's workload: 514 tickers x 3,500 days x 7 features (synthetic panel of
+      that shape), 96-day windows, cnn2d deep, 20-day label: seconds per epoch and the
+      projection for 200 epochs. On CPU the epoch time is projected from `seed000_steps`
+      measured steps (`seed000_epoch_measured` says which).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import time
+import tracemalloc
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stocklab.config import StockLabError, TrainConfig
+from stocklab.data import load_panel
+from stocklab.features import Panel, build_panel
+from stocklab.models import build_model, model_config
+from stocklab.tracking import log_params_once
+from stocklab.training import configure_cpu_threads, fit, resolve_device
+from stocklab.windows import WindowSet
+
+
+@dataclass
+class BenchmarkConfig:
+    suite: str = field(default="speed", metadata={"help": "speed"})
+    data: str = field(default="../shared/data/sp500_5yr", metadata={"help": "real bars for (a), (b); or sample"})
+    n_tickers: int = field(default=20, metadata={"help": "tickers for (a) and (b): the naive loop is slow"})
+    seq_len: int = 96
+    batch_size: int = field(default=1024, metadata={"help": "the project's training batch in (b), (c)"})
+    train_steps: int = field(default=60, metadata={"help": "timed steps per pipeline in (b)"})
+    seed000_steps: int = field(default=40, metadata={"help": "timed steps in (c) on CPU (full epoch on GPU)"})
+    seed000_tickers: int = 514
+    seed000_days: int = 3500
+    device: str = "auto"
+    output: str = "speed.json"
+
+
+def _panel(cfg: BenchmarkConfig) -> Panel:
+    raw, _ = load_panel(cfg.data)
+    keep = sorted(raw["ticker"].unique())[: cfg.n_tickers]
+    return build_panel(raw[raw["ticker"].isin(keep)], "ohlcv", horizon=20, label_scale=1.0)
+
+
+def naive_windows(X: np.ndarray, seq_len: int) -> np.ndarray:
+    """The source tutorial: a Python list of windows built with .tolist(), then one array."""
+    windows = []
+    for n in range(X.shape[0]):
+        series = X[n]
+        for i in range(len(series) - seq_len + 1):
+            window = series[i : i + seq_len]
+            if np.isfinite(window).all():
+                windows.append(window.tolist())
+    return np.array(windows, dtype=np.float32)
+
+
+def _peak(fn):
+    """(result, seconds, peak traced MB) of fn()."""
+    gc.collect()
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    out = fn()
+    secs = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return out, secs, peak
+
+
+def bench_windows(panel: Panel, seq_len: int, device) -> dict:
+    """(a) every window of the panel, source loop vs project (index + batched gather)."""
+    arr, t_naive, mem_naive = _peak(lambda: naive_windows(panel.X, seq_len))
+    n_windows = len(arr)
+    del arr
+
+    def project():
+        ws = WindowSet(panel, seq_len, 20, (0.6, 0.2, 0.2), "standard", device)
+        count = 0
+        for split in ("train", "valid", "test"):
+            for x, *_ in ws.batches(split, 8192):  # every window, as the trainer sees them
+                count += x.shape[0]
+        if ws.device.type == "cuda":
+            torch.cuda.synchronize()
+        return ws, count
+
+    (ws, count), t_proj, mem_np = _peak(project)
+    # torch's own allocations are not traced: add the resident tensors and one gathered batch
+    tensors = sum(t.numel() * t.element_size() for t in (ws.X, ws.y, ws.y_ok)) / 2**20
+    batch = 8192 * seq_len * ws.n_features * 4 / 2**20
+    # the project keeps only windows with a label; count the naive loop's rate per window built
+    return {
+        "window_naive_s": t_naive,
+        "window_naive_windows": n_windows,
+        "window_naive_per_s": n_windows / t_naive,
+        "window_project_s": t_proj,
+        "window_project_windows": count,
+        "window_project_per_s": count / t_proj,
+        "window_speedup": (count / t_proj) / (n_windows / t_naive),
+        "window_mem_naive_mb": mem_naive,
+        "window_mem_project_mb": mem_np + tensors + batch,
+        "panel_mb": panel.X.nbytes / 2**20,
+    }
+
+
+def _model(name: str, ws: WindowSet, seq_len: int, seed: int = 0):
+    torch.manual_seed(seed)
+    overrides = {"variant": "deep"} if name == "cnn2d" else {}
+    return build_model(name, ws.n_features, seq_len, model_config(name, overrides))
+
+
+def bench_dataloader(name: str, ws: WindowSet, seq_len: int, steps: int, device) -> float:
+    """Samples/s of the source pipeline: materialised windows in a DataLoader, batch 64."""
+    n, t = (a.cpu() for a in ws.index["train"])
+    m = min(len(n), steps * 64 * 3)  # enough windows for the timed steps
+    x_all = ws.gather(n[:m].to(ws.device), t[:m].to(ws.device)).cpu().numpy()  # materialised
+    y_all = ws.y[n[:m].to(ws.device), t[:m].to(ws.device)].cpu().numpy()
+    ds = torch.utils.data.TensorDataset(torch.from_numpy(x_all), torch.from_numpy(y_all))
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True)
+    model = _model(name, ws, seq_len).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    done, start = 0, None
+    for i, (x, y) in enumerate(_cycle(loader)):
+        if i == 3:  # warm-up steps excluded
+            start, done = time.perf_counter(), 0
+        if i == steps + 3:
+            break
+        x, y = x.to(device), y.to(device)
+        loss = torch.mean((model(x) - y) ** 2)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        loss.item()  # the source logs every step: a host sync per step
+        done += len(y)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return done / (time.perf_counter() - start)
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+def bench_trainer(name: str, ws: WindowSet, seq_len: int, steps: int, batch_size: int) -> float:
+    """Samples/s of the project's trainer (one short epoch over `steps` batches)."""
+    m = min(ws.size("train"), steps * batch_size)
+    sub = _subset(ws, m)
+    cfg = TrainConfig(epochs=1, batch_size=batch_size, lr=1e-4, patience=1, eval_batch_size=8192)
+    model = _model(name, ws, seq_len)
+    fit(model, sub, TrainConfig(epochs=1, batch_size=batch_size, lr=1e-4))  # warm-up (allocator, kernels)
+    hist = fit(model, sub, cfg)
+    return hist.samples_per_s_train
+
+
+def _subset(ws: WindowSet, m: int) -> WindowSet:
+    """The same WindowSet with the first `m` training windows and a tiny validation split."""
+    sub = object.__new__(WindowSet)
+    sub.__dict__.update(ws.__dict__)
+    sub.index = dict(ws.index)
+    sub.index["train"] = tuple(a[:m] for a in ws.index["train"])
+    sub.index["valid"] = tuple(a[:256] for a in ws.index["valid"])
+    return sub
+
+
+def synthetic_seed000(n_tickers=514, n_days=3500, n_features=7, seed=0) -> Panel:
+    """A panel of the 2D-CNN study's shape (random-walk OHLCV-like inputs, 20-day labels)."""
+    rng = np.random.default_rng(seed)
+    close = 50 * np.exp(np.cumsum(rng.normal(0, 0.01, (n_tickers, n_days)), axis=1))
+    X = rng.normal(size=(n_tickers, n_days, n_features)).astype(np.float32)
+    y = np.full((n_tickers, n_days), np.nan, np.float32)
+    y[:, :-20] = close[:, 20:] / close[:, :-20] - 1
+    return Panel(
+        tickers=[f"S{i:03d}" for i in range(n_tickers)],
+        dates=pd.bdate_range("2004-01-01", periods=n_days),
+        X=X,
+        y=y,
+        close=close,
+        feature_names=[f"f{i}" for i in range(n_features)],
+        relative_cols=[],
+        relative_ref=[],
+    )
+
+
+def bench_seed000(cfg: BenchmarkConfig, device) -> dict:
+    """(c) seconds per epoch of cnn2d deep on the study's workload, projected to 200 epochs."""
+    panel = synthetic_seed000(cfg.seed000_tickers, cfg.seed000_days)
+    ws = WindowSet(panel, 96, 20, (0.6, 0.2, 0.2), "standard", device)
+    n_train = ws.size("train")
+    full = device.type == "cuda"
+    steps = None if full else cfg.seed000_steps
+    sub = ws if full else _subset(ws, steps * cfg.batch_size)
+    model = _model("cnn2d", ws, 96)
+    tcfg = TrainConfig(epochs=1, batch_size=cfg.batch_size, lr=1e-5, eval_batch_size=16384)
+    fit(model, _subset(ws, 4 * cfg.batch_size), tcfg)  # warm-up
+    hist = fit(model, sub, tcfg)
+    epoch_s = n_train / hist.samples_per_s_train + (hist.train_time_s - hist.train_only_s if full else 0.0)
+    return {
+        "seed000_train_windows": n_train,
+        "seed000_samples_per_s": hist.samples_per_s_train,
+        "seed000_epoch_s": epoch_s,
+        "seed000_200_epochs_s": 200 * epoch_s,
+        "seed000_epoch_measured": "full epoch" if full else f"{cfg.seed000_steps} steps of {cfg.batch_size}",
+    }
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> dict:
+    if cfg.suite != "speed":
+        raise StockLabError(f"suite: {cfg.suite!r} is not a benchmark suite (available: speed)")
+    import mlflow
+
+    configure_cpu_threads()
+    device = resolve_device(cfg.device)
+    results: dict = {
+        "device": torch.cuda.get_device_name(0)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or 'x86_64'})",
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "config": asdict(cfg),
+    }
+    panel = _panel(cfg)
+    print(f"(a) windows: {len(panel.tickers)} tickers x {len(panel.dates)} days, seq_len={cfg.seq_len}")
+    results.update(bench_windows(panel, cfg.seq_len, device))
+    ws = WindowSet(panel, cfg.seq_len, 20, (0.6, 0.2, 0.2), "standard", device)
+    for name in ("cnn2d", "lstm"):
+        print(f"(b) training throughput: {name}")
+        base = bench_dataloader(name, ws, cfg.seq_len, cfg.train_steps, device)
+        proj = bench_trainer(name, ws, cfg.seq_len, cfg.train_steps, cfg.batch_size)
+        results.update({f"train_dataloader_{name}_per_s": base, f"train_project_{name}_per_s": proj,
+                        f"train_speedup_{name}": proj / base})  # fmt: skip
+    print("(c) seed000 workload: 514 tickers x 3500 days x 7 features, cnn2d deep, 96-day windows")
+    results.update(bench_seed000(cfg, device))
+    with mlflow.start_run():
+        log_params_once({**asdict(cfg), "device_name": results["device"]})
+        mlflow.log_metrics({k: float(v) for k, v in results.items() if isinstance(v, (int, float))})
+        mlflow.log_dict(results, "speed.json")
+    with open(cfg.output, "w") as f:
+        json.dump(results, f, indent=2)
+    print(format_table(results))
+    return results
+
+
+def format_table(r: dict) -> str:
+    rows = [
+        ("(a) windows/s", r["window_naive_per_s"], r["window_project_per_s"], r["window_speedup"]),
+        ("(a) memory MB", r["window_mem_naive_mb"], r["window_mem_project_mb"],
+         r["window_mem_naive_mb"] / max(r["window_mem_project_mb"], 1e-9)),
+        ("(b) cnn2d deep samples/s", r["train_dataloader_cnn2d_per_s"], r["train_project_cnn2d_per_s"],
+         r["train_speedup_cnn2d"]),
+        ("(b) lstm samples/s", r["train_dataloader_lstm_per_s"], r["train_project_lstm_per_s"],
+         r["train_speedup_lstm"]),
+    ]  # fmt: skip
+    lines = [f"device: {r['device']}", f"{'measure':<28}{'source':>14}{'project':>14}{'ratio':>10}"]
+    lines += [f"{a:<28}{b:>14.1f}{c:>14.1f}{d:>9.1f}x" for a, b, c, d in rows]
+    lines.append(
+        f"(c) seed000 cnn2d deep: {r['seed000_epoch_s']:.1f} s/epoch, {r['seed000_200_epochs_s']:.0f} s for 200 "
+        f"epochs ({r['seed000_epoch_measured']}); source study: 4h07m-6h45m"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""The speed benchmark runs end to end on a tiny configuration and reports every figure.
+(It measures; it asserts no timings.)"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from conftest import synthetic_bars, write_ticker_csvs
+
+from stocklab.benchmark import BenchmarkConfig, naive_windows, run_benchmark
+from stocklab.config import StockLabError
+from stocklab.features import build_panel
+from stocklab.windows import WindowSet
+
+
+def test_naive_windows_match_the_project_windows():
+    bars = synthetic_bars(n_tickers=2, n_days=60).rename(columns={"Name": "ticker"})
+    bars["date"] = bars["date"].astype("datetime64[ns]")
+    panel = build_panel(bars, "ohlcv", horizon=5, label_scale=1.0)
+    naive = naive_windows(panel.X, 10)
+    ws = WindowSet(panel, 10, 5, (0.6, 0.2, 0.2), "none")
+    n, t = ws.index["train"]
+    ours = ws.gather(n, t).numpy()
+    assert naive.shape[1:] == ours.shape[1:] == (10, 7)
+    # every project window is one of the naive windows (same values, no copies kept around)
+    first = naive[: len(naive) // 2]
+    assert any(np.allclose(first[i], ours[0]) for i in range(len(first)))
+
+
+def test_speed_suite_writes_speed_json(tmp_path, tracking):
+    data = write_ticker_csvs(synthetic_bars(n_tickers=3, n_days=260), tmp_path / "csvs")
+    cfg = BenchmarkConfig(data=str(data), n_tickers=3, seq_len=20, batch_size=64, train_steps=3, seed000_steps=2,
+                          seed000_tickers=4, seed000_days=400, output=str(tmp_path / "speed.json"))  # fmt: skip
+    res = run_benchmark(cfg)
+    saved = json.loads((tmp_path / "speed.json").read_text())
+    for key in ("window_speedup", "window_mem_naive_mb", "window_mem_project_mb", "train_speedup_cnn2d",
+                "train_speedup_lstm", "seed000_epoch_s", "seed000_200_epochs_s", "device"):  # fmt: skip
+        assert key in saved and key in res
+    assert saved["seed000_200_epochs_s"] == pytest.approx(200 * saved["seed000_epoch_s"])
+    assert saved["window_project_windows"] > 0 and saved["train_speedup_lstm"] > 0
+    run = mlflow.search_runs(search_all_experiments=True).iloc[0]
+    assert run["metrics.window_speedup"] == pytest.approx(saved["window_speedup"])
+    with pytest.raises(StockLabError, match="suite: 'fast' is not a benchmark suite"):
+        run_benchmark(BenchmarkConfig(suite="fast"))

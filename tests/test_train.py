@@ -108,3 +108,21 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     assert r.returncode == 2, r.stderr
     assert lines == [f"stocklab: error: {lines[0].split('error: ', 1)[1]}"] and message in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("features, scaler", [("relative", "none"), ("ohlcv", "standard_ticker")])
+def test_predict_scores_the_latest_window_like_the_training_pipeline(tracking, csv_dir, tmp_path, features, scaler):
+    from stocklab.predict import PredictConfig, run_predict
+
+    cfg = _cfg(csv_dir, features=features, scaler=scaler, seq_len=6, epochs=1)
+    res = run_train(cfg)
+    uri = mlflow.get_run(res["run_id"]).data.tags["stocklab.model_uri"]
+    out = run_predict(PredictConfig(model_uri=uri, data=str(csv_dir), output=str(tmp_path / "p.parquet"), cache_dir=""))
+    assert len(out) == 6 and (out["date"] == out["date"].max()).all()
+    model, bundle = load_bundle(uri)
+    prep = prepare(cfg, scaler=Scaler.from_dict(bundle["scaler"]))
+    last = len(prep.panel.dates) - 1
+    n = torch.arange(len(prep.panel.tickers))
+    with torch.no_grad():
+        expected = model(prep.ws.gather(n, torch.full_like(n, last))).numpy()
+    np.testing.assert_allclose(out.sort_values("ticker")["prediction"].to_numpy(), expected, rtol=1e-5, atol=1e-7)

@@ -20,7 +20,7 @@ from stocklab.config import StockLabError
 from stocklab.data import load_panel
 from stocklab.features import build_panel
 from stocklab.tracking import load_bundle
-from stocklab.windows import Scaler, valid_window_mask, window_offsets, window_span
+from stocklab.windows import Scaler, gather_windows, valid_window_mask, window_offsets, window_span
 
 
 @dataclass
@@ -68,13 +68,12 @@ def run_predict(cfg: PredictConfig) -> pd.DataFrame:
     last = X.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1)  # latest complete window per ticker
     n = np.nonzero(has)[0]
     t = last[n]
-    Xs = np.nan_to_num(scaler.transform(X), nan=0.0)
-    windows = Xs[n[:, None], t[:, None] + window_offsets(seq_len, stride)[None, :]]  # (B, T, F)
-    if panel.relative_cols:
-        rc, rr = panel.relative_cols, panel.relative_ref
-        windows[..., rc] = windows[..., rc] - windows[:, -1:, rr]
+    Xs = torch.from_numpy(np.nan_to_num(scaler.transform(X), nan=0.0))  # (N, D, F)
+    offsets = torch.from_numpy(window_offsets(seq_len, stride))
+    rel = (torch.tensor(panel.relative_cols, dtype=torch.long), torch.tensor(panel.relative_ref, dtype=torch.long))
+    windows = gather_windows(Xs, torch.from_numpy(n), torch.from_numpy(t), offsets, *rel)  # (B, T, F)
     with torch.no_grad():
-        pred = model(torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))).float().numpy()
+        pred = model(windows.float()).float().numpy()
     df = pd.DataFrame(
         {"date": panel.dates[t], "ticker": np.asarray(panel.tickers)[keep][n], "prediction": pred}
     ).sort_values(["date", "ticker"])

@@ -8,7 +8,7 @@ No window is ever materialised in advance: the panel stays one (tickers, days, f
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -106,6 +106,16 @@ def valid_window_mask(X: np.ndarray, seq_len: int) -> np.ndarray:
     return ok
 
 
+def gather_windows(X, n, t, offsets, rel_cols, rel_ref) -> torch.Tensor:
+    """Windows ending on days `t` of tickers `n` from a (N, D, F) panel -> (B, T, F)."""
+    x = X[n[:, None], t[:, None] + offsets[None, :]]  # (B, T, F)
+    if len(rel_cols):
+        # log(x / x_ref on the window's last day): subtract the last day's log reference
+        x = x.clone()
+        x[..., rel_cols] = x[..., rel_cols] - x[:, -1:, rel_ref]
+    return x
+
+
 class WindowSet:
     """The scaled panel as one tensor plus (ticker, end-day) indices per split."""
 
@@ -169,12 +179,7 @@ class WindowSet:
 
     def gather(self, n: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(B,) ticker and end-day indices -> (B, T, F) windows, one gather, no copies kept."""
-        x = self.X[n[:, None], t[:, None] + self.offsets[None, :]]  # (B, T, F)
-        if self.rel_cols.numel():
-            # log(x / x_ref on the window's last day): subtract the last day's log reference
-            x = x.clone()
-            x[..., self.rel_cols] = x[..., self.rel_cols] - x[:, -1:, self.rel_ref]
-        return x
+        return gather_windows(self.X, n, t, self.offsets, self.rel_cols, self.rel_ref)
 
     def label_steps(self, n: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Every day's label inside each window, (B, T), and whether it exists (per-step targets).
@@ -205,14 +210,6 @@ def drop_short_tickers(panel: Panel, seq_len: int, horizon: int) -> tuple[Panel,
             f"(longest has {int(rows.max()) if rows.size else 0})"
         )
     if n_short:
-        panel = Panel(
-            tickers=[t for t, k in zip(panel.tickers, keep) if k],
-            dates=panel.dates,
-            X=panel.X[keep],
-            y=panel.y[keep],
-            close=panel.close[keep],
-            feature_names=panel.feature_names,
-            relative_cols=panel.relative_cols,
-            relative_ref=panel.relative_ref,
-        )
+        tickers = [t for t, k in zip(panel.tickers, keep) if k]
+        panel = replace(panel, tickers=tickers, X=panel.X[keep], y=panel.y[keep], close=panel.close[keep])
     return panel, n_short

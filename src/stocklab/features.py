@@ -95,8 +95,10 @@ def build_panel(panel: pd.DataFrame, features: str, horizon: int, label_scale: f
             from stocklab import indicators
 
             o, h, lo, v = (_wide(panel, c, tickers, dates) for c in ("open", "high", "low", "volume"))
-            img = np.stack([indicators.technical_image(o[i], h[i], lo[i], close[i], v[i]) for i in range(N)])
-            cols, names = [img[..., j] for j in range(img.shape[-1])], indicators.feature_names()
+            X = np.empty((N, D, len(indicators.feature_names())), np.float32)  # ~1 GB for 405 x 1259 x 225
+            for i in range(N):
+                X[i] = indicators.technical_image(o[i], h[i], lo[i], close[i], v[i])
+            cols, names = None, indicators.feature_names()
         elif features == "relative":
             # log levels here; windows.py subtracts the window's last-day log close (prices) and
             # log volume (volume), giving log(x / x_ref on the window's last day)
@@ -108,7 +110,8 @@ def build_panel(panel: pd.DataFrame, features: str, horizon: int, label_scale: f
             raise StockLabError(f"features: unknown feature set '{features}'")
         y = np.full((N, D), np.nan)
         y[:, :-horizon] = close[:, horizon:] / close[:, :-horizon] - 1.0
-    X = np.stack(cols, axis=-1).astype(np.float32)
+    if cols is not None:
+        X = np.stack(cols, axis=-1).astype(np.float32)
     X[~np.isfinite(X)] = np.nan
     return Panel(
         tickers=list(tickers),

@@ -126,3 +126,35 @@ def test_predict_scores_the_latest_window_like_the_training_pipeline(tracking, c
     with torch.no_grad():
         expected = model(prep.ws.gather(n, torch.full_like(n, last))).numpy()
     np.testing.assert_allclose(out.sort_values("ticker")["prediction"].to_numpy(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_presets_apply_underneath_explicit_values():
+    from stocklab.cli import _train_config, _train_parser
+    from stocklab.presets import PRESETS
+
+    args = vars(_train_parser().parse_args(["--preset", "seed000-deep", "--epochs", "3", "--dropout", "0.2"]))
+    cfg, model_args = _train_config(args)
+    assert (cfg.model, cfg.seq_len, cfg.batch_size, cfg.lr, cfg.features) == ("cnn2d", 96, 64, 1e-5, "ohlcv")
+    assert cfg.epochs == 3 and model_args == {"variant": "deep", "dropout": "0.2"}
+    cfg, _ = _train_config(vars(_train_parser().parse_args(["--preset", "seed000-deep-scale10"])))
+    assert cfg.label_scale == 10.0
+    cfg, margs = _train_config(vars(_train_parser().parse_args(["--preset", "seed004-cnn1d"])))
+    assert (cfg.model, cfg.window_stride, cfg.return_period, cfg.seq_len, cfg.horizon) == ("cnn1d", 21, 21, 12, 21)
+    for name in PRESETS:  # every preset names a real model with valid values
+        cfg, margs = _train_config(vars(_train_parser().parse_args(["--preset", name])))
+        cfg.validate()
+    with pytest.raises(ValueError, match="preset: unknown preset 'x'"):
+        _train_config(vars(_train_parser().parse_args(["--preset", "x"])))
+
+
+def test_monthly_cnn1d_preset_trains_and_records_effective_params(tracking, tmp_path):
+    from conftest import synthetic_bars, write_ticker_csvs
+
+    from stocklab.cli import main
+
+    data = write_ticker_csvs(synthetic_bars(n_tickers=6, n_days=900), tmp_path / "long")
+    assert main(["train", "--preset", "seed004-cnn1d", "--data", str(data), "--epochs", "1", "--cache_dir", ""]) == 0
+    run = mlflow.search_runs(search_all_experiments=True).iloc[0]
+    assert run["params.model"] == "cnn1d" and run["params.window_stride"] == "21" and run["params.seq_len"] == "12"
+    config = mlflow.artifacts.load_dict(f"runs:/{run['run_id']}/config.json")
+    assert config["return_period"] == 21 and config["horizon"] == 21

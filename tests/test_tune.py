@@ -90,6 +90,7 @@ def test_tune_study_end_to_end_then_promote_and_predict(tmp_path, tracking):
     assert r.returncode == 0, r.stderr[-3000:]
     trials = optuna.load_study(study_name="s1", storage=make_storage(str(journal))).trials
     assert len(trials) == 5 and len({t.user_attrs.get("mlflow_run_id") for t in trials}) == 5
+    assert trials[4].params not in [t.params for t in trials[:4]]  # no finished trial repeated
 
     # promote, then predict with the champion
     r = mlflow_run("promote", {"model": "lstm", "metric": "valid_mse_min"}, tracking, tmp_path)

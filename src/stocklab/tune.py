@@ -190,12 +190,14 @@ def run_tune(cfg: TuneConfig) -> dict:
         study_name=study_name,
         storage=make_storage(cfg.storage),
         direction=direction,
-        sampler=optuna.samplers.TPESampler(seed=cfg.seed),
         pruner=make_pruner(cfg.pruner, cfg.epochs),
         load_if_exists=True,
     )
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
     done = len(study.get_trials(deepcopy=False, states=done_states))
+    # a resumed study must not replay the first invocation's random draws: offset the seed by
+    # the trials already there (still deterministic for a given study history)
+    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials))
     remaining = max(cfg.n_trials - done, 0)
     client = mlflow.tracking.MlflowClient()
     with mlflow.start_run(run_name=f"study-{study_name}") as parent:

@@ -77,7 +77,12 @@ class Scaler:
         return cls(kind, shift, scale)
 
     def transform(self, X: np.ndarray) -> np.ndarray:
-        return ((X - self.shift[:, None, :]) / self.scale[:, None, :]).astype(np.float32)
+        # in float32 throughout: a float64 temporary of a large panel would double peak memory
+        shift, scale = (a[:, None, :].astype(np.float32) for a in (self.shift, self.scale))
+        out = X.astype(np.float32, copy=True)
+        out -= shift
+        out /= scale
+        return out
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "shift": self.shift.tolist(), "scale": self.scale.tolist()}
@@ -146,7 +151,7 @@ class WindowSet:
         ok = valid_window_mask(panel.X, span)
         labelled = ok & np.isfinite(panel.y)
         self.device = torch.device(device)
-        self.X = torch.from_numpy(np.nan_to_num(Xs, nan=0.0)).to(self.device)  # (N, D, F)
+        self.X = torch.from_numpy(np.nan_to_num(Xs, nan=0.0, copy=False)).to(self.device)  # (N, D, F)
         self.y = torch.from_numpy(np.nan_to_num(panel.y, nan=0.0)).to(self.device)  # (N, D)
         self.y_ok = torch.from_numpy(np.isfinite(panel.y)).to(self.device)  # (N, D)
         self.offsets = torch.from_numpy(window_offsets(seq_len, stride)).to(self.device)  # (T,)

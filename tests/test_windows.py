@@ -117,10 +117,14 @@ def test_gaps_in_a_ticker_never_enter_a_window(bars):
 
 def test_short_tickers_are_dropped_then_an_error_when_none_left(bars):
     df = _long(bars)
-    df = df[~((df["ticker"] == "T05") & (df["date"] > df["date"].unique()[20]))]  # 21 rows left
+    df = df[~((df["ticker"] == "T02") & (df["date"] > df["date"].unique()[20]))]  # 21 rows left
     p = build_panel(df, "ohlcv", horizon=5, label_scale=1.0)
+    before = {tk: (p.X[i].copy(), p.y[i].copy()) for i, tk in enumerate(p.tickers)}
     kept, n_short = drop_short_tickers(p, seq_len=20, horizon=5)
-    assert n_short == 1 and "T05" not in kept.tickers and kept.X.shape[0] == 5
+    assert n_short == 1 and "T02" not in kept.tickers and kept.X.shape[0] == 5
+    for i, tk in enumerate(kept.tickers):  # the in-place compaction keeps every row with its ticker
+        np.testing.assert_array_equal(kept.X[i], before[tk][0])
+        np.testing.assert_array_equal(kept.y[i], before[tk][1])
     with pytest.raises(StockLabError, match="no ticker has at least seq_len \\+ horizon = 400"):
         drop_short_tickers(p, seq_len=395, horizon=5)
 
@@ -163,3 +167,15 @@ def test_too_few_days_for_a_split_is_a_clear_error():
     p = build_panel(_long(synthetic_bars(n_tickers=2, n_days=40)), "ohlcv", horizon=10, label_scale=1.0)
     with pytest.raises(StockLabError, match="only 40 trading days"):
         WindowSet(p, 20, 10, FR, "standard")
+
+
+def test_scaling_in_place_matches_the_copy_and_keeps_one_panel(bars):
+    p = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=1.0)
+    raw = p.X.copy()
+    copied = WindowSet(p, 10, 5, FR, "standard")
+    np.testing.assert_array_equal(p.X, raw)  # the caller's panel is untouched by default
+    owned = WindowSet(p, 10, 5, FR, "standard", scale_in_place=True)
+    torch.testing.assert_close(owned.X, copied.X, rtol=0, atol=0)
+    assert np.shares_memory(owned.X.numpy(), p.X)  # no second copy of the panel
+    for split in ("train", "valid", "test"):
+        assert all(torch.equal(a, b) for a, b in zip(owned.index[split], copied.index[split]))

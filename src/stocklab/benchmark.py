@@ -7,7 +7,9 @@ Measured in one process on one machine, and written to `speed.json` (also logged
       and stacks them, vs the project's lazy index + on-device gather of every window;
   (b) training throughput (samples/s): a DataLoader over materialised windows with batch 64
       (the source pipeline) vs the project's trainer (resident panel, gathered batches of
-      `batch_size`), same model and data, for cnn2d (deep) and lstm;
+      `batch_size`), same model and data, for cnn2d (deep) and lstm; with each model's FLOPs per
+      sample and the machine's dense matmul rate, which bound the speed-up any implementation
+      of the same model can reach (`train_ceiling_speedup_*`);
   (c) the 2D-CNN study's workload: 514 tickers x 3,500 days x 7 features (synthetic panel of
       that shape), 96-day windows, cnn2d deep, 20-day label: seconds per epoch and the
       projection for 200 epochs. On CPU the epoch time is projected from `seed000_steps`
@@ -21,6 +23,7 @@ import json
 import platform
 import time
 import tracemalloc
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -150,6 +153,38 @@ def bench_dataloader(name: str, ws: WindowSet, seq_len: int, steps: int, device)
     return done / (time.perf_counter() - start)
 
 
+def peak_gemm_gflops(device, n: int = 2048, reps: int = 10) -> float:
+    """The machine's dense matmul rate (fp32 on CPU, bf16 on CUDA as in training): the ceiling
+    for any implementation of a model whose work is matmuls and convolutions."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):  # warm-up
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def train_flops_per_sample(name: str, ws: WindowSet, seq_len: int, batch: int = 64) -> float:
+    """FLOPs of one training sample (forward + backward), counted by torch's FlopCounterMode.
+
+    Counted on CPU with oneDNN off, so the recurrent cells run as plain matmuls it can see."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = _model(name, ws, seq_len)
+    x = torch.randn(batch, seq_len, ws.n_features)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # oneDNN's TF32 notice when toggled
+        with torch.backends.mkldnn.flags(enabled=False), FlopCounterMode(display=False) as counter:
+            model(x).pow(2).mean().backward()
+    return counter.get_total_flops() / batch
+
+
 def _cycle(loader):
     while True:
         yield from loader
@@ -236,12 +271,24 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     print(f"(a) windows: {len(panel.tickers)} tickers x {len(panel.dates)} days, seq_len={cfg.seq_len}")
     results.update(bench_windows(panel, cfg.seq_len, device))
     ws = WindowSet(panel, cfg.seq_len, 20, (0.6, 0.2, 0.2), "standard", device)
+    peak = results["peak_gemm_gflops"] = peak_gemm_gflops(device)
     for name in ("cnn2d", "lstm"):
         print(f"(b) training throughput: {name}")
         base = bench_dataloader(name, ws, cfg.seq_len, cfg.train_steps, device)
         proj = bench_trainer(name, ws, cfg.seq_len, cfg.train_steps, cfg.batch_size)
-        results.update({f"train_dataloader_{name}_per_s": base, f"train_project_{name}_per_s": proj,
-                        f"train_speedup_{name}": proj / base})  # fmt: skip
+        flops = train_flops_per_sample(name, ws, cfg.seq_len)
+        results.update(
+            {
+                f"train_dataloader_{name}_per_s": base,
+                f"train_project_{name}_per_s": proj,
+                f"train_speedup_{name}": proj / base,
+                f"train_mflop_per_sample_{name}": flops / 1e6,
+                f"train_gflops_dataloader_{name}": base * flops / 1e9,
+                f"train_gflops_project_{name}": proj * flops / 1e9,
+                # no implementation of the same model beats the machine's matmul rate
+                f"train_ceiling_speedup_{name}": peak * 1e9 / flops / base,
+            }
+        )
     print("(c) seed000 workload: 514 tickers x 3500 days x 7 features, cnn2d deep, 96-day windows")
     results.update(bench_seed000(cfg, device))
     with mlflow.start_run():
@@ -264,8 +311,18 @@ def format_table(r: dict) -> str:
         ("(b) lstm samples/s", r["train_dataloader_lstm_per_s"], r["train_project_lstm_per_s"],
          r["train_speedup_lstm"]),
     ]  # fmt: skip
+    for name in ("cnn2d", "lstm"):
+        if f"train_gflops_project_{name}" in r:
+            rows.append((f"(b) {name} GFLOP/s", r[f"train_gflops_dataloader_{name}"],
+                         r[f"train_gflops_project_{name}"], r[f"train_speedup_{name}"]))  # fmt: skip
     lines = [f"device: {r['device']}", f"{'measure':<28}{'source':>14}{'project':>14}{'ratio':>10}"]
     lines += [f"{a:<28}{b:>14.1f}{c:>14.1f}{d:>9.1f}x" for a, b, c, d in rows]
+    if "peak_gemm_gflops" in r:
+        lines.append(
+            f"(b) ceiling: dense matmul peak {r['peak_gemm_gflops']:.0f} GFLOP/s -> at most "
+            f"{r['train_ceiling_speedup_cnn2d']:.1f}x (cnn2d), {r['train_ceiling_speedup_lstm']:.1f}x (lstm) "
+            "over the source pipeline for any implementation of the same model"
+        )
     lines.append(
         f"(c) seed000 cnn2d deep: {r['seed000_epoch_s']:.1f} s/epoch, {r['seed000_200_epochs_s']:.0f} s for 200 "
         f"epochs ({r['seed000_epoch_measured']}); source study: 4h07m-6h45m"

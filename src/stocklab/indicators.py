@@ -108,9 +108,13 @@ def cluster_order(X: np.ndarray, train_end: int) -> list[int]:
     """Order of the 15 indicator rows by hierarchical clustering of their correlations on the
     training days only, so that similar indicators are neighbours in the image."""
     k, m = len(INDICATORS), len(LOOKBACKS)
-    train = X[:, :train_end].reshape(-1, k, m)  # (samples, indicator, look-back), a view
-    # an evenly spaced subsample is plenty for 15x15 correlations and keeps memory small
-    train = train[:: max(1, len(train) // 50_000)]
+    # an evenly spaced subsample of (ticker, day) pairs is plenty for 15x15 correlations, and
+    # indexing it directly avoids copying the whole training part of the panel
+    N, days = X.shape[0], min(train_end, X.shape[1])
+    if N * days < 3:
+        return list(range(k))
+    rows = np.arange(0, N * days, max(1, N * days // 50_000))
+    train = X[rows // days, rows % days].reshape(-1, k, m)  # (samples, indicator, look-back)
     train = train[np.isfinite(train).all(axis=(1, 2))]
     if len(train) < 3:
         return list(range(k))

@@ -33,7 +33,8 @@ BUNDLE_ARTIFACT = "model_bundle/preprocess.json"
 
 @dataclass
 class Prepared:
-    """Everything between raw files and the trainer."""
+    """Everything between raw files and the trainer. `panel.X` holds the *scaled* features
+    (NaN -> 0) once the WindowSet is built: it is the array behind `ws.X` on CPU."""
 
     ws: WindowSet
     panel: Panel
@@ -60,9 +61,20 @@ def prepare(
         feature_names = indicators.feature_names(order)
     if feature_names is not None and feature_names != panel.feature_names:
         cols = [panel.feature_names.index(f) for f in feature_names]
-        panel = dataclasses.replace(panel, X=panel.X[..., cols], feature_names=list(feature_names))
+        for i in range(len(panel.X)):  # one ticker at a time: one panel in memory, not two
+            panel.X[i] = panel.X[i][:, cols]
+        panel = dataclasses.replace(panel, feature_names=list(feature_names))
+    # this panel is ours: the WindowSet scales its X in place rather than keeping a second copy
     ws = WindowSet(
-        panel, cfg.seq_len, cfg.horizon, cfg.split_fractions(), cfg.scaler, device, scaler, cfg.window_stride
+        panel,
+        cfg.seq_len,
+        cfg.horizon,
+        cfg.split_fractions(),
+        cfg.scaler,
+        device,
+        scaler,
+        cfg.window_stride,
+        scale_in_place=True,
     )
     for split in ("train", "valid", "test"):
         if ws.size(split) == 0:

@@ -67,6 +67,18 @@ def _autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+# CPU throughput is flat beyond ~1k windows per batch while activations grow with the batch
+# (cnn_ta: ~110 KB per window), so evaluation batches are capped there; GPUs get the full size.
+CPU_EVAL_BATCH = 2048
+
+
+def eval_batches(ws: WindowSet, split: str, batch_size: int):
+    """ws.batches for evaluation: unshuffled, `batch_size` on CUDA, at most CPU_EVAL_BATCH on CPU."""
+    if ws.device.type == "cpu":
+        batch_size = min(batch_size, CPU_EVAL_BATCH)
+    return ws.batches(split, batch_size)
+
+
 def eval_mode(model: nn.Module) -> None:
     try:
         model.eval()
@@ -79,7 +91,7 @@ def predict(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 8192)
     """Predictions for every window of a split -> (pred, label, ticker_idx, day_idx) numpy arrays."""
     eval_mode(model)
     preds, ys, ns, ts = [], [], [], []
-    for x, y, n, t in ws.batches(split, batch_size):
+    for x, y, n, t in eval_batches(ws, split, batch_size):
         with _autocast(ws.device):
             preds.append(model(x).float())
         ys.append(y)
@@ -118,7 +130,7 @@ def mean_loss(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 819
     """The objective averaged over a split (MSE for regressors: the early-stopping criterion)."""
     eval_mode(model)
     total = torch.zeros((), device=ws.device)
-    for x, y, n, t in ws.batches(split, batch_size):
+    for x, y, n, t in eval_batches(ws, split, batch_size):
         with _autocast(ws.device):
             total += batch_loss(model, ws, x, y, n, t) * y.numel()
     return float(total) / max(ws.size(split), 1)

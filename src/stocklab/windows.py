@@ -56,14 +56,22 @@ class Scaler:
             return cls("none", np.zeros((1, F)), np.ones((1, F)))
         per_ticker = kind.endswith("_ticker")
         axis = 1 if per_ticker else (0, 1)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN tickers
-            if kind.startswith("standard"):
-                shift, scale = np.nanmean(train, axis=axis), np.nanstd(train, axis=axis)
-            else:
-                lo, hi = np.nanmin(train, axis=axis), np.nanmax(train, axis=axis)
-                shift, scale = lo, hi - lo
-        shift, scale = np.atleast_2d(shift).astype(np.float64), np.atleast_2d(scale).astype(np.float64)
+        shift, scale = [], []
+        # a few features at a time: nanmean/nanstd copy their input, and the training part of a
+        # 225-feature panel is ~300 MB, so whole-panel statistics would double peak memory
+        for j in range(0, F, 16):
+            part = train[..., j : j + 16]
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN tickers
+                if kind.startswith("standard"):
+                    shift.append(np.nanmean(part, axis=axis, dtype=np.float64))
+                    scale.append(np.nanstd(part, axis=axis, dtype=np.float64))
+                else:
+                    lo, hi = np.nanmin(part, axis=axis), np.nanmax(part, axis=axis)
+                    shift.append(lo)
+                    scale.append(hi.astype(np.float64) - lo)
+        shift = np.atleast_2d(np.concatenate(shift, axis=-1)).astype(np.float64)
+        scale = np.atleast_2d(np.concatenate(scale, axis=-1)).astype(np.float64)
         if per_ticker:
             # tickers with no training history use the global statistics
             g = cls.fit(X, train_end, kind.replace("_ticker", ""))
@@ -76,10 +84,11 @@ class Scaler:
             shift[:, c], scale[:, c] = 0.0, 1.0
         return cls(kind, shift, scale)
 
-    def transform(self, X: np.ndarray) -> np.ndarray:
+    def transform(self, X: np.ndarray, inplace: bool = False) -> np.ndarray:
+        """Scaled float32 copy of X, or X itself scaled in place (`inplace`, X float32)."""
         # in float32 throughout: a float64 temporary of a large panel would double peak memory
         shift, scale = (a[:, None, :].astype(np.float32) for a in (self.shift, self.scale))
-        out = X.astype(np.float32, copy=True)
+        out = X if inplace and X.dtype == np.float32 else X.astype(np.float32, copy=True)
         out -= shift
         out /= scale
         return out
@@ -134,7 +143,10 @@ class WindowSet:
         device: str | torch.device = "cpu",
         scaler: Scaler | None = None,
         stride: int = 1,
+        scale_in_place: bool = False,
     ):
+        """`scale_in_place`: the caller hands over panel.X, which is scaled in place (NaN -> 0) and
+        shared with the tensor instead of copied: one panel in memory instead of two."""
         self.panel, self.seq_len, self.horizon, self.stride = panel, seq_len, horizon, stride
         N, D, F = panel.X.shape
         span = window_span(seq_len, stride)
@@ -147,9 +159,9 @@ class WindowSet:
         train_end = split_bounds(D, fractions)[0]
         # relative columns are normalised by construction, so the scaler leaves them alone
         self.scaler = scaler or Scaler.fit(panel.X, train_end, scaler_kind, panel.relative_cols)
-        Xs = self.scaler.transform(panel.X)
-        ok = valid_window_mask(panel.X, span)
+        ok = valid_window_mask(panel.X, span)  # before scaling: NaN marks the unknown days
         labelled = ok & np.isfinite(panel.y)
+        Xs = self.scaler.transform(panel.X, inplace=scale_in_place)
         self.device = torch.device(device)
         self.X = torch.from_numpy(np.nan_to_num(Xs, nan=0.0, copy=False)).to(self.device)  # (N, D, F)
         self.y = torch.from_numpy(np.nan_to_num(panel.y, nan=0.0)).to(self.device)  # (N, D)
@@ -205,7 +217,7 @@ class WindowSet:
 
 def drop_short_tickers(panel: Panel, seq_len: int, horizon: int) -> tuple[Panel, int]:
     """Drop tickers with fewer rows than one window (`seq_len` days) plus the horizon; error if
-    none is left."""
+    none is left. The panel is consumed: its X is compacted in place."""
     rows = np.isfinite(panel.X).all(axis=-1).sum(axis=1)  # (N,)
     keep = rows >= seq_len + horizon
     n_short = int((~keep).sum())
@@ -215,6 +227,12 @@ def drop_short_tickers(panel: Panel, seq_len: int, horizon: int) -> tuple[Panel,
             f"(longest has {int(rows.max()) if rows.size else 0})"
         )
     if n_short:
+        # compact the kept tickers to the front of X in place: a boolean-index copy of a large
+        # panel (225 indicator features: ~450 MB) would briefly hold two of them
+        X, kept = panel.X, np.nonzero(keep)[0]
+        for j, i in enumerate(kept):
+            if i != j:
+                X[j] = X[i]
         tickers = [t for t, k in zip(panel.tickers, keep) if k]
-        panel = replace(panel, tickers=tickers, X=panel.X[keep], y=panel.y[keep], close=panel.close[keep])
+        panel = replace(panel, tickers=tickers, X=X[: len(kept)], y=panel.y[keep], close=panel.close[keep])
     return panel, n_short

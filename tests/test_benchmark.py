@@ -55,9 +55,7 @@ def test_speed_suite_writes_speed_json(tmp_path, tracking):
 def test_flop_count_sees_the_recurrent_matmuls():
     """A 2-layer LSTM (H=32) on 7 features x 96 days: forward = T * sum over layers of
     4H (in + H) multiply-adds; training ~ 3x forward (less the unneeded input gradient)."""
-    panel = build_panel(
-        synthetic_bars(n_tickers=2, n_days=200).rename(columns={"Name": "ticker"}), "ohlcv", 5, 1.0
-    )
+    panel = build_panel(synthetic_bars(n_tickers=2, n_days=200).rename(columns={"Name": "ticker"}), "ohlcv", 5, 1.0)
     ws = WindowSet(panel, 96, 5, (0.6, 0.2, 0.2), "none")
     forward = 96 * (4 * 32 * (7 + 32) * 2 + 4 * 32 * (32 + 32) * 2)
     assert 2.7 * forward < train_flops_per_sample("lstm", ws, 96) < 3.1 * forward

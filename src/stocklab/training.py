@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from stocklab.allocator import release_free_memory
 from stocklab.config import StockLabError, TrainConfig
 from stocklab.windows import WindowSet
 
@@ -97,6 +98,8 @@ def predict(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 8192)
         ys.append(y)
         ns.append(n)
         ts.append(t)
+    if ws.device.type == "cpu":
+        release_free_memory()  # the pass's transient tensors (see allocator.py)
     if not preds:
         empty = np.zeros(0)
         return empty, empty, empty.astype(int), empty.astype(int)
@@ -133,6 +136,8 @@ def mean_loss(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 819
     for x, y, n, t in eval_batches(ws, split, batch_size):
         with _autocast(ws.device):
             total += batch_loss(model, ws, x, y, n, t) * y.numel()
+    if ws.device.type == "cpu":
+        release_free_memory()
     return float(total) / max(ws.size(split), 1)
 
 

@@ -158,3 +158,16 @@ def test_monthly_cnn1d_preset_trains_and_records_effective_params(tracking, tmp_
     assert run["params.model"] == "cnn1d" and run["params.window_stride"] == "21" and run["params.seq_len"] == "12"
     config = mlflow.artifacts.load_dict(f"runs:/{run['run_id']}/config.json")
     assert config["return_period"] == 21 and config["horizon"] == 21
+
+
+def test_an_unusable_tracking_store_is_a_one_line_error(tmp_path, tracking, capsys):
+    """MLflow 3 refuses a plain file store: the CLI says so in one line and exits non-zero."""
+    from conftest import synthetic_bars, write_ticker_csvs
+
+    from stocklab.cli import main
+
+    mlflow.set_tracking_uri(f"file:{tmp_path / 'mlruns'}")
+    data = write_ticker_csvs(synthetic_bars(n_tickers=2, n_days=120), tmp_path / "csvs")
+    assert main(["train", "--data", str(data), "--epochs", "1", "--cache_dir", ""]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("stocklab: error: MLflow: ") and "file" in err[0].lower()

@@ -151,11 +151,17 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: stocklab {{{','.join(COMMANDS)}}} [--param value ...]", file=sys.stderr)
         return 2
+    from mlflow.exceptions import MlflowException
+
     try:
         return COMMANDS[argv[0]](argv[1:])
     except StockLabError as e:
         print(f"stocklab: error: {e}", file=sys.stderr)
         return 2
+    except MlflowException as e:  # e.g. an unusable MLFLOW_TRACKING_URI: one line, not a traceback
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"stocklab: error: MLflow: {first}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

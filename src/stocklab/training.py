@@ -74,10 +74,12 @@ CPU_EVAL_BATCH = 2048
 
 
 def eval_batches(ws: WindowSet, split: str, batch_size: int):
-    """ws.batches for evaluation: unshuffled, `batch_size` on CUDA, at most CPU_EVAL_BATCH on CPU."""
-    if ws.device.type == "cpu":
-        batch_size = min(batch_size, CPU_EVAL_BATCH)
-    return ws.batches(split, batch_size)
+    """ws.batches for evaluation: unshuffled, `batch_size` on CUDA, at most CPU_EVAL_BATCH on
+    CPU, where the pass's freed transient tensors are then handed back to the OS (allocator.py)."""
+    cpu = ws.device.type == "cpu"
+    yield from ws.batches(split, min(batch_size, CPU_EVAL_BATCH) if cpu else batch_size)
+    if cpu:
+        release_free_memory()
 
 
 def eval_mode(model: nn.Module) -> None:
@@ -98,8 +100,6 @@ def predict(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 8192)
         ys.append(y)
         ns.append(n)
         ts.append(t)
-    if ws.device.type == "cpu":
-        release_free_memory()  # the pass's transient tensors (see allocator.py)
     if not preds:
         empty = np.zeros(0)
         return empty, empty, empty.astype(int), empty.astype(int)
@@ -136,8 +136,6 @@ def mean_loss(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 819
     for x, y, n, t in eval_batches(ws, split, batch_size):
         with _autocast(ws.device):
             total += batch_loss(model, ws, x, y, n, t) * y.numel()
-    if ws.device.type == "cpu":
-        release_free_memory()
     return float(total) / max(ws.size(split), 1)
 
 

@@ -4,8 +4,8 @@ glibc keeps memory that was freed inside its heaps (one per allocating thread: t
 intra-op pool, pyarrow's, MLflow's) unless it sits at the very top of a heap, so the transient
 tensors of an evaluation pass stay resident after it: predicting the sp500_5yr test and
 validation splits with cnn_ta left ~900 MB of freed memory resident and a train run peaked at
-1.8-2.9 GB RSS. `malloc_trim(0)` returns those free pages; it costs milliseconds and is
-called after each evaluation pass and epoch.
+1.6-2.9 GB RSS. `malloc_trim(0)` returns those free pages; it costs milliseconds and is
+called after each evaluation pass (so also once per epoch, after validation).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import synthetic_bars, write_ticker_csvs
 
-from stocklab.benchmark import BenchmarkConfig, naive_windows, run_benchmark, train_flops_per_sample
-from stocklab.config import StockLabError
+from stocklab.benchmark import naive_windows, run_benchmark, train_flops_per_sample
+from stocklab.config import BenchmarkConfig, StockLabError
 from stocklab.features import build_panel
 from stocklab.windows import WindowSet
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from stocklab.tracking import load_bundle
+from stocklab.pipeline import load_model_bundle
 
 pytestmark = pytest.mark.e2e
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
@@ -52,11 +52,11 @@ def test_mlflow_run_train_end_to_end(tmp_path, csv_dir, tracking):
         assert math.isfinite(run.data.metrics[k]), k
     p = run.data.params
     assert p["hidden_size"] == "8" and p["epochs"] == "2" and p["lr"] == "1e-3" and p["data"] == str(csv_dir)
-    model, bundle = load_bundle(f"runs:/{run.info.run_id}/model")
+    model, bundle = load_model_bundle(f"runs:/{run.info.run_id}/model")
     with torch.no_grad():
         out = model(torch.randn(3, 10, 7))
     assert out.shape == (3,) and torch.isfinite(out).all()
-    assert np.asarray(bundle["scaler"]["shift"]).shape == (1, 7)
+    assert bundle.scaler.shift.shape == (1, 7) and bundle.data == str(csv_dir)
 
     # `evaluate` re-scores the logged model into a new run linked by a tag
     r = mlflow_run("evaluate", {"run_id": run.info.run_id}, tracking, tmp_path)

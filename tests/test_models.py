@@ -16,10 +16,10 @@ from stocklab.config import StockLabError, TrainConfig
 from stocklab.evaluation import daily_ic
 from stocklab.features import build_panel
 from stocklab.models import BASELINES, MODELS, build_model, model_config
-from stocklab.tracking import load_bundle
-from stocklab.train import prepare, run_train
+from stocklab.pipeline import load_model_bundle, prepare
+from stocklab.train import run_train
 from stocklab.training import fit, mean_loss, predict
-from stocklab.windows import Scaler, WindowSet
+from stocklab.windows import WindowSet
 
 
 def _shape(name: str) -> tuple[int, int]:
@@ -84,8 +84,8 @@ def test_each_model_through_the_train_job_and_mlflow_round_trip(tracking, csv_di
     res = run_train(cfg)
     run = mlflow.get_run(res["run_id"])
     assert math.isfinite(run.data.metrics["test_mse"]) and int(run.data.params["n_params"]) == res["n_params"]
-    model, bundle = load_bundle(f"runs:/{res['run_id']}/model")
-    prep = prepare(cfg, scaler=Scaler.from_dict(bundle["scaler"]), feature_names=bundle["feature_names"])
+    model, bundle = load_model_bundle(f"runs:/{res['run_id']}/model")
+    prep = prepare(cfg, bundle=bundle)
     pred, y, _, _ = predict(model, prep.ws, "test")
     assert float(np.mean((pred - y) ** 2)) == pytest.approx(run.data.metrics["test_mse"], rel=1e-4, abs=1e-9)
     if name == "attention":
@@ -120,7 +120,7 @@ def test_attention_weights_are_a_distribution_over_days():
         ("lstm", {"dropout": "x"}, "dropout: 'x' is not a valid float"),
         ("lstm", {"hidden_size": 0}, "hidden_size: 0 must be >= 1"),
         ("cnn2d", {"variant": "huge"}, "variant: 'huge' must be one of"),
-        ("cnn2d", {"hidden_size": 3}, "hidden_size: unknown parameter"),
+        ("cnn2d", {"hidden_size": 3}, "hidden_size: not a parameter of model 'cnn2d'"),
         ("transformer", {"d_model": 30}, "d_model: 30 must be divisible by nhead=4"),
         ("naive", {"mode": "median"}, "mode: 'median' must be one of zero, mean"),
     ],

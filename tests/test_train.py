@@ -13,11 +13,10 @@ import torch
 from conftest import ROOT
 
 from stocklab.config import TrainConfig
-from stocklab.tracking import load_bundle
-from stocklab.train import prepare, run_train
-from stocklab.windows import Scaler
+from stocklab.pipeline import latest_windows, load_model_bundle, predict_windows, prepare
+from stocklab.train import run_train
 
-SUMMARY = ("test_mse", "valid_mse_min", "best_epoch", "train_time_s", "naive_mse", "mse_skill")
+SUMMARY = ("test_mse", "valid_loss_min", "valid_mse_min", "best_epoch", "train_time_s", "naive_mse", "mse_skill")
 
 
 def _cfg(data, **kw) -> TrainConfig:
@@ -44,9 +43,12 @@ def test_run_records_params_metrics_artifacts_and_model(tracking, csv_dir, model
     assert report["tickers"] == 6 and report["rows_kept"] == 1800
 
     # the logged model + its scaler reproduce the in-memory test predictions
-    loaded, bundle = load_bundle(f"runs:/{res['run_id']}/model")
-    assert bundle["seq_len"] == 10 and bundle["features"] == "ohlcv" and bundle["model"] == model
-    prep = prepare(_cfg(csv_dir, model=model), scaler=Scaler.from_dict(bundle["scaler"]))
+    assert m["valid_mse_min"] == pytest.approx(m["valid_loss_min"], rel=1e-5)  # a regressor's objective is its MSE
+    assert "lr" not in m  # no schedule: the learning rate is a param, not a metric
+    loaded, bundle = load_model_bundle(f"runs:/{res['run_id']}/model")
+    assert (bundle.seq_len, bundle.features, bundle.model) == (10, "ohlcv", model)
+    assert bundle.data_fingerprint.startswith(p["data_fingerprint"])
+    prep = prepare(_cfg(csv_dir, model=model), bundle=bundle)
     n, t = prep.ws.index["test"]
     x = prep.ws.gather(n, t)
     with torch.no_grad():
@@ -110,41 +112,90 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("features, scaler", [("relative", "none"), ("ohlcv", "standard_ticker")])
-def test_predict_scores_the_latest_window_like_the_training_pipeline(tracking, csv_dir, tmp_path, features, scaler):
-    from stocklab.predict import PredictConfig, run_predict
+@pytest.mark.parametrize("features, scaler", [("ohlcv", "standard"), ("ohlcv", "standard_ticker"), ("relative", "none")])
+def test_predict_is_bit_for_bit_the_training_pipeline(tracking, tmp_path, bars, features, scaler):
+    """`predict` on data that ends on the last training window's day gives exactly the
+    predictions the training pipeline gives for those windows: no second preprocessing path."""
+    from conftest import write_ticker_csvs
 
-    cfg = _cfg(csv_dir, features=features, scaler=scaler, seq_len=6, epochs=1)
-    res = run_train(cfg)
-    uri = mlflow.get_run(res["run_id"]).data.tags["stocklab.model_uri"]
-    out = run_predict(PredictConfig(model_uri=uri, data=str(csv_dir), output=str(tmp_path / "p.parquet"), cache_dir=""))
-    assert len(out) == 6 and (out["date"] == out["date"].max()).all()
-    model, bundle = load_bundle(uri)
-    prep = prepare(cfg, scaler=Scaler.from_dict(bundle["scaler"]))
-    last = len(prep.panel.dates) - 1
-    n = torch.arange(len(prep.panel.tickers))
-    with torch.no_grad():
-        expected = model(prep.ws.gather(n, torch.full_like(n, last))).numpy()
-    np.testing.assert_allclose(out.sort_values("ticker")["prediction"].to_numpy(), expected, rtol=1e-5, atol=1e-7)
+    from stocklab.config import PredictConfig
+    from stocklab.predict import run_predict
+
+    full = write_ticker_csvs(bars, tmp_path / "full")
+    cfg = _cfg(full, features=features, scaler=scaler, seq_len=6, epochs=1)
+    uri = mlflow.get_run(run_train(cfg)["run_id"]).data.tags["stocklab.model_uri"]
+    model, bundle = load_model_bundle(uri)
+
+    # the training pipeline: its own fitted scaler, the windows ending on the last training day
+    train_prep = prepare(cfg)
+    day = int(train_prep.ws.index["train"][1].max())
+    n = torch.arange(len(train_prep.panel.tickers))
+    x_train = train_prep.ws.gather(n, torch.full_like(n, day))
+    expected = predict_windows(model, x_train)
+
+    # predict on the same bars cut after that day (later bars must not matter either)
+    cut = bars[bars["date"] <= str(train_prep.panel.dates[day].date())]
+    data = write_ticker_csvs(cut, tmp_path / "cut")
+    out = run_predict(PredictConfig(model_uri=uri, data=str(data), output=str(tmp_path / "p.parquet"), cache_dir=""))
+    assert list(out["ticker"]) == train_prep.panel.tickers
+    assert (out["date"] == train_prep.panel.dates[day]).all()
+    np.testing.assert_array_equal(out["prediction"].to_numpy(), expected)  # bit for bit
+
+    # and the windows themselves are identical tensors
+    pred_prep = prepare(bundle.train_config(data=str(data), cache_dir=""), bundle=bundle, labels=False)
+    pn, pt = latest_windows(pred_prep)
+    assert torch.equal(pred_prep.ws.gather(pn, pt), x_train)
+
+
+def test_predict_on_a_subset_keeps_each_tickers_training_identity(tracking, tmp_path, bars):
+    """Scoring fewer tickers than the model saw: a per-ticker scaler keeps each ticker's own
+    statistics and `ticker_id` keeps its trained value (no silent re-indexing)."""
+    from conftest import write_ticker_csvs
+
+    from stocklab.config import PredictConfig
+    from stocklab.predict import run_predict
+
+    full = write_ticker_csvs(bars, tmp_path / "full")
+    cfg = _cfg(full, features="ohlcv", scaler="standard_ticker", seq_len=6, epochs=1)
+    uri = mlflow.get_run(run_train(cfg)["run_id"]).data.tags["stocklab.model_uri"]
+    both = run_predict(PredictConfig(model_uri=uri, data=str(full), output=str(tmp_path / "a.csv"), cache_dir=""))
+    some = write_ticker_csvs(bars[bars["Name"].isin(["T02", "T04"])], tmp_path / "some")
+    sub = run_predict(PredictConfig(model_uri=uri, data=str(some), output=str(tmp_path / "b.csv"), cache_dir=""))
+    assert list(sub["ticker"]) == ["T02", "T04"]
+    # same inputs; only the batch differs (2 windows vs 6), which moves float32 sums in the last bit
+    np.testing.assert_allclose(
+        sub["prediction"].to_numpy(), both.set_index("ticker").loc[["T02", "T04"], "prediction"].to_numpy(), rtol=1e-5
+    )
 
 
 def test_presets_apply_underneath_explicit_values():
-    from stocklab.cli import _train_config, _train_parser
+    from stocklab.cli import parse_model_job
     from stocklab.presets import PRESETS
 
-    args = vars(_train_parser().parse_args(["--preset", "seed000-deep", "--epochs", "3", "--dropout", "0.2"]))
-    cfg, model_args = _train_config(args)
+    cfg, model_args, explicit = parse_model_job("train", ["--preset", "seed000-deep", "--epochs", "3", "--dropout", "0.2"])
     assert (cfg.model, cfg.seq_len, cfg.batch_size, cfg.lr, cfg.features) == ("cnn2d", 96, 64, 1e-5, "ohlcv")
-    assert cfg.epochs == 3 and model_args == {"variant": "deep", "dropout": "0.2"}
-    cfg, _ = _train_config(vars(_train_parser().parse_args(["--preset", "seed000-deep-scale10"])))
+    assert cfg.epochs == 3 and model_args == {"variant": "deep", "dropout": 0.2}
+    assert explicit == {"preset", "epochs", "dropout"}
+    # an explicit value equal to the built-in default still wins over the preset
+    cfg, _, _ = parse_model_job("train", ["--preset", "seed000-deep", "--lr", "0.001", "--batch_size", "256"])
+    assert (cfg.lr, cfg.batch_size) == (1e-3, 256)
+    cfg, _, _ = parse_model_job("train", ["--preset", "seed000-deep-scale10"])
     assert cfg.label_scale == 10.0
-    cfg, margs = _train_config(vars(_train_parser().parse_args(["--preset", "seed004-cnn1d"])))
+    cfg, margs, _ = parse_model_job("train", ["--preset", "seed004-cnn1d"])
     assert (cfg.model, cfg.window_stride, cfg.return_period, cfg.seq_len, cfg.horizon) == ("cnn1d", 21, 21, 12, 21)
+    # another model than the preset's: the preset's model hyper-parameters do not apply
+    cfg, margs, _ = parse_model_job("train", ["--preset", "seed000-deep", "--model", "lstm"])
+    assert cfg.model == "lstm" and margs == {} and cfg.seq_len == 96
     for name in PRESETS:  # every preset names a real model with valid values
-        cfg, margs = _train_config(vars(_train_parser().parse_args(["--preset", name])))
+        cfg, margs, _ = parse_model_job("train", ["--preset", name])
         cfg.validate()
     with pytest.raises(ValueError, match="preset: unknown preset 'x'"):
-        _train_config(vars(_train_parser().parse_args(["--preset", "x"])))
+        parse_model_job("train", ["--preset", "x"])
+    # tune takes every train parameter, presets included
+    from stocklab.config import TuneConfig
+
+    tcfg, _, _ = parse_model_job("tune", ["--preset", "seed000-deep", "--split", "0.5,0.25,0.25", "--scaler", "minmax"], TuneConfig)
+    assert (tcfg.model, tcfg.split, tcfg.scaler, tcfg.seq_len) == ("cnn2d", "0.5,0.25,0.25", "minmax", 96)
 
 
 def test_monthly_cnn1d_preset_trains_and_records_effective_params(tracking, tmp_path):

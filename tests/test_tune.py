@@ -12,8 +12,9 @@ import torch
 from conftest import synthetic_bars, write_ticker_csvs
 from test_e2e import mlflow_run
 
-from stocklab.promote import PromoteConfig, direction_for, run_promote
-from stocklab.tune import TuneConfig, load_space, make_storage
+from stocklab.config import PromoteConfig, TuneConfig
+from stocklab.promote import direction_for, run_promote
+from stocklab.tune import load_space, make_storage
 
 SPACE = """
 hidden_size: {type: int, low: 4, high: 8}
@@ -80,7 +81,8 @@ def test_tune_study_end_to_end_then_promote_and_predict(tmp_path, tracking):
     assert {"trials.csv", "plots/optimization_history.png", "plots/param_importances.png"} <= arts
     versions = client.search_model_versions("name='stocklab-lstm'")
     assert len(versions) == 1 and versions[0].run_id == study.best_trial.user_attrs["mlflow_run_id"]
-    assert float(versions[0].tags["valid_mse_min"]) == pytest.approx(study.best_value)
+    assert float(versions[0].tags["valid_loss_min"]) == pytest.approx(study.best_value)
+    assert versions[0].tags["metric"] == "valid_loss"
 
     # resume: the same study with the same target runs nothing again; one more trial runs one
     r = mlflow_run("tune", params, tracking, tmp_path)
@@ -93,7 +95,7 @@ def test_tune_study_end_to_end_then_promote_and_predict(tmp_path, tracking):
     assert trials[4].params not in [t.params for t in trials[:4]]  # no finished trial repeated
 
     # promote, then predict with the champion
-    r = mlflow_run("promote", {"model": "lstm", "metric": "valid_mse_min"}, tracking, tmp_path)
+    r = mlflow_run("promote", {"model": "lstm"}, tracking, tmp_path)  # default: valid_loss_min
     assert r.returncode == 0 and "champion -> v" in r.stdout, r.stderr[-3000:]
     out = tmp_path / "preds.csv"
     r = mlflow_run("predict", {"model": "lstm", "data": data, "output": out}, tracking, tmp_path)

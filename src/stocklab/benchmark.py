@@ -24,34 +24,19 @@ import platform
 import time
 import tracemalloc
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 import torch
 
-from stocklab.config import StockLabError, TrainConfig
+from stocklab.config import BenchmarkConfig, StockLabError, TrainConfig
 from stocklab.data import load_panel
 from stocklab.features import Panel, build_panel
 from stocklab.models import build_model, model_config
 from stocklab.tracking import log_params_once
 from stocklab.training import configure_cpu_threads, fit, resolve_device
 from stocklab.windows import WindowSet
-
-
-@dataclass
-class BenchmarkConfig:
-    suite: str = field(default="speed", metadata={"help": "speed"})
-    data: str = field(default="../shared/data/sp500_5yr", metadata={"help": "real bars for (a), (b); or sample"})
-    n_tickers: int = field(default=20, metadata={"help": "tickers for (a) and (b): the naive loop is slow"})
-    seq_len: int = 96
-    batch_size: int = field(default=1024, metadata={"help": "the project's training batch in (b), (c)"})
-    train_steps: int = field(default=60, metadata={"help": "timed steps per pipeline in (b)"})
-    seed000_steps: int = field(default=40, metadata={"help": "timed steps in (c) on CPU (full epoch on GPU)"})
-    seed000_tickers: int = 514
-    seed000_days: int = 3500
-    device: str = "auto"
-    output: str = "speed.json"
 
 
 def _panel(cfg: BenchmarkConfig) -> Panel:

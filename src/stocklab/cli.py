@@ -1,145 +1,209 @@
 """Command line: `stocklab <job> --param value ...` (the MLproject entry points call this).
 
+    stocklab --help
     stocklab train --data sample --model lstm --epochs 5
-    python -m stocklab.cli train --model cnn2d --variant deep
+    stocklab train --model cnn2d --help        # cnn2d's own hyper-parameters and defaults
+    python -m stocklab.cli tune --model gru --n_trials 4
 
-Arguments are generated from the config dataclasses, so a default lives in exactly one place.
-Model hyper-parameters (e.g. --hidden_size, --variant) come from the chosen model's config.
+Every flag is generated from the job's config dataclass (config.py) and, for `train`/`tune`,
+the chosen model's config, so a default lives in exactly one place. A preset (`--preset`) sets
+values underneath: any value given explicitly wins, also when it equals the default.
 User errors print one line (`stocklab: error: <param or file>: <problem>`) and exit 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 
-from stocklab.config import StockLabError, TrainConfig, update
-from stocklab.models import MODELS
+from stocklab.config import (
+    JOB_CONFIGS,
+    ArgumentParser,
+    PromoteConfig,
+    StockLabError,
+    TrainConfig,
+    add_arguments,
+    with_values,
+)
+from stocklab.errors import one_line
+
+JOBS = {
+    "train": ("train one model, one configuration -> one MLflow run", "stocklab train --model gru --epochs 5"),
+    "tune": (
+        "an Optuna study; every trial is a nested MLflow run; registers the best model",
+        "stocklab tune --model lstm --n_trials 8",
+    ),
+    "evaluate": (
+        "re-score a logged model on a split (metrics, tear sheet) into a new run",
+        "stocklab evaluate --model_uri models:/stocklab-lstm@champion",
+    ),
+    "promote": (
+        "move the registry alias `champion` to the best version, on a validation metric",
+        "stocklab promote --model lstm",
+    ),
+    "predict": (
+        "score each ticker's latest window with the champion model",
+        "stocklab predict --model lstm --data path/to/csvs --output preds.csv",
+    ),
+    "benchmark": ("measure windowing and training speed against the source pipeline", "stocklab benchmark"),
+}
 
 
-def _add_fields(parser: argparse.ArgumentParser, cfg, seen: set[str]) -> None:
-    for f in dataclasses.fields(cfg):
-        if f.name in seen:
-            continue
-        seen.add(f.name)
-        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        default = getattr(cfg, f.name)
-        helptext = f.metadata.get("help", "")
-        parser.add_argument(*names, dest=f.name, default=None, help=f"{helptext} (default: {default})")
+def top_help() -> str:
+    width = max(map(len, JOBS))
+    lines = [
+        "usage: stocklab <job> [--param value ...]   (stocklab <job> --help lists a job's parameters)",
+        "",
+        "Leak-free deep-learning stock-return research, tracked in MLflow.",
+        "",
+        "jobs:",
+    ]
+    for name, (what, example) in JOBS.items():
+        lines += [f"  {name:<{width}}  {what}", f"  {'':<{width}}    e.g. {example}"]
+    lines += ["", "As MLflow Project entry points: mlflow run . -e <job> --env-manager local -P param=value"]
+    return "\n".join(lines)
 
 
-def _split_model_args(args: dict, model: str) -> dict:
-    """Check that model-config values belong to the chosen model."""
+def _model_fields(model: str) -> set[str]:
+    from stocklab.models import MODELS
+
+    return {f.name for f in dataclasses.fields(MODELS[model][1])}
+
+
+def _model_and_preset(argv: list[str], cls) -> tuple[str, dict]:
+    """The model a train/tune command is about (explicit, else the preset's, else the
+    default) and the preset's values, read before the full parser is built."""
+    from stocklab.models import MODELS
+    from stocklab.presets import preset_values
+
+    pre = ArgumentParser(add_help=False)
+    pre.add_argument("--model", default=None)
+    pre.add_argument("--preset", default="")
+    known, _ = pre.parse_known_args(argv)
+    preset = preset_values(known.preset) if known.preset else {}
+    model = known.model or preset.get("model") or cls().model
     if model not in MODELS:
         raise StockLabError(f"model: unknown model '{model}' (choose from {', '.join(MODELS)})")
-    own = {f.name for f in dataclasses.fields(MODELS[model][1])}
-    for key in args:
-        if key not in own:
-            raise StockLabError(f"{key}: not a parameter of model '{model}' (it has: {', '.join(sorted(own))})")
-    return args
+    return model, preset
 
 
-def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="stocklab train", description="Train one model (one MLflow run).")
-    seen: set[str] = set()
-    _add_fields(p, TrainConfig(), seen)
-    for _, default_cfg in MODELS.values():
-        _add_fields(p, default_cfg, seen)
+def job_parser(job: str, cls, model: str | None = None) -> ArgumentParser:
+    """The job's parser: one flag per config field (+ the model's hyper-parameters)."""
+    what, example = JOBS[job]
+    p = ArgumentParser(prog=f"stocklab {job}", description=f"{what[0].upper()}{what[1:]}.", epilog=f"e.g. {example}")
+    seen = add_arguments(p, cls(), title=f"{job} parameters")
+    if model is not None:
+        from stocklab.models import MODELS
+
+        title = f"{model} hyper-parameters (another model's: stocklab {job} --model NAME --help; models: "
+        add_arguments(p, MODELS[model][1], seen, title=title + ", ".join(MODELS) + ")")
     return p
 
 
-def _train_config(values: dict) -> tuple[TrainConfig, dict]:
-    """TrainConfig and model overrides from parsed CLI values, with a preset applied underneath:
-    a value that differs from its built-in default always wins over the preset."""
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    given = update(TrainConfig(), {k: v for k, v in values.items() if k in train_fields})
-    model_args = {k: v for k, v in values.items() if k not in train_fields and v is not None}
-    if given.preset:
-        from stocklab.presets import preset_values
+def _unknown(job: str, arg: str, model: str | None = None) -> StockLabError:
+    from stocklab.models import MODELS
 
-        default = TrainConfig()
-        preset = preset_values(given.preset)
-        explicit = {k for k in train_fields if getattr(given, k) != getattr(default, k)}
-        given = update(given, {k: v for k, v in preset.items() if k in train_fields and k not in explicit})
-        if given.model == preset.get("model"):
-            model_args = {**{k: v for k, v in preset.items() if k not in train_fields}, **model_args}
-    return given, _split_model_args(model_args, given.model)
+    key = arg.lstrip("-").split("=", 1)[0].replace("-", "_")
+    if model is not None:
+        owners = [m for m in MODELS if key in _model_fields(m)]
+        if owners:
+            return StockLabError(f"{key}: not a parameter of model '{model}' (it is one of: {', '.join(owners)})")
+    return StockLabError(f"{key}: unknown parameter for {job}")
+
+
+def parse_model_job(job: str, argv: list[str], cls=TrainConfig):
+    """(config, model overrides, names given explicitly) for `train`/`tune`.
+
+    Values stack: the config's defaults < the preset's values < explicit flags. A preset's
+    model hyper-parameters apply only when the preset's model is the one being trained.
+    """
+    model, preset = _model_and_preset(argv, cls)
+    ns, unknown = job_parser(job, cls, model).parse_known_args(argv)
+    if unknown:
+        raise _unknown(job, unknown[0], model)
+    explicit = vars(ns)
+    own = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in preset.items() if k in own}
+    model_args = {k: v for k, v in preset.items() if k not in own} if preset.get("model", model) == model else {}
+    values.update({k: v for k, v in explicit.items() if k in own})
+    model_args.update({k: v for k, v in explicit.items() if k not in own})
+    values["model"] = model
+    return with_values(cls(), values), model_args, set(explicit)
+
+
+def parse_job(job: str, argv: list[str]):
+    """A validated-type config instance for a job without model hyper-parameters."""
+    cls = JOB_CONFIGS[job]
+    ns, unknown = job_parser(job, cls).parse_known_args(argv)
+    if unknown:
+        raise _unknown(job, unknown[0])
+    return with_values(cls(), vars(ns))
 
 
 def cmd_train(argv: list[str]) -> int:
-    args, unknown = _train_parser().parse_known_args(argv)
-    if unknown:
-        raise StockLabError(f"{unknown[0].lstrip('-')}: unknown parameter for train")
-    cfg, model_args = _train_config(vars(args))
+    cfg, model_args, _ = parse_model_job("train", argv)
     from stocklab.train import run_train  # heavy imports (torch, mlflow) only when needed
 
     result = run_train(cfg, model_args)
     print(
         f"run {result['run_id']}: test_mse={result['test_mse']:.6g} naive_mse={result['naive_mse']:.6g} "
-        f"mse_skill={result['mse_skill']:.4f} best_epoch={result['best_epoch']} "
-        f"train_time_s={result['train_time_s']:.1f}"
+        f"mse_skill={result['mse_skill']:.4f} valid_loss_min={result['valid_loss_min']:.6g} "
+        f"best_epoch={result['best_epoch']} train_time_s={result['train_time_s']:.1f}"
     )
     return 0
 
 
-def _parse(prog: str, cfg_cls, argv: list[str]):
-    """Parse `--field value` pairs for one config dataclass into a validated instance."""
-    p = argparse.ArgumentParser(prog=f"stocklab {prog}")
-    _add_fields(p, cfg_cls(), set())
-    args, unknown = p.parse_known_args(argv)
-    if unknown:
-        raise StockLabError(f"{unknown[0].lstrip('-')}: unknown parameter for {prog}")
-    return update(cfg_cls(), vars(args))
+def cmd_tune(argv: list[str]) -> int:
+    from stocklab.config import TuneConfig
 
+    cfg, model_args, explicit = parse_model_job("tune", argv, TuneConfig)
+    from stocklab.tune import run_tune
 
-def cmd_evaluate(argv: list[str]) -> int:
-    from stocklab.evaluate import EvaluateConfig, run_evaluate
-
-    res = run_evaluate(_parse("evaluate", EvaluateConfig, argv))
-    shown = {k: v for k, v in res.items() if isinstance(v, float)}
-    print(f"run {res['run_id']} (source {res['source_run_id']}): " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    res = run_tune(cfg, model_args, fixed=explicit)
+    print(f"study done: best value {res['best_value']} (trial {res.get('best_trial')}), trials {res['states']}")
     return 0
 
 
-def cmd_tune(argv: list[str]) -> int:
-    from stocklab.tune import TuneConfig, run_tune
+def cmd_evaluate(argv: list[str]) -> int:
+    from stocklab.evaluate import run_evaluate
 
-    res = run_tune(_parse("tune", TuneConfig, argv))
-    print(f"study done: best value {res['best_value']} (trial {res.get('best_trial')}), trials {res['states']}")
+    res = run_evaluate(parse_job("evaluate", argv))
+    shown = {k: v for k, v in res.items() if isinstance(v, float)}
+    print(f"run {res['run_id']} (source {res['source_run_id']}): " + " ".join(f"{k}={v:.4g}" for k, v in shown.items()))
     return 0
 
 
 def cmd_promote(argv: list[str]) -> int:
     import mlflow
 
-    from stocklab.promote import PromoteConfig, run_promote
+    from stocklab.promote import run_promote
 
-    cfg = _parse("promote", PromoteConfig, argv)
-    with mlflow.start_run():  # an audit trail of what changed
+    cfg: PromoteConfig = parse_job("promote", argv)
+    with mlflow.start_run(run_name=f"promote-{cfg.model}"):  # an audit trail of what changed
+        mlflow.set_tag("stocklab.role", "promote")
         res = run_promote(cfg)
         mlflow.set_tag("stocklab.promote", res["action"][:5000])
     return 0
 
 
 def cmd_predict(argv: list[str]) -> int:
-    from stocklab.predict import PredictConfig, run_predict
+    from stocklab.predict import run_predict
 
-    run_predict(_parse("predict", PredictConfig, argv))
+    run_predict(parse_job("predict", argv))
     return 0
 
 
 def cmd_benchmark(argv: list[str]) -> int:
-    from stocklab.benchmark import BenchmarkConfig, run_benchmark
+    from stocklab.benchmark import run_benchmark
 
-    run_benchmark(_parse("benchmark", BenchmarkConfig, argv))
+    run_benchmark(parse_job("benchmark", argv))
     return 0
 
 
 COMMANDS = {
     "train": cmd_train,
-    "evaluate": cmd_evaluate,
     "tune": cmd_tune,
+    "evaluate": cmd_evaluate,
     "promote": cmd_promote,
     "predict": cmd_predict,
     "benchmark": cmd_benchmark,
@@ -148,19 +212,21 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in COMMANDS:
-        print(f"usage: stocklab {{{','.join(COMMANDS)}}} [--param value ...]", file=sys.stderr)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(top_help(), file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"stocklab: error: unknown job '{argv[0]}' (choose from {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     from mlflow.exceptions import MlflowException
 
     try:
         return COMMANDS[argv[0]](argv[1:])
     except StockLabError as e:
-        print(f"stocklab: error: {e}", file=sys.stderr)
+        print(f"stocklab: error: {one_line(e)}", file=sys.stderr)
         return 2
     except MlflowException as e:  # e.g. an unusable MLFLOW_TRACKING_URI: one line, not a traceback
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"stocklab: error: MLflow: {first}", file=sys.stderr)
+        print(f"stocklab: error: MLflow: {one_line(e)}", file=sys.stderr)
         return 1
 
 

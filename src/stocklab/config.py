@@ -1,48 +1,66 @@
-"""Configuration dataclasses: the single home of every default.
+"""Configuration dataclasses, one per job: the single home of every default.
 
-MLproject params -> argparse (built from these fields in `cli.py`) -> dataclass -> mlflow.log_params.
+MLproject params -> argparse (generated from these fields by `add_arguments`) -> dataclass ->
+mlflow.log_params. A field's type, default, help text and allowed values live here and nowhere
+else; `tests/test_config.py` checks MLproject against these defaults.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import functools
+import re
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from stocklab.errors import StockLabError
 
-class StockLabError(ValueError):
-    """A user-facing error: the CLI prints its one-line message and exits non-zero."""
-
+__all__ = ["StockLabError"]  # re-exported: older imports read it from here
 
 FEATURE_SETS = ("auto", "ohlcv", "returns", "relative", "technical")
 SCALERS = ("standard", "minmax", "standard_ticker", "minmax_ticker", "none")
+DEVICES = ("auto", "cpu", "cuda")
+TUNE_METRICS = {"valid_loss": "minimize", "valid_rank_ic": "maximize"}
+PRUNERS = ("median", "hyperband", "none")
+DEFAULT_JOURNAL = "optuna-journal.log"
+
+
+def opt(default, help: str = "", choices: tuple | None = None):  # noqa: A002 - argparse's word
+    """A dataclass field with its CLI help text and, optionally, its allowed values."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
     """Everything one `train` run needs except the model's own hyper-parameters."""
 
-    data: str = field(default="sample", metadata={"help": "'sample', a CSV folder or a file"})
-    model: str = field(default="lstm", metadata={"help": "a name from stocklab.models.MODELS"})
-    preset: str = field(default="", metadata={"help": "a source study's configuration (see presets.py)"})
-    features: str = field(default="auto", metadata={"help": "auto|ohlcv|returns|relative|technical"})
-    horizon: int = field(default=20, metadata={"help": "label = forward return over N days"})
-    seq_len: int = field(default=20, metadata={"help": "steps per input window"})
-    window_stride: int = field(default=1, metadata={"help": "days between window steps (21: monthly)"})
-    return_period: int = field(default=1, metadata={"help": "look-back of `returns` features in days"})
-    epochs: int = 10
-    batch_size: int = 256
-    lr: float = 1e-3
-    patience: int = field(default=3, metadata={"help": "early-stopping patience (epochs)"})
-    seed: int = 0
-    label_scale: float = field(default=1.0, metadata={"help": "multiplies the label"})
-    split: str = field(default="0.6,0.2,0.2", metadata={"help": "train,valid,test fractions"})
-    scaler: str = field(default="standard", metadata={"help": "|".join(SCALERS)})
-    weight_decay: float = 0.0
-    max_tickers: int = field(default=0, metadata={"help": "use the first N tickers (0 = all)"})
-    device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model for training"})
-    eval_batch_size: int = 8192
-    cache_dir: str = field(default=".stocklab_cache", metadata={"help": "parsed-panel cache"})
+    data: str = opt("sample", "'sample', a folder of per-ticker CSVs, or one CSV/Parquet file")
+    model: str = opt("lstm", "a name from stocklab.models.MODELS")
+    preset: str = opt("", "a source study's configuration (see presets.py); explicit values override it")
+    features: str = opt("auto", "feature set", FEATURE_SETS)
+    horizon: int = opt(20, "label = forward return over N trading days")
+    seq_len: int = opt(20, "steps per input window")
+    window_stride: int = opt(1, "days between window steps (21: monthly)")
+    return_period: int = opt(1, "look-back of `returns` features in days")
+    epochs: int = opt(10, "maximum training epochs")
+    batch_size: int = opt(256, "training batch size")
+    lr: float = opt(1e-3, "Adam learning rate")
+    weight_decay: float = opt(0.0, "Adam weight decay")
+    patience: int = opt(3, "early-stopping patience (epochs without a better validation loss)")
+    seed: int = opt(0, "seed of model init, shuffling and plots")
+    label_scale: float = opt(1.0, "multiplies the label (the 2D CNN study tried 1 and 10)")
+    split: str = opt("0.6,0.2,0.2", "train,valid,test fractions of the calendar")
+    scaler: str = opt("standard", "feature scaling, fit on the training days only", SCALERS)
+    max_tickers: int = opt(0, "use the first N tickers in name order (0 = all)")
+    device: str = opt("auto", "where to train", DEVICES)
+    compile: bool = opt(False, "torch.compile the model for training")
+    eval_batch_size: int = opt(8192, "batch size for validation/test passes")
+    cache_dir: str = opt(".stocklab_cache", "parsed-panel cache folder ('' = no cache)")
 
     def split_fractions(self) -> tuple[float, float, float]:
         try:
@@ -55,8 +73,8 @@ class TrainConfig:
             raise StockLabError(f"split: every fraction in '{self.split}' must be > 0")
         return parts  # type: ignore[return-value]
 
-    def validate(self) -> TrainConfig:
-        """Raise StockLabError naming the first bad parameter."""
+    def validate(self):
+        """Raise StockLabError naming the first bad parameter; return self."""
         checks = [
             (self.horizon >= 1, "horizon", "must be >= 1"),
             (self.seq_len >= 1, "seq_len", "must be >= 1"),
@@ -70,20 +88,130 @@ class TrainConfig:
             (self.label_scale > 0, "label_scale", "must be > 0"),
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.max_tickers >= 0, "max_tickers", "must be >= 0"),
-            (self.features in FEATURE_SETS, "features", f"must be one of {FEATURE_SETS}"),
-            (self.scaler in SCALERS, "scaler", f"must be one of {SCALERS}"),
-            (self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda"),
         ]
         for ok, name, problem in checks:
             if not ok:
                 raise StockLabError(f"{name}: {getattr(self, name)!r} {problem}")
+        check_choices(self)
         self.split_fractions()
         return self
 
+    def train_config(self) -> TrainConfig:
+        """The TrainConfig part of this config (itself for a TrainConfig)."""
+        return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
 
-def coerce(value, typ, name: str):
-    """Convert a CLI/MLproject string to a dataclass field type, with a one-line error."""
-    if typ in (bool, "bool"):
+
+@dataclass
+class TuneConfig(TrainConfig):
+    """A study: every `train` parameter (the base of each trial) plus the study's own settings."""
+
+    epochs: int = opt(4, "maximum epochs per trial")
+    n_trials: int = opt(8, "total finished trials of the study (a resumed study runs the rest)")
+    timeout: float = opt(0.0, "seconds for this invocation (0 = no limit)")
+    study_name: str = opt("", "default: <model>-<data folder name>")
+    storage: str = opt("", f"Optuna storage: a journal file (default {DEFAULT_JOURNAL}) or an RDB URL")
+    metric: str = opt("valid_loss", "what the study optimises (on validation data)", tuple(TUNE_METRICS))
+    pruner: str = opt("median", "pruning rule on the per-epoch report", PRUNERS)
+    space: str = opt("", "search-space YAML (default: tuning/<model>.yaml)")
+    register: bool = opt(True, "register the best trial's model as stocklab-<model>")
+
+    def validate(self):
+        super().validate()
+        if self.n_trials < 1:
+            raise StockLabError(f"n_trials: {self.n_trials} must be >= 1")
+        if self.timeout < 0:
+            raise StockLabError(f"timeout: {self.timeout} must be >= 0")
+        return self
+
+    def resolved_study_name(self) -> str:
+        data_name = "sample" if self.data == "sample" else Path(self.data.rstrip("/")).name
+        return self.study_name or f"{self.model}-{data_name}"
+
+
+@dataclass
+class EvaluateConfig:
+    run_id: str = opt("", "a train run whose model to score")
+    model_uri: str = opt("", "or any model URI (models:/stocklab-lstm@champion)")
+    split: str = opt("test", "the split to score", ("valid", "test"))
+    data: str = opt("", "data to score (default: the data the model was trained on)")
+    cache_dir: str = opt(".stocklab_cache", "parsed-panel cache folder ('' = no cache)")
+    eval_batch_size: int = opt(8192, "batch size of the scoring pass")
+
+    def validate(self):
+        if bool(self.run_id) == bool(self.model_uri):
+            raise StockLabError("run_id/model_uri: give exactly one of them")
+        check_choices(self)
+        return self
+
+
+@dataclass
+class PredictConfig:
+    model: str = opt("lstm", "score with models:/stocklab-<model>@champion")
+    data: str = opt("sample", "bars to score: 'sample', a CSV folder or a file")
+    output: str = opt("predictions.csv", "where to write (date, ticker, prediction): .csv or .parquet")
+    model_uri: str = opt("", "any model URI instead of the champion")
+    cache_dir: str = opt(".stocklab_cache", "parsed-panel cache folder ('' = no cache)")
+    eval_batch_size: int = opt(8192, "batch size of the scoring pass")
+
+    def validate(self):
+        if Path(self.output).suffix.lower() not in (".csv", ".parquet"):
+            raise StockLabError(f"output: '{self.output}' must end in .csv or .parquet")
+        return self
+
+
+@dataclass
+class PromoteConfig:
+    model: str = opt("lstm", "promote among the versions of stocklab-<model>")
+    metric: str = opt("valid_loss_min", "a validation metric of the versions' runs (test data never decides)")
+    direction: str = opt("auto", "auto: lower is better for *loss*/*mse* metrics", ("auto", "minimize", "maximize"))
+
+    def validate(self):
+        check_choices(self)
+        return self
+
+
+@dataclass
+class BenchmarkConfig:
+    suite: str = opt("speed", "what to measure", ("speed",))
+    data: str = opt("../shared/data/sp500_5yr", "real bars for (a) and (b); or 'sample'")
+    n_tickers: int = opt(20, "tickers for (a) and (b): the naive loop is slow")
+    seq_len: int = opt(96, "window length")
+    batch_size: int = opt(1024, "the project's training batch in (b), (c)")
+    train_steps: int = opt(60, "timed steps per pipeline in (b)")
+    seed000_steps: int = opt(40, "timed steps in (c) on CPU (a full epoch on GPU)")
+    seed000_tickers: int = opt(514, "tickers of the synthetic seed000 panel")
+    seed000_days: int = opt(3500, "days of the synthetic seed000 panel")
+    device: str = opt("auto", "where to run", DEVICES)
+    output: str = opt("speed.json", "where to write the results")
+
+    def validate(self):
+        check_choices(self)
+        return self
+
+
+JOB_CONFIGS = {
+    "train": TrainConfig,
+    "tune": TuneConfig,
+    "evaluate": EvaluateConfig,
+    "predict": PredictConfig,
+    "promote": PromoteConfig,
+    "benchmark": BenchmarkConfig,
+}
+
+
+# --- typed values: one converter per field type, used by argparse and by programmatic updates ---
+
+
+@functools.cache
+def field_types(cls) -> dict[str, type]:
+    """{field name: real type} (the annotations are strings under `from __future__ import annotations`)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def convert(value, typ: type, name: str):
+    """A CLI/MLproject/YAML value as `typ`, or a one-line StockLabError naming the parameter."""
+    if typ is bool:
         if isinstance(value, bool):
             return value
         s = str(value).strip().lower()
@@ -92,23 +220,86 @@ def coerce(value, typ, name: str):
         if s in ("0", "false", "no", "off"):
             return False
         raise StockLabError(f"{name}: {value!r} is not a boolean (true/false)")
-    conv = {"int": int, "float": float, "str": str}.get(typ, typ) if isinstance(typ, str) else typ
+    if typ is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+        return value
     try:
-        return conv(value)
+        return typ(value)
     except (TypeError, ValueError):
-        raise StockLabError(f"{name}: {value!r} is not a valid {getattr(conv, '__name__', conv)}") from None
+        raise StockLabError(f"{name}: {value!r} is not a valid {typ.__name__}") from None
 
 
-def update(cfg, values: dict, strict: bool = True):
-    """Return a copy of dataclass `cfg` with `values` (strings allowed) applied by field type."""
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
+def check_choices(cfg) -> None:
+    for f in dataclasses.fields(cfg):
+        allowed = f.metadata.get("choices")
+        if allowed and getattr(cfg, f.name) not in allowed:
+            raise StockLabError(f"{f.name}: {getattr(cfg, f.name)!r} must be one of {', '.join(map(str, allowed))}")
+
+
+def with_values(cfg, values: dict, what: str | None = None):
+    """A copy of dataclass `cfg` with `values` converted to each field's type; an unknown key is
+    a StockLabError naming it (`what` says whose parameter it is not)."""
+    types = field_types(type(cfg))
     out = {}
     for key, val in values.items():
-        if val is None:
-            continue
-        if key not in fields:
-            if strict:
-                raise StockLabError(f"{key}: unknown parameter for {type(cfg).__name__}")
-            continue
-        out[key] = coerce(val, fields[key].type, key)
+        if key not in types:
+            raise StockLabError(f"{key}: not a parameter of {what or type(cfg).__name__}")
+        out[key] = convert(val, types[key], key)
     return dataclasses.replace(cfg, **out)
+
+
+# --- argparse generated from the dataclasses ---
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are StockLabErrors ("lr: 'abc' is not a valid float"), so every bad
+    parameter gives the CLI's one-line error instead of argparse's usage dump."""
+
+    def error(self, message: str):
+        m = re.match(r"argument --([\w-]+)(?:/--[\w-]+)*: (.*)", message)
+        if m:
+            raise StockLabError(f"{m.group(1).replace('-', '_')}: {m.group(2)}")
+        raise StockLabError(message)
+
+
+def _arg_type(typ: type, name: str):
+    def parse(text: str):
+        try:
+            return convert(text, typ, name)
+        except StockLabError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+
+    parse.__name__ = typ.__name__  # argparse names the type in its own messages
+    return parse
+
+
+def add_arguments(parser: argparse.ArgumentParser, cfg, seen: set[str] | None = None, title: str | None = None):
+    """One `--name` flag per field of dataclass instance `cfg` (its values are the shown defaults).
+
+    Flags default to "not given" (argparse.SUPPRESS), so the parsed namespace holds exactly the
+    values the user passed: presets and jobs can tell an explicit value from a default.
+    """
+    seen = set() if seen is None else seen
+    group = parser.add_argument_group(title) if title else parser
+    types = field_types(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if f.name in seen:
+            continue
+        seen.add(f.name)
+        names = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        default = getattr(cfg, f.name)
+        shown = repr(default) if default == "" else default
+        helptext = f.metadata.get("help", "")
+        group.add_argument(
+            *names,
+            dest=f.name,
+            type=_arg_type(types[f.name], f.name),
+            choices=f.metadata.get("choices"),
+            default=argparse.SUPPRESS,
+            metavar=None if f.metadata.get("choices") else types[f.name].__name__.upper(),
+            help=f"{helptext} (default: {shown})" if helptext else f"(default: {shown})",
+        )
+    return seen

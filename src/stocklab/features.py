@@ -54,10 +54,20 @@ def _wide(panel: pd.DataFrame, col: str, tickers, dates) -> np.ndarray:
     return wide.reindex(index=dates, columns=tickers).to_numpy(dtype=np.float64).T
 
 
-def build_panel(panel: pd.DataFrame, features: str, horizon: int, label_scale: float, return_period: int = 1) -> Panel:
+def build_panel(
+    panel: pd.DataFrame,
+    features: str,
+    horizon: int,
+    label_scale: float,
+    return_period: int = 1,
+    universe: list[str] | None = None,
+) -> Panel:
     """Turn the clean long frame into feature and label arrays for one named feature set.
 
-    `return_period` is the look-back of the `returns` features (21: monthly returns)."""
+    `return_period` is the look-back of the `returns` features (21: monthly returns).
+    `universe`: the tickers a model was trained on; the `ticker_id` feature is a ticker's
+    position among them (NaN for a ticker the model never saw), so scoring another set of
+    tickers gives each known ticker the id it was trained with."""
     features = resolve_feature_set(features, list(panel.columns))
     tickers = sorted(panel["ticker"].unique())
     dates = pd.DatetimeIndex(sorted(panel["date"].unique()))
@@ -73,7 +83,10 @@ def build_panel(panel: pd.DataFrame, features: str, horizon: int, label_scale: f
                 vwap, vname = _wide(panel, "vwap", tickers, dates), "vwap"
             else:
                 vwap, vname = (h + lo + close) / 3.0, "typical_price"
-            tid = np.broadcast_to((np.arange(N) / max(N - 1, 1))[:, None], (N, D))
+            universe = list(tickers) if universe is None else list(universe)
+            pos = {t: i for i, t in enumerate(universe)}
+            ids = np.array([pos.get(t, np.nan) for t in tickers], dtype=np.float64)
+            tid = np.broadcast_to((ids / max(len(universe) - 1, 1))[:, None], (N, D))
             tid = np.where(np.isfinite(close), tid, np.nan)
             cols, names = (
                 [o, h, lo, close, vol, vwap, tid],

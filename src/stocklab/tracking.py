@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import subprocess
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch  # noqa: E402
 from mlflow.models.signature import ModelSignature  # noqa: E402
 from mlflow.types.schema import Schema, TensorSpec  # noqa: E402
 
-BUNDLE_FILE = "preprocess.json"
+from stocklab.errors import describe  # noqa: E402,F401 - tags carry `Type: first line`
 
 
 def _same(logged: str, value) -> bool:
@@ -46,17 +45,11 @@ def log_params_once(params: dict) -> dict:
 
 
 def environment_params(device: torch.device) -> dict:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
+    """Versions and device. The git commit is MLflow's own tag (mlflow.source.git.commit)."""
     import pandas
 
     return {
         "device": str(device),
-        "git_commit": commit or "unknown",
         "python_version": platform.python_version(),
         "torch_version": torch.__version__,
         "mlflow_version": mlflow.__version__,
@@ -95,15 +88,15 @@ def signature_for(seq_len: int, n_features: int) -> ModelSignature:
     )
 
 
-def log_model(model: torch.nn.Module, example: np.ndarray, bundle: dict):
+def log_model(model: torch.nn.Module, example: np.ndarray, bundle: dict, bundle_file: str):
     """Log the model (torch.export `pt2`, MLflow 3's default; pickle if export fails) together
-    with `preprocess.json` (scaler, feature config) so it can score raw bars on its own."""
+    with its preprocessing bundle as `bundle_file` so it can score raw bars on its own."""
     model = model.to("cpu").eval()
     sig = signature_for(example.shape[1], example.shape[2])
     torch_req = torch.__version__.split("+")[0]
     reqs = [f"torch=={torch_req}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / BUNDLE_FILE
+        path = Path(tmp) / bundle_file
         path.write_text(json.dumps(bundle))
         kwargs = dict(
             name="model",
@@ -119,24 +112,14 @@ def log_model(model: torch.nn.Module, example: np.ndarray, bundle: dict):
                 info = mlflow.pytorch.log_model(model, serialization_format="pt2", **kwargs)
             fmt = "pt2"
         except Exception as e:  # noqa: BLE001 - e.g. an op torch.export cannot trace
-            mlflow.set_tag("model_pt2_error", str(e).splitlines()[0][:500])
+            mlflow.set_tag("model_pt2_error", describe(e))
             info = mlflow.pytorch.log_model(model, serialization_format="pickle", **kwargs)
             fmt = "pickle"
     mlflow.set_tags({"model_serialization": fmt, "stocklab.model_uri": info.model_uri})
     return info
 
 
-def load_bundle(model_uri: str):
-    """(callable model, bundle dict) from a logged model URI (runs:/..., models:/...)."""
-    local = Path(mlflow.artifacts.download_artifacts(model_uri))
-    model = mlflow.pytorch.load_model(str(local))
-    found = list(local.rglob(BUNDLE_FILE))
-    if not found:
-        raise FileNotFoundError(f"{model_uri}: no {BUNDLE_FILE} in the logged model")
-    return model, json.loads(found[0].read_text())
-
-
-def loss_curve(train_loss: list[float], valid_loss: list[float], best_epoch: int):
+def loss_curve(train_loss: list[float], valid_loss: list[float], best_epoch: int, objective: str = "MSE"):
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = np.arange(1, len(train_loss) + 1)
     ax.plot(epochs, train_loss, marker="o", label="train")
@@ -144,7 +127,7 @@ def loss_curve(train_loss: list[float], valid_loss: list[float], best_epoch: int
     if best_epoch:
         ax.axvline(best_epoch, color="grey", ls="--", label=f"best epoch {best_epoch}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE")
+    ax.set_ylabel(objective)
     ax.set_yscale("log")
     ax.legend()
     ax.set_title("Loss curves")

@@ -139,14 +139,15 @@ def mean_loss(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 819
     return float(total) / max(ws.size(split), 1)
 
 
-EpochCallback = Callable[[int, float, float, float], None]
+EpochCallback = Callable[[int, float, float, History], None]
 
 
 def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallback | None = None) -> History:
-    """Train `model` on ws's train split, early-stop on valid MSE, restore the best weights.
+    """Train `model` on ws's train split, early-stop on the validation loss, restore the best weights.
 
-    `on_epoch(epoch, train_loss, valid_loss, lr)` is called after every epoch (MLflow logging,
-    Optuna `trial.report`); it may raise to stop training (e.g. optuna.TrialPruned).
+    `on_epoch(epoch, train_loss, valid_loss, hist)` is called after every epoch, once `hist`
+    knows whether it is the best so far (MLflow logging, Optuna `trial.report`); it may raise
+    to stop training (e.g. optuna.TrialPruned).
     """
     model.to(ws.device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -178,12 +179,13 @@ def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallba
         hist.train_loss.append(train_loss)
         hist.valid_loss.append(valid_loss)
         bar.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}")
-        if on_epoch is not None:
-            on_epoch(epoch, train_loss, valid_loss, cfg.lr)
-        if valid_loss < hist.best_valid:
+        improved = valid_loss < hist.best_valid
+        if improved:
             hist.best_valid, hist.best_epoch = valid_loss, epoch
             best_state = copy.deepcopy(model.state_dict())
-        elif epoch - hist.best_epoch >= cfg.patience:
+        if on_epoch is not None:  # after the update: the hook sees this epoch's best-so-far
+            on_epoch(epoch, train_loss, valid_loss, hist)
+        if not improved and epoch - hist.best_epoch >= cfg.patience:
             break
     hist.train_time_s = time.perf_counter() - start
     hist.samples_per_s = n_train * len(hist.train_loss) / max(hist.train_time_s, 1e-9)

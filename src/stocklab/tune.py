@@ -3,9 +3,11 @@
     mlflow run . -e tune --env-manager local                          # lstm on the built-in sample
     mlflow run . -e tune --env-manager local -P model=cnn2d -P data=../shared/data/sp500_5yr -P n_trials=6
 
-`objective(trial)` samples a configuration from `tuning/<model>.yaml`, calls the same `run_train`
-as the `train` job, and reports the validation loss every epoch so the pruner can stop bad
-trials early. The study is stored in `storage` (default: an Optuna journal file, safe for
+`objective(trial)` samples a configuration from `tuning/<model>.yaml`, opens a nested MLflow run,
+calls the same `pipeline.train_in_run` as the `train` job, and reports the study's metric every
+epoch so the pruner can stop bad trials early; it ends the run FINISHED, KILLED (pruned) or
+FAILED itself. Every `train` parameter (split, scaler, preset, ...) sets the trials' base
+configuration; a parameter given explicitly is not searched. The study is stored in `storage` (default: an Optuna journal file, safe for
 several processes on one machine; an RDB URL such as postgresql://... works too), so running
 the same `study_name` again resumes it: `n_trials` is the study's total of finished trials.
 The best trial's model is registered as a new version of `stocklab-<model>`.
@@ -16,68 +18,31 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
 import optuna
 import yaml
 
-from stocklab import tracking
-from stocklab.config import StockLabError, TrainConfig, update
+from stocklab import registry, tracking
+from stocklab.config import DEFAULT_JOURNAL, TUNE_METRICS, StockLabError, TrainConfig, TuneConfig, with_values
+from stocklab.errors import describe, one_line
 from stocklab.models import MODELS
-from stocklab.train import run_train, valid_rank_ic
+from stocklab.pipeline import EpochInfo, train_in_run
 
-METRICS = {"valid_mse": "minimize", "valid_rank_ic": "maximize"}
-PRUNERS = ("median", "hyperband", "none")
-DEFAULT_JOURNAL = "optuna-journal.log"
-
-
-@dataclass
-class TuneConfig:
-    model: str = "lstm"
-    data: str = "sample"
-    n_trials: int = field(default=8, metadata={"help": "total finished trials of the study"})
-    timeout: float = field(default=0.0, metadata={"help": "seconds for this invocation (0 = none)"})
-    epochs: int = 4
-    study_name: str = field(default="", metadata={"help": "default: <model>-<data name>"})
-    storage: str = field(default="", metadata={"help": f"journal file (default {DEFAULT_JOURNAL}) or RDB URL"})
-    metric: str = field(default="valid_mse", metadata={"help": "valid_mse|valid_rank_ic"})
-    pruner: str = field(default="median", metadata={"help": "|".join(PRUNERS)})
-    seed: int = 0
-    space: str = field(default="", metadata={"help": "search-space YAML (default tuning/<model>.yaml)"})
-    features: str = "auto"
-    horizon: int = 20
-    patience: int = 3
-    max_tickers: int = 0
-    register: bool = field(default=True, metadata={"help": "register the best trial's model"})
-
-    def validate(self) -> TuneConfig:
-        if self.model not in MODELS:
-            raise StockLabError(f"model: unknown model '{self.model}' (choose from {', '.join(MODELS)})")
-        if self.n_trials < 1:
-            raise StockLabError(f"n_trials: {self.n_trials} must be >= 1")
-        if self.timeout < 0:
-            raise StockLabError(f"timeout: {self.timeout} must be >= 0")
-        if self.metric not in METRICS:
-            raise StockLabError(f"metric: {self.metric!r} must be one of {', '.join(METRICS)}")
-        if self.pruner not in PRUNERS:
-            raise StockLabError(f"pruner: {self.pruner!r} must be one of {', '.join(PRUNERS)}")
-        return self
-
-    def resolved_study_name(self) -> str:
-        data_name = "sample" if self.data == "sample" else Path(self.data.rstrip("/")).name
-        return self.study_name or f"{self.model}-{data_name}"
+# what each study metric reads from a finished trial's results (both are validation-only)
+RESULT_KEY = {"valid_loss": "valid_loss_min", "valid_rank_ic": "valid_rank_ic"}
 
 
-def load_space(cfg: TuneConfig) -> dict:
+def load_space(cfg: TuneConfig, fixed: set[str] | frozenset = frozenset()) -> dict:
+    """The model's search space; dimensions the user fixed explicitly (`fixed`) are left out."""
     path = Path(cfg.space or f"tuning/{cfg.model}.yaml")
     if not path.is_file():
         raise StockLabError(f"space: search-space file '{path}' not found (run from the project root)")
     try:
         space = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise StockLabError(f"space: {path} is not valid YAML ({str(e).splitlines()[0]})") from None
+        raise StockLabError(f"space: {path} is not valid YAML ({one_line(e)})") from None
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     model_fields = {f.name for f in dataclasses.fields(MODELS[cfg.model][1])}
     for name, spec in space.items():
@@ -85,7 +50,10 @@ def load_space(cfg: TuneConfig) -> dict:
             raise StockLabError(f"space: {path}: '{name}' is neither a train nor a {cfg.model} parameter")
         if not isinstance(spec, dict) or spec.get("type") not in ("int", "float", "categorical"):
             raise StockLabError(f"space: {path}: '{name}' needs type int, float or categorical")
-    return space
+    pinned = sorted(set(space) & set(fixed))
+    if pinned:
+        print(f"not searched (given explicitly): {', '.join(pinned)}")
+    return {k: v for k, v in space.items() if k not in pinned}
 
 
 def suggest(trial: optuna.Trial, space: dict) -> dict:
@@ -119,77 +87,69 @@ def make_pruner(name: str, epochs: int):
     return optuna.pruners.NopPruner()
 
 
-def _objective(cfg: TuneConfig, space: dict, study_name: str, client):
-    base = TrainConfig(
-        data=cfg.data,
-        model=cfg.model,
-        features=cfg.features,
-        horizon=cfg.horizon,
-        epochs=cfg.epochs,
-        patience=cfg.patience,
-        seed=cfg.seed,
-        max_tickers=cfg.max_tickers,
-    )
+def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, study_name: str):
+    """objective(trial): sample a configuration, train it in a nested MLflow run, return the
+    validation metric. The run ends FINISHED, KILLED (pruned) or FAILED (with the reason)."""
+    base = cfg.train_config()
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
-        tcfg = update(base, {k: v for k, v in params.items() if k in train_fields})
-        overrides = {k: v for k, v in params.items() if k not in train_fields}
-        run_ids: list[str] = []
+        best_ic: dict[int, float] = {}  # rank IC of the best-loss epoch, computed once per new best
 
-        def on_start(run_id: str) -> None:
-            run_ids.append(run_id)
-            trial.set_user_attr("mlflow_run_id", run_id)
-
-        def on_epoch(epoch, valid_loss, model, prep):
-            value = valid_loss if cfg.metric == "valid_mse" else valid_rank_ic(model, prep, tcfg)
-            trial.report(value, epoch)
+        def report(info: EpochInfo) -> None:
+            # report what the trial would return if it stopped now: the validation loss of the
+            # kept (best) epoch, or that epoch's rank IC
+            if cfg.metric == "valid_loss":
+                value = info.valid_loss_min
+            else:
+                if info.best_epoch not in best_ic and info.best_epoch == info.epoch:
+                    best_ic[info.best_epoch] = info.valid_rank_ic()
+                value = best_ic.get(info.best_epoch, float("nan"))
+            trial.report(value, info.epoch)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {epoch} ({cfg.metric}={value:.6g})")
+                raise optuna.TrialPruned(f"pruned at epoch {info.epoch} ({cfg.metric}={value:.6g})")
 
-        tags = {"stocklab.study": study_name, "stocklab.trial": str(trial.number)}
+        tags = {"stocklab.study": study_name, "stocklab.trial": str(trial.number), "stocklab.role": "trial"}
+        run = mlflow.start_run(nested=True, run_name=f"{cfg.model}-trial-{trial.number:03d}", tags=tags)
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
         try:
-            res = run_train(
-                tcfg,
-                overrides,
-                nested=True,
-                run_name=f"trial-{trial.number:03d}",
-                tags=tags,
-                on_start=on_start,
-                on_epoch=on_epoch,
-                tear_sheet=False,
-            )
+            tcfg = with_values(base, {k: v for k, v in params.items() if k in train_fields})
+            overrides = {**model_overrides, **{k: v for k, v in params.items() if k not in train_fields}}
+            res = train_in_run(tcfg, overrides, on_epoch=report, tear_sheet=False)
         except optuna.TrialPruned as e:
-            if run_ids:  # the run context marked it FAILED; a pruned trial is KILLED
-                client.set_tag(run_ids[0], "stocklab.trial_state", "PRUNED")
-                client.set_tag(run_ids[0], "stocklab.pruned_reason", str(e))
-                client.set_terminated(run_ids[0], "KILLED")
+            mlflow.set_tags({"stocklab.trial_state": "PRUNED", "stocklab.pruned_reason": one_line(e)})
+            mlflow.end_run("KILLED")
             raise
         except Exception as e:
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+            reason = describe(e)
             trial.set_user_attr("fail_reason", reason)
-            if run_ids:
-                client.set_tag(run_ids[0], "stocklab.trial_state", "FAILED")
-                client.set_tag(run_ids[0], "stocklab.fail_reason", reason)
+            mlflow.set_tags({"stocklab.trial_state": "FAILED", "stocklab.fail_reason": reason})
+            mlflow.end_run("FAILED")
             print(f"trial {trial.number} failed: {reason}")
             raise
-        value = res["valid_mse_min"] if cfg.metric == "valid_mse" else res["valid_rank_ic"]
-        client.set_tag(run_ids[0], "stocklab.trial_state", "COMPLETE")
-        return value
+        except BaseException:  # KeyboardInterrupt, SystemExit: the trial did not finish
+            mlflow.end_run("KILLED")
+            raise
+        mlflow.set_tag("stocklab.trial_state", "COMPLETE")
+        mlflow.end_run("FINISHED")
+        return res[RESULT_KEY[cfg.metric]]
 
     return objective
 
 
-def run_tune(cfg: TuneConfig) -> dict:
+def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[str] | frozenset = frozenset()) -> dict:
+    """Run (or resume) the study. `model_overrides` fix model hyper-parameters for every trial;
+    `fixed` names the parameters given explicitly, which are not searched."""
     cfg.validate()
-    space = load_space(cfg)
+    if cfg.model not in MODELS:
+        raise StockLabError(f"model: unknown model '{cfg.model}' (choose from {', '.join(MODELS)})")
+    space = load_space(cfg, set(fixed) | set(model_overrides or {}))
     study_name = cfg.resolved_study_name()
-    direction = METRICS[cfg.metric]
     study = optuna.create_study(
         study_name=study_name,
         storage=make_storage(cfg.storage),
-        direction=direction,
+        direction=TUNE_METRICS[cfg.metric],
         pruner=make_pruner(cfg.pruner, cfg.epochs),
         load_if_exists=True,
     )
@@ -199,14 +159,15 @@ def run_tune(cfg: TuneConfig) -> dict:
     # the trials already there (still deterministic for a given study history)
     study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials))
     remaining = max(cfg.n_trials - done, 0)
-    client = mlflow.tracking.MlflowClient()
     with mlflow.start_run(run_name=f"study-{study_name}") as parent:
-        mlflow.set_tags({"stocklab.study": study_name, "stocklab.role": "study"})
-        tracking.log_params_once({**dataclasses.asdict(cfg), "study_name_resolved": study_name})
+        mlflow.set_tags({"stocklab.study": study_name, "stocklab.role": "study", "stocklab.model": cfg.model})
+        tracking.log_params_once(
+            {**dataclasses.asdict(cfg), **(model_overrides or {}), "study_name_resolved": study_name}
+        )
         print(f"study {study_name}: {done} finished trials, running {remaining} more (target {cfg.n_trials})")
         if remaining:
             study.optimize(
-                _objective(cfg, space, study_name, client),
+                _objective(cfg, model_overrides or {}, space, study_name),
                 n_trials=remaining,
                 timeout=cfg.timeout or None,
                 catch=(Exception,),  # a failed trial is recorded as FAIL and the study goes on
@@ -214,7 +175,7 @@ def run_tune(cfg: TuneConfig) -> dict:
         summary = _log_study(study, cfg)
         summary["parent_run_id"] = parent.info.run_id
         if cfg.register and summary.get("best_run_id"):
-            summary.update(register_best(study, cfg, summary["best_run_id"], client))
+            summary.update(register_best(study, cfg, summary["best_run_id"]))
     return summary
 
 
@@ -249,7 +210,7 @@ def _log_study(study: optuna.Study, cfg: TuneConfig) -> dict:
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             mlflow.log_figure(fig, f"plots/{name}.png")
         except Exception as e:  # noqa: BLE001 - e.g. importances need >= 2 completed trials
-            mlflow.set_tag(f"plot_{name}_skipped", str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+            mlflow.set_tag(f"plot_{name}_skipped", one_line(e, 300))
         finally:
             plt.close("all")
     return {
@@ -261,25 +222,18 @@ def _log_study(study: optuna.Study, cfg: TuneConfig) -> dict:
     }
 
 
-def registered_name(model: str) -> str:
-    return f"stocklab-{model}"
-
-
-def register_best(study: optuna.Study, cfg: TuneConfig, run_id: str, client) -> dict:
-    """Register the best trial's model as a new version carrying the trial's metrics."""
-    name = registered_name(cfg.model)
-    existing = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    if existing:  # a resumed study whose best trial did not change: no duplicate version
-        print(f"best trial's model is already {name} version {existing[0].version}")
-        return {"registered_name": name, "registered_version": int(existing[0].version)}
-    run = client.get_run(run_id)
-    version = mlflow.register_model(run.data.tags.get("stocklab.model_uri", f"runs:/{run_id}/model"), name)
-    metrics = run.data.metrics
-    for key in ("test_mse", "valid_mse_min", "mse_skill", "naive_mse", "best_epoch", "valid_rank_ic"):
-        if key in metrics:
-            client.set_model_version_tag(name, version.version, key, str(metrics[key]))
-    client.set_model_version_tag(name, version.version, "study", study.study_name)
-    client.set_model_version_tag(name, version.version, "trial", str(study.best_trial.number))
-    mlflow.set_tag("stocklab.registered", f"{name} v{version.version}")
-    print(f"registered {name} version {version.version} (trial {study.best_trial.number}, run {run_id})")
-    return {"registered_name": name, "registered_version": int(version.version)}
+def register_best(study: optuna.Study, cfg: TuneConfig, run_id: str) -> dict:
+    """Register the best trial's model as a version of stocklab-<model> carrying its
+    validation metrics (what `promote` decides on) and its test metrics (shown, not used)."""
+    name = registry.registered_name(cfg.model)
+    metrics = mlflow.get_run(run_id).data.metrics
+    keys = ("valid_loss_min", "valid_mse_min", "valid_rank_ic", "best_epoch", "test_mse", "mse_skill", "rank_ic")
+    tags = {k: metrics[k] for k in keys if k in metrics}
+    tags.update(study=study.study_name, trial=study.best_trial.number, metric=cfg.metric)
+    version, created = registry.register_run_model(name, run_id, tags)
+    mlflow.set_tag("stocklab.registered", f"{name} v{version}")
+    if created:
+        print(f"registered {name} version {version} (trial {study.best_trial.number}, run {run_id})")
+    else:
+        print(f"best trial's model is already {name} version {version}")
+    return {"registered_name": name, "registered_version": version}

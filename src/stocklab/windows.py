@@ -93,6 +93,14 @@ class Scaler:
         out /= scale
         return out
 
+    @property
+    def per_ticker(self) -> bool:
+        return self.shift.shape[0] > 1
+
+    def rows(self, index) -> Scaler:
+        """A per-ticker scaler restricted/reordered to the given ticker rows."""
+        return Scaler(self.kind, self.shift[index], self.scale[index])
+
     def to_dict(self) -> dict:
         return {"kind": self.kind, "shift": self.shift.tolist(), "scale": self.scale.tolist()}
 
@@ -146,20 +154,30 @@ class WindowSet:
         scale_in_place: bool = False,
     ):
         """`scale_in_place`: the caller hands over panel.X, which is scaled in place (NaN -> 0) and
-        shared with the tensor instead of copied: one panel in memory instead of two."""
+        shared with the tensor instead of copied: one panel in memory instead of two.
+
+        `fractions=None` builds a prediction-only set (no splits, no labels needed): `scaler`
+        must then be the model's fitted one, and `window_ok` says which windows are complete."""
         self.panel, self.seq_len, self.horizon, self.stride = panel, seq_len, horizon, stride
         N, D, F = panel.X.shape
         span = window_span(seq_len, stride)
-        if D < span + 3 * horizon:
-            raise StockLabError(
-                f"data: only {D} trading days; a window of {span} days and horizon={horizon} need "
-                f"at least {span + 3 * horizon} for a train/valid/test split with embargo"
-            )
-        self.ranges = end_day_ranges(D, fractions, horizon)
-        train_end = split_bounds(D, fractions)[0]
+        if fractions is None:
+            if scaler is None:
+                raise ValueError("a prediction-only WindowSet needs the model's fitted scaler")
+            self.ranges = {}
+        else:
+            if D < span + 3 * horizon:
+                raise StockLabError(
+                    f"data: only {D} trading days; a window of {span} days and horizon={horizon} need "
+                    f"at least {span + 3 * horizon} for a train/valid/test split with embargo"
+                )
+            self.ranges = end_day_ranges(D, fractions, horizon)
         # relative columns are normalised by construction, so the scaler leaves them alone
-        self.scaler = scaler or Scaler.fit(panel.X, train_end, scaler_kind, panel.relative_cols)
+        self.scaler = scaler or Scaler.fit(
+            panel.X, split_bounds(D, fractions)[0], scaler_kind, panel.relative_cols
+        )
         ok = valid_window_mask(panel.X, span)  # before scaling: NaN marks the unknown days
+        self.window_ok = ok  # (N, D): the window ending on day t is complete
         labelled = ok & np.isfinite(panel.y)
         Xs = self.scaler.transform(panel.X, inplace=scale_in_place)
         self.device = torch.device(device)
@@ -180,7 +198,7 @@ class WindowSet:
                 torch.from_numpy(t[order]).to(self.device),
             )
         # sell/hold/buy cut points for classifiers: terciles of the *training* labels only
-        y_train = self.y[self.index["train"]].float()
+        y_train = self.y[self.index["train"]].float() if "train" in self.index else self.y[:0, 0]
         self.class_cuts = (
             torch.quantile(y_train, torch.tensor([1 / 3, 2 / 3], device=self.device))
             if y_train.numel()
@@ -215,24 +233,28 @@ class WindowSet:
             yield self.gather(n, t), self.y[n, t], n, t
 
 
+def select_tickers(panel: Panel, keep: np.ndarray) -> Panel:
+    """The panel restricted to tickers where `keep` (N,) is True, in their order. The panel is
+    consumed: its X is compacted in place, because a boolean-index copy of a large panel
+    (225 indicator features: ~450 MB) would briefly hold two of them."""
+    if keep.all():
+        return panel
+    X, kept = panel.X, np.nonzero(keep)[0]
+    for j, i in enumerate(kept):
+        if i != j:
+            X[j] = X[i]
+    tickers = [t for t, k in zip(panel.tickers, keep) if k]
+    return replace(panel, tickers=tickers, X=X[: len(kept)], y=panel.y[keep], close=panel.close[keep])
+
+
 def drop_short_tickers(panel: Panel, seq_len: int, horizon: int) -> tuple[Panel, int]:
     """Drop tickers with fewer rows than one window (`seq_len` days) plus the horizon; error if
-    none is left. The panel is consumed: its X is compacted in place."""
+    none is left. The panel is consumed (see select_tickers)."""
     rows = np.isfinite(panel.X).all(axis=-1).sum(axis=1)  # (N,)
     keep = rows >= seq_len + horizon
-    n_short = int((~keep).sum())
     if not keep.any():
         raise StockLabError(
             f"data: no ticker has at least seq_len + horizon = {seq_len + horizon} usable rows "
             f"(longest has {int(rows.max()) if rows.size else 0})"
         )
-    if n_short:
-        # compact the kept tickers to the front of X in place: a boolean-index copy of a large
-        # panel (225 indicator features: ~450 MB) would briefly hold two of them
-        X, kept = panel.X, np.nonzero(keep)[0]
-        for j, i in enumerate(kept):
-            if i != j:
-                X[j] = X[i]
-        tickers = [t for t, k in zip(panel.tickers, keep) if k]
-        panel = replace(panel, tickers=tickers, X=X[: len(kept)], y=panel.y[keep], close=panel.close[keep])
-    return panel, n_short
+    return select_tickers(panel, keep), int((~keep).sum())

@@ -11,7 +11,7 @@ import dataclasses
 
 from torch import nn
 
-from stocklab.config import StockLabError, update
+from stocklab.config import StockLabError, check_choices, with_values
 from stocklab.models.attention import Attention, AttentionConfig
 from stocklab.models.baselines import Linear, LinearConfig, Naive, NaiveConfig
 from stocklab.models.cnn1d import CNN1D, CNN1DConfig
@@ -36,14 +36,14 @@ MODELS: dict[str, tuple[type[nn.Module], object]] = {
     "naive": (Naive, NaiveConfig()),
 }
 BASELINES = ("linear", "naive")
-CHOICES = {"variant": tuple(VARIANTS), "cell": ("lstm", "rnn"), "mode": ("zero", "mean")}
+assert set(VARIANTS) == set(dataclasses.fields(CNN2DConfig)[0].metadata["choices"])
 
 
 def model_config(name: str, overrides: dict | None = None):
     """The model's default config with `overrides` applied and checked."""
     if name not in MODELS:
         raise StockLabError(f"model: unknown model '{name}' (choose from {', '.join(MODELS)})")
-    cfg = update(MODELS[name][1], overrides or {}, strict=True)
+    cfg = with_values(MODELS[name][1], overrides or {}, what=f"model '{name}'")
     values = dataclasses.asdict(cfg)
     if "dropout" in values and not 0.0 <= values["dropout"] < 1.0:
         raise StockLabError(f"dropout: {values['dropout']!r} must be in [0, 1)")
@@ -53,9 +53,7 @@ def model_config(name: str, overrides: dict | None = None):
     for key in ("channels1", "channels2", "alpha"):
         if key in values and values[key] < 0:
             raise StockLabError(f"{key}: {values[key]!r} must be >= 0")
-    for key, allowed in CHOICES.items():
-        if key in values and values[key] not in allowed:
-            raise StockLabError(f"{key}: {values[key]!r} must be one of {', '.join(allowed)}")
+    check_choices(cfg)
     if "d_model" in values and values["d_model"] % values["nhead"]:
         raise StockLabError(f"d_model: {values['d_model']} must be divisible by nhead={values['nhead']}")
     return cfg

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from stocklab.config import opt
+
 
 @dataclass
 class AttentionConfig:
-    hidden_size: int = 32
-    num_layers: int = 1
-    dropout: float = 0.1
+    hidden_size: int = opt(32, "hidden units per recurrent layer")
+    num_layers: int = opt(1, "stacked layers")
+    dropout: float = opt(0.1, "dropout rate")
 
 
 class Attention(nn.Module):

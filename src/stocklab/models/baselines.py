@@ -12,10 +12,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from stocklab.config import opt
+
 
 @dataclass
 class LinearConfig:
-    alpha: float = 1e-3  # ridge penalty on the weights
+    alpha: float = opt(1e-3, "ridge penalty on the weights")
 
 
 class Linear(nn.Module):
@@ -33,7 +35,7 @@ class Linear(nn.Module):
 
 @dataclass
 class NaiveConfig:
-    mode: str = "zero"  # zero | mean
+    mode: str = opt("zero", "naive forecast", ("zero", "mean"))
 
 
 class Naive(nn.Module):

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from stocklab.config import opt
+
 
 @dataclass
 class CNN1DConfig:
-    channels: int = 16
-    kernel: int = 3
-    dropout: float = 0.1
+    channels: int = opt(16, "convolution channels")
+    kernel: int = opt(3, "convolution kernel size")
+    dropout: float = opt(0.1, "dropout rate")
 
 
 class CNN1D(nn.Module):

@@ -12,17 +12,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from stocklab.config import opt
+
 VARIANTS = {"baseline": (2, 4), "deep": (8, 16)}
 
 
 @dataclass
 class CNN2DConfig:
-    variant: str = "baseline"
-    channels1: int = 0  # 0 = from variant
-    channels2: int = 0  # 0 = from variant
-    kernel: int = 3
-    dropout: float = 0.1
-    batch_norm: bool = False
+    variant: str = opt("baseline", "channel preset: baseline 2->4, deep 8->16", ("baseline", "deep"))
+    channels1: int = opt(0, "first conv layer's channels (0 = from variant)")
+    channels2: int = opt(0, "second conv layer's channels (0 = from variant)")
+    kernel: int = opt(3, "convolution kernel size")
+    dropout: float = opt(0.1, "dropout rate")
+    batch_norm: bool = opt(False, "BatchNorm before the head")
 
 
 class CNN2D(nn.Module):

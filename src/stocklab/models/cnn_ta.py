@@ -9,13 +9,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from stocklab.config import opt
+
 
 @dataclass
 class CNNTAConfig:
-    channels1: int = 32
-    channels2: int = 64
-    dense: int = 128
-    dropout: float = 0.25
+    channels1: int = opt(32, "first conv layer's channels")
+    channels2: int = opt(64, "second conv layer's channels")
+    dense: int = opt(128, "units of the dense layer")
+    dropout: float = opt(0.25, "dropout rate")
 
 
 class CNNTA(nn.Module):

@@ -8,13 +8,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from stocklab.config import opt
+
 
 @dataclass
 class LSTMConfig:
-    hidden_size: int = 32
-    num_layers: int = 2
-    dropout: float = 0.1  # between recurrent layers and before the head
-    batch_norm: bool = False  # BatchNorm1d on the last hidden state
+    hidden_size: int = opt(32, "hidden units per recurrent layer")
+    num_layers: int = opt(2, "stacked layers")
+    dropout: float = opt(0.1, "between recurrent layers and before the head")
+    batch_norm: bool = opt(False, "BatchNorm1d on the last hidden state")
 
 
 class LSTM(nn.Module):

@@ -7,13 +7,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from stocklab.config import opt
+
 
 @dataclass
 class RNNConfig:
-    hidden_size: int = 8
-    num_layers: int = 2
-    dropout: float = 0.0  # between RNN layers
-    sigmoid: bool = False  # squash the output to (0, 1) for min-max scaled targets
+    hidden_size: int = opt(8, "hidden units per recurrent layer")
+    num_layers: int = opt(2, "stacked layers")
+    dropout: float = opt(0.0, "between RNN layers")
+    sigmoid: bool = opt(False, "squash the output to (0, 1) for min-max scaled targets")
 
 
 class RNN(nn.Module):

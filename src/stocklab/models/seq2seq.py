@@ -9,13 +9,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from stocklab.config import opt
+
 
 @dataclass
 class Seq2SeqConfig:
-    hidden_size: int = 100
-    num_layers: int = 1
-    cell: str = "lstm"  # lstm | rnn
-    dropout: float = 0.0
+    hidden_size: int = opt(100, "hidden units per recurrent layer")
+    num_layers: int = opt(1, "stacked layers")
+    cell: str = opt("lstm", "recurrent cell", ("lstm", "rnn"))
+    dropout: float = opt(0.0, "dropout rate")
 
 
 class Seq2Seq(nn.Module):

@@ -8,14 +8,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from stocklab.config import opt
+
 
 @dataclass
 class TransformerConfig:
-    d_model: int = 32
-    nhead: int = 4
-    num_layers: int = 2
-    dim_feedforward: int = 64
-    dropout: float = 0.1
+    d_model: int = opt(32, "model width (divisible by nhead)")
+    nhead: int = opt(4, "attention heads")
+    num_layers: int = opt(2, "stacked layers")
+    dim_feedforward: int = opt(64, "feed-forward width")
+    dropout: float = opt(0.1, "dropout rate")
 
 
 class Transformer(nn.Module):

@@ -1,0 +1,401 @@
+"""The one path between raw bars and a model, shared by every job.
+
+    prepare:        load -> validate -> features -> tickers -> split -> scale (train only) -> windows
+    Bundle:         what a logged model needs to rebuild its inputs (features, column order,
+                    fitted scaler, window shape, label definition, data fingerprint)
+    latest_windows: each ticker's latest complete window (the `predict` job's inputs)
+    predictions_frame / evaluate_split: scored windows and the metrics/artifacts of one split
+    train_in_run:   fit one model and log everything inside the MLflow run the caller opened
+
+Training, evaluation and prediction all call `prepare`; evaluation and prediction pass the
+model's Bundle, which fixes the feature recipe, column order and scaler instead of fitting
+them, so there is no second preprocessing path to drift from the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from stocklab import evaluation, indicators, tracking
+from stocklab.config import StockLabError, TrainConfig
+from stocklab.data import DataReport, load_panel
+from stocklab.features import Panel, build_panel, resolve_feature_set
+from stocklab.models import build_model, model_config
+from stocklab.training import History, configure_cpu_threads, eval_mode, fit, predict, resolve_device, set_seed
+from stocklab.windows import Scaler, WindowSet, drop_short_tickers, select_tickers, split_bounds, window_span
+
+BUNDLE_FILE = "preprocess.json"  # inside the logged model's directory (extra_files)
+BUNDLE_ARTIFACT = "model_bundle/preprocess.json"  # the same, as a run artifact for the UI
+
+
+@dataclass
+class Bundle:
+    """Everything needed to turn raw bars into a logged model's inputs, saved with the model."""
+
+    model: str
+    model_config: dict
+    features: str  # the resolved feature set (never "auto")
+    feature_names: list[str]  # column order the model was trained on
+    seq_len: int
+    horizon: int
+    scaler: Scaler  # fitted on the training days only
+    tickers: list[str]  # tickers the model was trained on (the rows of a per-ticker scaler)
+    ticker_universe: list[str] | None = None  # tickers behind the `ticker_id` feature's scale
+    window_stride: int = 1
+    return_period: int = 1
+    label_scale: float = 1.0
+    split: str = "0.6,0.2,0.2"
+    class_cuts: list[float] = field(default_factory=list)  # sell/hold/buy cuts (classifiers)
+    data: str = ""  # the training data as given (`evaluate` scores it by default)
+    data_fingerprint: str = ""
+    max_tickers: int = 0
+    seed: int = 0
+
+    @classmethod
+    def from_training(cls, cfg: TrainConfig, mcfg, prep: Prepared) -> Bundle:
+        return cls(
+            model=cfg.model,
+            model_config=dataclasses.asdict(mcfg),
+            features=prep.features,
+            feature_names=list(prep.panel.feature_names),
+            seq_len=cfg.seq_len,
+            horizon=cfg.horizon,
+            scaler=prep.ws.scaler,
+            tickers=list(prep.panel.tickers),
+            ticker_universe=list(prep.universe),
+            window_stride=cfg.window_stride,
+            return_period=cfg.return_period,
+            label_scale=cfg.label_scale,
+            split=cfg.split,
+            class_cuts=prep.ws.class_cuts.tolist(),
+            data=cfg.data,
+            data_fingerprint=prep.report.fingerprint,
+            max_tickers=cfg.max_tickers,
+            seed=cfg.seed,
+        )
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["scaler"] = self.scaler.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Bundle:
+        """A bundle from its JSON form; keys a newer version added get their defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in names}
+        values["scaler"] = Scaler.from_dict(d["scaler"])
+        return cls(**values)
+
+    def train_config(self, **overrides) -> TrainConfig:
+        """The TrainConfig that rebuilds this model's inputs (data etc. overridable)."""
+        values = dict(
+            data=self.data,
+            model=self.model,
+            features=self.features,
+            horizon=self.horizon,
+            seq_len=self.seq_len,
+            window_stride=self.window_stride,
+            return_period=self.return_period,
+            label_scale=self.label_scale,
+            split=self.split,
+            max_tickers=self.max_tickers,
+            seed=self.seed,
+            scaler=self.scaler.kind,
+            device="cpu",
+        )
+        return TrainConfig(**{**values, **overrides})
+
+
+@dataclass
+class Prepared:
+    """Everything between raw files and the trainer. `panel.X` holds the *scaled* features
+    (NaN -> 0) once the WindowSet is built: it is the array behind `ws.X` on CPU."""
+
+    ws: WindowSet
+    panel: Panel
+    report: DataReport
+    features: str
+    universe: list[str]  # the tickers `build_panel` saw (the scale of the ticker_id feature)
+    dataset: object | None = None  # an mlflow.data Dataset describing the input (for log_input)
+
+
+def _dataset(raw: pd.DataFrame, cfg: TrainConfig, report: DataReport):
+    """The input as an MLflow dataset: digest and schema from mlflow.data.from_pandas, kept as a
+    MetaDataset so the run does not hold on to the whole raw frame."""
+    from mlflow.data.sources import LocalArtifactDatasetSource  # registered at import time
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = LocalArtifactDatasetSource(report.source if cfg.data == "sample" else str(Path(cfg.data).resolve()))
+    name = "sample" if cfg.data == "sample" else Path(cfg.data.rstrip("/")).name
+    ds = mlflow.data.from_pandas(raw, source=source, name=name)
+    return MetaDataset(source=source, name=name, digest=ds.digest, schema=ds.schema)
+
+
+def prepare(cfg: TrainConfig, device="cpu", bundle: Bundle | None = None, *, labels: bool = True) -> Prepared:
+    """Load, clean, featurise, split and scale `cfg.data` into a WindowSet.
+
+    Training (`bundle=None`) fits the scaler on the training days and, for the `technical`
+    image, the indicator order. Scoring a logged model passes its `bundle`, which fixes the
+    feature set, the column order and the scaler (a per-ticker scaler keeps the tickers it knows).
+    `labels=False` builds a prediction-only set (no split; a ticker needs one window, no label).
+    """
+    raw, report = load_panel(cfg.data, cfg.cache_dir)
+    if bundle is None:
+        features = resolve_feature_set(cfg.features, report.columns, cfg.model)
+    else:
+        features = resolve_feature_set(bundle.features, report.columns)  # errors if columns are missing
+    if cfg.max_tickers:
+        keep = sorted(raw["ticker"].unique())[: cfg.max_tickers]
+        raw = raw[raw["ticker"].isin(keep)]
+    dataset = _dataset(raw, cfg, report)
+    universe = bundle.ticker_universe if bundle is not None else None
+    panel = build_panel(raw, features, cfg.horizon, cfg.label_scale, cfg.return_period, universe=universe)
+    del raw
+    universe = universe or list(panel.tickers)
+
+    scaler = bundle.scaler if bundle is not None else None
+    if scaler is not None and scaler.per_ticker:
+        # a per-ticker scaler has rows for the training tickers only: score those
+        known = {t: i for i, t in enumerate(bundle.tickers)}
+        keep = np.array([t in known for t in panel.tickers])
+        report.dropped["unknown_tickers"] = int((~keep).sum())
+        if not keep.any():
+            raise StockLabError("data: none of its tickers was in the model's training data (per-ticker scaler)")
+        panel = select_tickers(panel, keep)
+    span = window_span(cfg.seq_len, cfg.window_stride)
+    panel, report.dropped["short_tickers"] = drop_short_tickers(panel, span, cfg.horizon if labels else 0)
+    if scaler is not None and scaler.per_ticker:
+        scaler = scaler.rows([known[t] for t in panel.tickers])
+
+    feature_names = bundle.feature_names if bundle is not None else None
+    if feature_names is None and features == "technical":
+        # image rows ordered by clustering the indicators' correlations on the training days only
+        order = indicators.cluster_order(panel.X, split_bounds(len(panel.dates), cfg.split_fractions())[0])
+        feature_names = indicators.feature_names(order)
+    if feature_names is not None and feature_names != panel.feature_names:
+        missing = [f for f in feature_names if f not in panel.feature_names]
+        if missing:
+            raise StockLabError(f"data: the model needs features {missing[:5]} that '{features}' does not build")
+        cols = [panel.feature_names.index(f) for f in feature_names]
+        for i in range(len(panel.X)):  # one ticker at a time: one panel in memory, not two
+            panel.X[i] = panel.X[i][:, cols]
+        panel = dataclasses.replace(panel, feature_names=list(feature_names))
+
+    # this panel is ours: the WindowSet scales its X in place rather than keeping a second copy
+    ws = WindowSet(
+        panel,
+        cfg.seq_len,
+        cfg.horizon,
+        cfg.split_fractions() if labels else None,
+        cfg.scaler,
+        device,
+        scaler,
+        cfg.window_stride,
+        scale_in_place=True,
+    )
+    for split in ws.ranges:
+        if ws.size(split) == 0:
+            raise StockLabError(
+                f"data: the {split} split has no complete windows (seq_len={cfg.seq_len}, "
+                f"horizon={cfg.horizon}, split={cfg.split}); use more data or shorter windows"
+            )
+    return Prepared(ws, panel, report, features, universe, dataset)
+
+
+def latest_windows(prep: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ticker index, end day) of each ticker's latest complete window, in ticker order."""
+    ok = prep.ws.window_ok  # (N, D)
+    has = ok.any(axis=1)
+    if not has.any():
+        span = window_span(prep.ws.seq_len, prep.ws.stride)
+        raise StockLabError(f"data: no ticker has a complete window of {span} days")
+    last = ok.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1)  # (N,) latest complete window
+    n = np.nonzero(has)[0]
+    return torch.from_numpy(n).to(prep.ws.device), torch.from_numpy(last[n]).to(prep.ws.device)
+
+
+@torch.no_grad()
+def predict_windows(model, windows: torch.Tensor, batch_size: int = 8192) -> np.ndarray:
+    """Model outputs for (B, T, F) windows, in order, `batch_size` at a time."""
+    eval_mode(model)
+    out = [model(windows[i : i + batch_size].float()).float().cpu() for i in range(0, len(windows), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def predictions_frame(model, ws: WindowSet, split: str, batch_size: int = 8192) -> pd.DataFrame:
+    """One split's predictions as a long frame (date, ticker, prediction, label)."""
+    pred, y, n, t = predict(model, ws, split, batch_size)
+    return pd.DataFrame(
+        {"date": ws.panel.dates[t], "ticker": np.asarray(ws.panel.tickers)[n], "prediction": pred, "label": y}
+    )
+
+
+def rank_ic_of(df: pd.DataFrame) -> float:
+    """Mean daily rank IC of a predictions frame (NaN when no date has a cross-section)."""
+    ic = evaluation.daily_ic(df)
+    return float(ic["rank_ic"].mean()) if len(ic) else float("nan")
+
+
+def mse_of(df: pd.DataFrame) -> float:
+    err = df["prediction"].to_numpy(np.float64) - df["label"].to_numpy(np.float64)
+    return float(np.mean(err**2)) if len(err) else float("nan")
+
+
+def evaluate_split(model, prep: Prepared, cfg: TrainConfig, split: str, tear_sheet: bool = True) -> dict:
+    """Score one split and log it to the active run: MSE vs the zero forecast, factor metrics,
+    predictions.parquet, prediction-vs-actual plots and the alphalens tear sheet."""
+    df = predictions_frame(model, prep.ws, split, cfg.eval_batch_size)
+    split_mse = mse_of(df)
+    naive_mse = float(np.mean(df["label"].to_numpy(np.float64) ** 2))  # the zero forecast
+    metrics = {
+        f"{split}_mse": split_mse,
+        "naive_mse": naive_mse,
+        "mse_skill": split_mse / naive_mse if naive_mse > 0 else float("nan"),
+    }
+    factor, skipped = evaluation.factor_metrics(df, cfg.label_scale)
+    metrics.update(factor)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        df.to_parquet(out / "predictions.parquet", index=False)
+        mlflow.log_artifact(str(out / "predictions.parquet"))
+        evaluation.prediction_plots(df, out / "plots", seed=cfg.seed)
+        mlflow.log_artifacts(str(out / "plots"), "plots")
+        if skipped:
+            mlflow.set_tag("factor_metrics_skipped", skipped)
+        elif tear_sheet:
+            close = pd.DataFrame(prep.panel.close.T, index=prep.panel.dates, columns=prep.panel.tickers)
+            try:
+                evaluation.tear_sheet(df, close, (1, 5, cfg.horizon), out / "tearsheet")
+                mlflow.log_artifacts(str(out / "tearsheet"), "tearsheet")
+            except Exception as e:  # noqa: BLE001 - a tear sheet must never lose the run
+                mlflow.set_tag("tearsheet_error", tracking.describe(e, 400))
+    mlflow.log_metrics(metrics)
+    return metrics
+
+
+@dataclass
+class EpochInfo:
+    """What a training hook sees after each epoch (the tuner reports from it)."""
+
+    epoch: int
+    train_loss: float
+    valid_loss: float
+    best_epoch: int  # epoch of the lowest validation loss so far (its weights are kept)
+    valid_loss_min: float
+    valid_rank_ic: Callable[[], float]  # rank IC of the current weights on the validation split
+
+
+def train_in_run(
+    cfg: TrainConfig,
+    model_overrides: dict | None = None,
+    on_epoch: Callable[[EpochInfo], None] | None = None,
+    tear_sheet: bool = True,
+) -> dict:
+    """Train one model and log params, per-epoch losses, metrics, plots and the model with its
+    Bundle to the *active* MLflow run (the caller opens it and decides how it ends).
+
+    `on_epoch(EpochInfo)` runs after every epoch; it may raise (e.g. optuna.TrialPruned) to stop.
+    """
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("train_in_run needs an active MLflow run")
+    cfg.validate()
+    mcfg = model_config(cfg.model, model_overrides)
+    configure_cpu_threads()
+    device = resolve_device(cfg.device)
+    prep = prepare(cfg, device)
+    ws = prep.ws
+    effective = tracking.config_params(cfg, mcfg)
+    differs = tracking.log_params_once(
+        {
+            **effective,
+            "features_resolved": prep.features,
+            "n_features": ws.n_features,
+            "n_train": ws.size("train"),
+            "n_valid": ws.size("valid"),
+            "n_test": ws.size("test"),
+            **tracking.dataset_params(prep.report),
+            **tracking.environment_params(device),
+        }
+    )
+    mlflow.set_tags(
+        {
+            "stocklab.model": cfg.model,
+            "stocklab.preset": cfg.preset or "none",
+            "stocklab.data_fingerprint": prep.report.fingerprint[:16],
+        }
+    )
+    if prep.dataset is not None:
+        mlflow.log_input(prep.dataset, context="training")
+    tracking.log_json(prep.report.to_dict(), "data_report.json")
+    tracking.log_json(effective, "config.json")  # the effective configuration
+    if differs:  # a value logged before this code ran (e.g. by `mlflow run`) is not what was trained
+        mlflow.set_tag("stocklab.effective_params", ", ".join(f"{k}={v}" for k, v in differs.items())[:5000])
+
+    set_seed(cfg.seed)
+    model = build_model(cfg.model, ws.n_features, cfg.seq_len, mcfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    mlflow.log_param("n_params", n_params)
+
+    def valid_rank_ic() -> float:
+        return rank_ic_of(predictions_frame(model, ws, "valid", cfg.eval_batch_size))
+
+    def log_epoch(epoch: int, train_loss: float, valid_loss: float, hist: History) -> None:
+        mlflow.log_metrics({"train_loss": train_loss, "valid_loss": valid_loss}, step=epoch)
+        if on_epoch is not None:
+            on_epoch(EpochInfo(epoch, train_loss, valid_loss, hist.best_epoch, hist.best_valid, valid_rank_ic))
+
+    hist = fit(model, ws, cfg, on_epoch=log_epoch)  # restores the best epoch's weights
+
+    valid = predictions_frame(model, ws, "valid", cfg.eval_batch_size)
+    metrics = {
+        **evaluate_split(model, prep, cfg, "test", tear_sheet=tear_sheet),
+        "valid_loss_min": hist.best_valid,  # the early-stopping objective (see training.batch_loss)
+        "valid_rank_ic": rank_ic_of(valid),
+        "best_epoch": hist.best_epoch,
+        "train_time_s": hist.train_time_s,
+        "train_samples_per_s": hist.samples_per_s,
+        "epochs_run": len(hist.train_loss),
+    }
+    if getattr(model, "target", "regression") in ("regression", "sequence"):
+        # the selected model's forecast vs the label: for regressors the objective itself, for
+        # seq2seq the last step's error (its objective averages every step of the window)
+        metrics["valid_mse_min"] = mse_of(valid)
+    mlflow.log_metrics(metrics)
+    objective = "cross-entropy" if getattr(model, "target", "") == "classes" else "MSE"
+    tracking.log_figure(
+        tracking.loss_curve(hist.train_loss, hist.valid_loss, hist.best_epoch, objective), "plots/loss_curve.png"
+    )
+    if hasattr(model, "attention_weights"):
+        n, t = (a[:8] for a in ws.index["test"])
+        with torch.no_grad():
+            weights = model.attention_weights(ws.gather(n, t)).float().cpu().numpy()  # (8, T)
+        labels = [f"{prep.panel.tickers[i]} {prep.panel.dates[d].date()}" for i, d in zip(n.tolist(), t.tolist())]
+        tracking.log_figure(tracking.attention_heatmap(weights, labels), "plots/attention_heatmap.png")
+    bundle = Bundle.from_training(cfg, mcfg, prep).to_dict()
+    tracking.log_json(bundle, BUNDLE_ARTIFACT)
+    n, t = (a[:2] for a in ws.index["test"])
+    example = ws.gather(n, t).cpu().numpy()  # (2, T, F): batch > 1 keeps the batch dim dynamic
+    tracking.log_model(model, example, bundle, BUNDLE_FILE)
+    return {"run_id": run.info.run_id, **metrics, "n_params": n_params}
+
+
+def load_model_bundle(model_uri: str):
+    """(callable model, Bundle) from a logged model URI (runs:/..., models:/...)."""
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    model = mlflow.pytorch.load_model(str(local))
+    found = list(local.rglob(BUNDLE_FILE))
+    if not found:
+        raise StockLabError(f"model: {model_uri} has no {BUNDLE_FILE} (not logged by stocklab)")
+    return model, Bundle.from_dict(json.loads(found[0].read_text()))

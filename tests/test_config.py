@@ -1,0 +1,109 @@
+"""Configuration has one home: MLproject, argparse and the dataclasses agree."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+from conftest import ROOT
+
+from stocklab.cli import JOBS, job_parser, main, parse_job, parse_model_job
+from stocklab.config import JOB_CONFIGS, TrainConfig, TuneConfig, convert, field_types
+from stocklab.errors import describe, one_line
+from stocklab.models import MODELS
+
+MLPROJECT = yaml.safe_load((ROOT / "MLproject").read_text())
+
+
+def test_every_entry_point_is_a_job_with_a_config():
+    assert set(MLPROJECT["entry_points"]) == set(JOB_CONFIGS) == set(JOBS)
+
+
+@pytest.mark.parametrize("entry", sorted(JOB_CONFIGS))
+def test_mlproject_params_are_dataclass_fields_with_the_same_default(entry):
+    cls = JOB_CONFIGS[entry]
+    types, defaults = field_types(cls), {f.name: f.default for f in dataclasses.fields(cls)}
+    spec = MLPROJECT["entry_points"][entry]
+    for name, param in (spec.get("parameters") or {}).items():
+        assert name in types, f"{entry}: MLproject parameter '{name}' is not a {cls.__name__} field"
+        if "default" in param:
+            assert convert(param["default"], types[name], name) == defaults[name], (entry, name)
+        assert f"--{name} {{{name}}}" in spec["command"], f"{entry}: '{name}' is declared but not passed"
+
+
+def test_mlproject_declares_nothing_a_preset_changes():
+    """A declared param is always passed (and logged), so it would override every preset."""
+    from stocklab.presets import PRESETS
+
+    preset_keys = set().union(*(p.keys() for p in PRESETS.values()))
+    for entry in ("train", "tune"):
+        declared = set(MLPROJECT["entry_points"][entry]["parameters"])
+        assert not declared & preset_keys, (entry, declared & preset_keys)
+
+
+@pytest.mark.parametrize("job", ["train", "tune"])
+@pytest.mark.parametrize("model", ["lstm", "cnn2d", "rnn"])
+def test_help_lists_every_parameter_once_with_the_models_own_defaults(job, model, capsys):
+    cls = TuneConfig if job == "tune" else TrainConfig
+    with pytest.raises(SystemExit) as e:
+        parse_model_job(job, ["--model", model, "--help"], cls)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    flags = [a.option_strings[0] for a in job_parser(job, cls, model)._actions if a.option_strings[0] != "-h"]
+    assert len(flags) == len(set(flags))
+    expected = {f.name for f in dataclasses.fields(cls)} | {f.name for f in dataclasses.fields(MODELS[model][1])}
+    assert {f[2:] for f in flags} == expected
+    helps = {a.dest: a.help for a in job_parser(job, cls, model)._actions}
+    mcfg = MODELS[model][1]
+    for f in dataclasses.fields(mcfg):  # the chosen model's defaults, not another model's
+        assert helps[f.name].endswith(f"(default: {getattr(mcfg, f.name)})"), (f.name, helps[f.name])
+    if hasattr(mcfg, "hidden_size"):
+        assert f"(default: {mcfg.hidden_size})" in " ".join(out.split())
+
+
+def test_tune_accepts_every_train_parameter():
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert train_fields <= {f.name for f in dataclasses.fields(TuneConfig)}
+    argv = ["--split", "0.5,0.25,0.25", "--scaler", "minmax", "--label_scale", "10", "--window_stride", "2"]
+    cfg, _, explicit = parse_model_job("tune", argv + ["--hidden_size", "16"], TuneConfig)
+    assert (cfg.split, cfg.scaler, cfg.label_scale, cfg.window_stride) == ("0.5,0.25,0.25", "minmax", 10.0, 2)
+    assert cfg.epochs == 4 and TrainConfig().epochs == 10  # each job keeps its own default
+    assert cfg.train_config() == TrainConfig(**{k: getattr(cfg, k) for k in train_fields})
+    assert {"split", "scaler", "hidden_size"} <= explicit
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["promote", "--direction", "up"], "direction: invalid choice: 'up'"),
+        (["evaluate", "--split", "train", "--run_id", "x"], "split: invalid choice: 'train'"),
+        (["predict", "--bogus", "1"], "bogus: unknown parameter for predict"),
+        (["tune", "--n_trials", "two"], "n_trials: 'two' is not a valid int"),
+        (["tune", "--register", "maybe"], "register: 'maybe' is not a boolean"),
+        (["train", "--variant", "deep"], "variant: not a parameter of model 'lstm'"),
+    ],
+)
+def test_bad_parameters_are_one_line_errors(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("stocklab: error: ") and message in err[0], err
+
+
+def test_top_level_help_describes_every_job(capsys):
+    for argv in (["--help"], ["-h"]):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert all(f"  {job}" in out for job in JOBS) and "e.g. stocklab tune" in out
+    assert main([]) == 2 and "jobs:" in capsys.readouterr().err
+
+
+def test_parse_job_types_values():
+    cfg = parse_job("benchmark", ["--n_tickers", "3", "--device", "cpu"])
+    assert cfg.n_tickers == 3 and cfg.device == "cpu" and cfg.seq_len == 96
+
+
+def test_error_lines_never_crash_on_empty_messages():
+    assert one_line(ValueError("")) == "ValueError"
+    assert one_line(RuntimeError("\n\n  second line\nthird")) == "second line"
+    assert describe(KeyError()) == "KeyError" and describe(ValueError("bad\nmore")) == "ValueError: bad"

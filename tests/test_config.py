@@ -107,3 +107,19 @@ def test_error_lines_never_crash_on_empty_messages():
     assert one_line(ValueError("")) == "ValueError"
     assert one_line(RuntimeError("\n\n  second line\nthird")) == "second line"
     assert describe(KeyError()) == "KeyError" and describe(ValueError("bad\nmore")) == "ValueError: bad"
+
+
+def test_no_job_imports_another_job():
+    """Jobs are thin and one-way: shared steps live below them (pipeline, registry, ...)."""
+    import ast
+
+    jobs = {"train", "evaluate", "predict", "tune", "promote", "benchmark"}
+    for job in jobs:
+        tree = ast.parse((ROOT / "src" / "stocklab" / f"{job}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):  # module level and inside functions
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("stocklab."):
+                imported.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[1] for a in node.names if a.name.startswith("stocklab.")}
+        assert not imported & (jobs - {job}), f"{job} imports job(s) {imported & (jobs - {job})}"

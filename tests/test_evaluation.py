@@ -51,6 +51,23 @@ def test_random_factor_is_near_zero_and_matches_scipy():
     assert m["ic_tstat"] == pytest.approx(stats.ttest_1samp(daily, 0).statistic)
 
 
+def test_daily_ic_matches_alphalens_and_handles_degenerate_days():
+    import alphalens as al
+
+    df = _factor_frame(n_days=40, n_names=30, kind="random", seed=3)
+    df.loc[df.index[:30], "prediction"] = 1.0  # day 1: constant prediction -> undefined, left out
+    df = df.drop(df.index[35:58])  # day 2: only 7 names; still defined
+    df.loc[df.index[30:35], "label"] = df["label"].iloc[30]  # day 2: ties in the label
+    ic = daily_ic(df)
+    assert df["date"].iloc[0] not in ic.index and len(ic) == df["date"].nunique() - 1
+    fd = df.rename(columns={"ticker": "asset", "prediction": "factor", "label": "5D"}).set_index(["date", "asset"])
+    fd["factor_quantile"] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = al.performance.factor_information_coefficient(fd)["5D"].dropna()
+    np.testing.assert_allclose(ic["rank_ic"].to_numpy(), expected.loc[ic.index].to_numpy(), rtol=1e-10, atol=1e-12)
+
+
 def test_quintile_spread_on_a_hand_made_case():
     # 10 names: prediction = label = 0..9; top fifth {8, 9}, bottom {0, 1}: spread 8 (per label unit)
     df = pd.DataFrame(

@@ -112,7 +112,9 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path, args, message):
     assert "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("features, scaler", [("ohlcv", "standard"), ("ohlcv", "standard_ticker"), ("relative", "none")])
+@pytest.mark.parametrize(
+    "features, scaler", [("ohlcv", "standard"), ("ohlcv", "standard_ticker"), ("relative", "none")]
+)
 def test_predict_is_bit_for_bit_the_training_pipeline(tracking, tmp_path, bars, features, scaler):
     """`predict` on data that ends on the last training window's day gives exactly the
     predictions the training pipeline gives for those windows: no second preprocessing path."""
@@ -172,7 +174,9 @@ def test_presets_apply_underneath_explicit_values():
     from stocklab.cli import parse_model_job
     from stocklab.presets import PRESETS
 
-    cfg, model_args, explicit = parse_model_job("train", ["--preset", "seed000-deep", "--epochs", "3", "--dropout", "0.2"])
+    cfg, model_args, explicit = parse_model_job(
+        "train", ["--preset", "seed000-deep", "--epochs", "3", "--dropout", "0.2"]
+    )
     assert (cfg.model, cfg.seq_len, cfg.batch_size, cfg.lr, cfg.features) == ("cnn2d", 96, 64, 1e-5, "ohlcv")
     assert cfg.epochs == 3 and model_args == {"variant": "deep", "dropout": 0.2}
     assert explicit == {"preset", "epochs", "dropout"}
@@ -194,7 +198,9 @@ def test_presets_apply_underneath_explicit_values():
     # tune takes every train parameter, presets included
     from stocklab.config import TuneConfig
 
-    tcfg, _, _ = parse_model_job("tune", ["--preset", "seed000-deep", "--split", "0.5,0.25,0.25", "--scaler", "minmax"], TuneConfig)
+    tcfg, _, _ = parse_model_job(
+        "tune", ["--preset", "seed000-deep", "--split", "0.5,0.25,0.25", "--scaler", "minmax"], TuneConfig
+    )
     assert (tcfg.model, tcfg.split, tcfg.scaler, tcfg.seq_len) == ("cnn2d", "0.5,0.25,0.25", "minmax", 96)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from stocklab.config import StockLabError
+from stocklab.errors import one_line
 
 PRICE_COLS = ("open", "high", "low", "close")
 VALUE_COLS = ("open", "high", "low", "close", "volume", "vwap")
@@ -151,8 +152,8 @@ def _read_table(path: Path) -> pd.DataFrame:
         if path.suffix.lower() == ".parquet":
             return pd.read_parquet(path)
         return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
-        raise StockLabError(f"{path}: cannot be read as a table ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # noqa: BLE001 - truncated gzip (EOFError), corrupt Parquet (ArrowInvalid), ...
+        raise StockLabError(f"{path}: cannot be read as a table ({one_line(e)})") from None
 
 
 def _load_sample() -> tuple[pd.DataFrame, str]:

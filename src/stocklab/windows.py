@@ -173,9 +173,7 @@ class WindowSet:
                 )
             self.ranges = end_day_ranges(D, fractions, horizon)
         # relative columns are normalised by construction, so the scaler leaves them alone
-        self.scaler = scaler or Scaler.fit(
-            panel.X, split_bounds(D, fractions)[0], scaler_kind, panel.relative_cols
-        )
+        self.scaler = scaler or Scaler.fit(panel.X, split_bounds(D, fractions)[0], scaler_kind, panel.relative_cols)
         ok = valid_window_mask(panel.X, span)  # before scaling: NaN marks the unknown days
         self.window_ok = ok  # (N, D): the window ending on day t is complete
         labelled = ok & np.isfinite(panel.y)

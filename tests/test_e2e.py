@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import torch
 from conftest import ROOT

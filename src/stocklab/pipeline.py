@@ -133,8 +133,8 @@ class Prepared:
 def _dataset(raw: pd.DataFrame, cfg: TrainConfig, report: DataReport):
     """The input as an MLflow dataset: digest and schema from mlflow.data.from_pandas, kept as a
     MetaDataset so the run does not hold on to the whole raw frame."""
-    from mlflow.data.sources import LocalArtifactDatasetSource  # registered at import time
     from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource  # registered at import time
 
     source = LocalArtifactDatasetSource(report.source if cfg.data == "sample" else str(Path(cfg.data).resolve()))
     name = "sample" if cfg.data == "sample" else Path(cfg.data.rstrip("/")).name

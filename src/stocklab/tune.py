@@ -7,8 +7,9 @@
 calls the same `pipeline.train_in_run` as the `train` job, and reports the study's metric every
 epoch so the pruner can stop bad trials early; it ends the run FINISHED, KILLED (pruned) or
 FAILED itself. Every `train` parameter (split, scaler, preset, ...) sets the trials' base
-configuration; a parameter given explicitly is not searched. The study is stored in `storage` (default: an Optuna journal file, safe for
-several processes on one machine; an RDB URL such as postgresql://... works too), so running
+configuration; a parameter given explicitly is not searched. The study is stored in `storage`
+(default: an Optuna journal file, safe for several processes on one machine; an RDB URL such
+as postgresql://... works too), so running
 the same `study_name` again resumes it: `n_trials` is the study's total of finished trials.
 The best trial's model is registered as a new version of `stocklab-<model>`.
 """

@@ -79,3 +79,18 @@ def test_mlflow_run_bad_input_fails_cleanly(tmp_path, tracking, params, message)
     assert len(errors) == 1 and message in errors[0]
     runs = mlflow.search_runs(search_all_experiments=True)
     assert list(runs["status"]) == ["FAILED"]  # recorded, marked failed, nothing lost
+
+
+def test_preset_run_params_are_what_was_trained(tmp_path, csv_dir, tracking):
+    """MLflow logs every -P value itself: the run's params must still be the effective
+    configuration, and an explicit value equal to the built-in default beats the preset."""
+    params = {"data": csv_dir, "preset": "seed000-deep", "epochs": 1, "batch_size": 256, "lr": "0.001"}
+    r = mlflow_run("train", params, tracking, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = mlflow.get_run(mlflow.search_runs(search_all_experiments=True).loc[0, "run_id"])
+    p = run.data.params
+    assert (p["model"], p["variant"], p["seq_len"], p["features"]) == ("cnn2d", "deep", "96", "ohlcv")
+    assert (p["batch_size"], float(p["lr"]), p["epochs"]) == ("256", 1e-3, "1")  # explicit beats the preset
+    assert run.data.tags["stocklab.preset"] == "seed000-deep" and "stocklab.effective_params" not in run.data.tags
+    config = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/config.json")
+    assert config["lr"] == 1e-3 and config["seq_len"] == 96 and config["variant"] == "deep"

@@ -13,8 +13,10 @@ from conftest import synthetic_bars, write_ticker_csvs
 from test_e2e import mlflow_run
 
 from stocklab.config import PromoteConfig, TuneConfig
+from stocklab.models import BASELINES, MODELS
 from stocklab.promote import direction_for, run_promote
-from stocklab.tune import load_space, make_storage
+from stocklab.spaces import builtin_models, load_space, suggest
+from stocklab.tune import make_storage, run_tune
 
 SPACE = """
 hidden_size: {type: int, low: 4, high: 8}
@@ -142,7 +144,69 @@ def test_tune_config_and_space_errors(tmp_path):
     with pytest.raises(ValueError, match="pruner: 'x' must be one of"):
         TuneConfig(pruner="x").validate()
     bad = tmp_path / "bad.yaml"
-    bad.write_text("hidden: {type: int, low: 1, high: 2}\n")
-    with pytest.raises(ValueError, match="'hidden' is neither a train nor a lstm parameter"):
-        load_space(TuneConfig(space=str(bad)))
+    for text, message in [
+        ("hidden: {type: int, low: 1, high: 2}\n", "'hidden' is neither a train nor a lstm parameter"),
+        ("hidden_size: {type: int, low: 8}\n", "'hidden_size' needs 'high'"),
+        ("hidden_size: {type: int, low: 9, high: 2}\n", "hidden_size: low 9 > high 2"),
+        ("seq_len: {type: categorical, choices: [ten]}\n", "seq_len: 'ten' is not a valid int"),
+        ("dropout: {type: float, low: 0, high: 1, when: {depth: 2}}\n", "depends on unknown parameter 'depth'"),
+        ("lr: [1, 2]\n", "'lr' needs type int, float or categorical"),
+    ]:
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            load_space("lstm", MODELS["lstm"][1], str(bad))
+    with pytest.raises(ValueError, match="no built-in search space for model 'naive'"):
+        load_space("naive", MODELS["naive"][1])
     assert TuneConfig(data="/x/sp500_5yr/").resolved_study_name() == "lstm-sp500_5yr"
+
+
+def test_every_trainable_model_has_a_shipped_space_covering_its_dimensions():
+    trainable = sorted(set(MODELS) - {"naive"})
+    assert builtin_models() == trainable
+    for name in trainable:
+        cfg = MODELS[name][1]
+        space = load_space(name, cfg)
+        assert {"lr"} <= set(space) and ("seq_len" in space or name == "cnn_ta"), name
+        if name != "linear":  # the ridge baseline has no layers to normalise or drop out
+            assert {"dropout", "batch_norm", "weight_decay", "batch_size"} <= set(space), name
+        size = {"hidden_size", "d_model", "channels", "channels1"} & set(space)
+        assert size or name == "linear", name
+        assert space["lr"].get("log"), name
+    # a parameter given explicitly is not searched
+    assert "seq_len" not in load_space("lstm", MODELS["lstm"][1], fixed={"seq_len"})
+
+
+def test_conditional_dimensions_follow_their_condition():
+    space = load_space("cnn2d", MODELS["cnn2d"][1])
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        params = suggest(study.ask(), space, {})
+        seen.add(params["variant"])
+        assert ("channels1" in params) == (params["variant"] == "custom")
+    assert seen == {"baseline", "deep", "custom"}
+    rnn = load_space("rnn", MODELS["rnn"][1])
+    for layers in (1, 2):  # dropout only between stacked layers; a fixed num_layers decides too
+        fixed = {k: v for k, v in rnn.items() if k != "num_layers"}
+        params = suggest(optuna.create_study().ask(), fixed, {"num_layers": layers})
+        assert ("dropout" in params) == (layers > 1)
+
+
+@pytest.mark.parametrize("model", sorted(set(MODELS) - set(BASELINES)) + ["linear"])
+def test_a_two_trial_study_for_every_model(tracking, csv_dir, tmp_path, model):
+    """The shipped space of every trainable model drives a real study: two trials, each a
+    nested run under one parent, and the best model registered."""
+    cfg = TuneConfig(data=str(csv_dir), model=model, n_trials=2, epochs=1, horizon=5, cache_dir="",
+                     storage=str(tmp_path / "j.log"), pruner="none")  # fmt: skip
+    res = run_tune(cfg)
+    study = optuna.load_study(study_name=f"{model}-csvs", storage=make_storage(str(tmp_path / "j.log")))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"], [
+        t.user_attrs.get("fail_reason") for t in study.trials
+    ]
+    runs = mlflow.search_runs(search_all_experiments=True)
+    parent = runs[runs["tags.stocklab.role"] == "study"]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
+    assert len(parent) == 1 and len(children) == 2 and (children["status"] == "FINISHED").all()
+    assert sorted(children["run_id"]) == sorted(t.user_attrs["mlflow_run_id"] for t in study.trials)
+    version = mlflow.tracking.MlflowClient().get_model_version(f"stocklab-{model}", str(res["registered_version"]))
+    assert version.run_id == study.best_trial.user_attrs["mlflow_run_id"]

@@ -112,7 +112,7 @@ class TuneConfig(TrainConfig):
     storage: str = opt("", f"Optuna storage: a journal file (default {DEFAULT_JOURNAL}) or an RDB URL")
     metric: str = opt("valid_loss", "what the study optimises (on validation data)", tuple(TUNE_METRICS))
     pruner: str = opt("median", "pruning rule on the per-epoch report", PRUNERS)
-    space: str = opt("", "search-space YAML (default: tuning/<model>.yaml)")
+    space: str = opt("", "search-space YAML replacing the built-in one (stocklab/spaces/<model>.yaml)")
     register: bool = opt(True, "register the best trial's model as stocklab-<model>")
 
     def validate(self):

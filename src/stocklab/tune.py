@@ -3,7 +3,7 @@
     mlflow run . -e tune --env-manager local                          # lstm on the built-in sample
     mlflow run . -e tune --env-manager local -P model=cnn2d -P data=../shared/data/sp500_5yr -P n_trials=6
 
-`objective(trial)` samples a configuration from `tuning/<model>.yaml`, opens a nested MLflow run,
+`objective(trial)` samples a configuration from the model's search space (stocklab/spaces/), opens a nested MLflow run,
 calls the same `pipeline.train_in_run` as the `train` job, and reports the study's metric every
 epoch so the pruner can stop bad trials early; it ends the run FINISHED, KILLED (pruned) or
 FAILED itself. Every `train` parameter (split, scaler, preset, ...) sets the trials' base
@@ -23,51 +23,16 @@ from pathlib import Path
 
 import mlflow
 import optuna
-import yaml
 
 from stocklab import registry, tracking
 from stocklab.config import DEFAULT_JOURNAL, TUNE_METRICS, StockLabError, TrainConfig, TuneConfig, with_values
 from stocklab.errors import describe, one_line
 from stocklab.models import MODELS
 from stocklab.pipeline import EpochInfo, train_in_run
+from stocklab.spaces import load_space, suggest
 
 # what each study metric reads from a finished trial's results (both are validation-only)
 RESULT_KEY = {"valid_loss": "valid_loss_min", "valid_rank_ic": "valid_rank_ic"}
-
-
-def load_space(cfg: TuneConfig, fixed: set[str] | frozenset = frozenset()) -> dict:
-    """The model's search space; dimensions the user fixed explicitly (`fixed`) are left out."""
-    path = Path(cfg.space or f"tuning/{cfg.model}.yaml")
-    if not path.is_file():
-        raise StockLabError(f"space: search-space file '{path}' not found (run from the project root)")
-    try:
-        space = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise StockLabError(f"space: {path} is not valid YAML ({one_line(e)})") from None
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    model_fields = {f.name for f in dataclasses.fields(MODELS[cfg.model][1])}
-    for name, spec in space.items():
-        if name not in train_fields | model_fields:
-            raise StockLabError(f"space: {path}: '{name}' is neither a train nor a {cfg.model} parameter")
-        if not isinstance(spec, dict) or spec.get("type") not in ("int", "float", "categorical"):
-            raise StockLabError(f"space: {path}: '{name}' needs type int, float or categorical")
-    pinned = sorted(set(space) & set(fixed))
-    if pinned:
-        print(f"not searched (given explicitly): {', '.join(pinned)}")
-    return {k: v for k, v in space.items() if k not in pinned}
-
-
-def suggest(trial: optuna.Trial, space: dict) -> dict:
-    """One configuration sampled from the search space."""
-    out = {}
-    for name, spec in space.items():
-        if spec["type"] == "int":
-            out[name] = trial.suggest_int(name, spec["low"], spec["high"], log=spec.get("log", False))
-        elif spec["type"] == "float":
-            out[name] = trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
-        else:
-            out[name] = trial.suggest_categorical(name, spec["choices"])
-    return out
 
 
 def make_storage(storage: str):
@@ -93,9 +58,11 @@ def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, study_name: 
     validation metric. The run ends FINISHED, KILLED (pruned) or FAILED (with the reason)."""
     base = cfg.train_config()
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    # the study's values of what is not searched (for `when` conditions on them)
+    context = {**dataclasses.asdict(base), **dataclasses.asdict(MODELS[cfg.model][1]), **model_overrides}
 
     def objective(trial: optuna.Trial) -> float:
-        params = suggest(trial, space)
+        params = suggest(trial, space, context)
         best_ic: dict[int, float] = {}  # rank IC of the best-loss epoch, computed once per new best
 
         def report(info: EpochInfo) -> None:
@@ -145,7 +112,7 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
     cfg.validate()
     if cfg.model not in MODELS:
         raise StockLabError(f"model: unknown model '{cfg.model}' (choose from {', '.join(MODELS)})")
-    space = load_space(cfg, set(fixed) | set(model_overrides or {}))
+    space = load_space(cfg.model, MODELS[cfg.model][1], cfg.space, set(fixed) | set(model_overrides or {}))
     study_name = cfg.resolved_study_name()
     study = optuna.create_study(
         study_name=study_name,

@@ -17,6 +17,7 @@ class AttentionConfig:
     hidden_size: int = opt(32, "hidden units per recurrent layer")
     num_layers: int = opt(1, "stacked layers")
     dropout: float = opt(0.1, "dropout rate")
+    batch_norm: bool = opt(False, "BatchNorm1d on [context, query] before the head")
 
 
 class Attention(nn.Module):
@@ -29,6 +30,7 @@ class Attention(nn.Module):
             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
             batch_first=True,
         )
+        self.norm = nn.BatchNorm1d(2 * cfg.hidden_size) if cfg.batch_norm else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(2 * cfg.hidden_size, 1)
 
@@ -46,4 +48,4 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
         z, _ = self.attend(x)
-        return self.head(self.drop(z)).squeeze(-1)  # (B,)
+        return self.head(self.drop(self.norm(z))).squeeze(-1)  # (B,)

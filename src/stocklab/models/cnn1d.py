@@ -16,6 +16,7 @@ class CNN1DConfig:
     channels: int = opt(16, "convolution channels")
     kernel: int = opt(3, "convolution kernel size")
     dropout: float = opt(0.1, "dropout rate")
+    batch_norm: bool = opt(False, "BatchNorm1d after the convolution")
 
 
 class CNN1D(nn.Module):
@@ -23,10 +24,11 @@ class CNN1D(nn.Module):
         super().__init__()
         k = min(cfg.kernel, seq_len)
         self.conv = nn.Conv1d(n_features, cfg.channels, k)  # over time, features as channels
+        self.norm = nn.BatchNorm1d(cfg.channels) if cfg.batch_norm else nn.Identity()
         self.head = nn.Sequential(
             nn.ReLU(), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cfg.channels * (seq_len - k + 1), 1)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
-        z = self.conv(x.transpose(1, 2))  # (B, C, T - k + 1)
+        z = self.norm(self.conv(x.transpose(1, 2)))  # (B, C, T - k + 1)
         return self.head(z).squeeze(-1)  # (B,)

@@ -1,6 +1,7 @@
 """2D CNN over the (days x features) window, as in the 2D-CNN study.
 
-`variant=baseline` uses 2 -> 4 channels, `variant=deep` 8 -> 16; `channels1`/`channels2` override.
+`variant=baseline` uses 2 -> 4 channels, `variant=deep` 8 -> 16; `channels1`/`channels2` override
+them, and `variant=custom` takes its channels from them alone (both must be set).
 Convolutions mix neighbouring days and features; pooling is over days only, because the seven
 feature columns are few and unordered.
 """
@@ -14,12 +15,14 @@ from torch import nn
 
 from stocklab.config import opt
 
-VARIANTS = {"baseline": (2, 4), "deep": (8, 16)}
+VARIANTS = {"baseline": (2, 4), "deep": (8, 16), "custom": (0, 0)}
 
 
 @dataclass
 class CNN2DConfig:
-    variant: str = opt("baseline", "channel preset: baseline 2->4, deep 8->16", ("baseline", "deep"))
+    variant: str = opt(
+        "baseline", "channel preset: baseline 2->4, deep 8->16, custom = channels1/2", ("baseline", "deep", "custom")
+    )
     channels1: int = opt(0, "first conv layer's channels (0 = from variant)")
     channels2: int = opt(0, "second conv layer's channels (0 = from variant)")
     kernel: int = opt(3, "convolution kernel size")
@@ -32,6 +35,8 @@ class CNN2D(nn.Module):
         super().__init__()
         c1, c2 = VARIANTS[cfg.variant]
         c1, c2 = cfg.channels1 or c1, cfg.channels2 or c2
+        if not (c1 and c2):
+            raise ValueError("variant=custom needs channels1 and channels2 > 0")
         k, pad = cfg.kernel, cfg.kernel // 2
 
         def block(cin: int, cout: int) -> nn.Sequential:

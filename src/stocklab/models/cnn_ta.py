@@ -18,6 +18,7 @@ class CNNTAConfig:
     channels2: int = opt(64, "second conv layer's channels")
     dense: int = opt(128, "units of the dense layer")
     dropout: float = opt(0.25, "dropout rate")
+    batch_norm: bool = opt(False, "BatchNorm2d after each convolution")
 
 
 class CNNTA(nn.Module):
@@ -29,10 +30,16 @@ class CNNTA(nn.Module):
         if self.side * self.side != n_features:
             raise ValueError(f"cnn_ta needs a square indicator image (features=technical), got {n_features} inputs")
         s = self.side
+
+        def norm(c: int) -> nn.Module:
+            return nn.BatchNorm2d(c) if cfg.batch_norm else nn.Identity()
+
         self.net = nn.Sequential(
             nn.Conv2d(1, cfg.channels1, 3, padding=1),
+            norm(cfg.channels1),
             nn.ReLU(inplace=True),  # in place: one activation copy fewer (29-58 KB per window)
             nn.Conv2d(cfg.channels1, cfg.channels2, 3, padding=1),
+            norm(cfg.channels2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
             nn.Dropout(cfg.dropout),

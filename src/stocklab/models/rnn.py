@@ -15,6 +15,7 @@ class RNNConfig:
     hidden_size: int = opt(8, "hidden units per recurrent layer")
     num_layers: int = opt(2, "stacked layers")
     dropout: float = opt(0.0, "between RNN layers")
+    batch_norm: bool = opt(False, "BatchNorm1d on the flattened step outputs before the head")
     sigmoid: bool = opt(False, "squash the output to (0, 1) for min-max scaled targets")
 
 
@@ -28,10 +29,11 @@ class RNN(nn.Module):
             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
             batch_first=True,
         )
+        self.norm = nn.BatchNorm1d(seq_len * cfg.hidden_size) if cfg.batch_norm else nn.Identity()
         self.head = nn.Linear(seq_len * cfg.hidden_size, 1)
         self.sigmoid = cfg.sigmoid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
         out, _ = self.rnn(x)  # (B, T, H)
-        y = self.head(out.flatten(1)).squeeze(-1)  # all steps -> (B,)
+        y = self.head(self.norm(out.flatten(1))).squeeze(-1)  # all steps (B, T*H) -> (B,)
         return torch.sigmoid(y) if self.sigmoid else y

@@ -18,6 +18,7 @@ class Seq2SeqConfig:
     num_layers: int = opt(1, "stacked layers")
     cell: str = opt("lstm", "recurrent cell", ("lstm", "rnn"))
     dropout: float = opt(0.0, "dropout rate")
+    batch_norm: bool = opt(False, "BatchNorm1d over the hidden units of every step, before the per-step head")
 
 
 class Seq2Seq(nn.Module):
@@ -33,10 +34,12 @@ class Seq2Seq(nn.Module):
             dropout=cfg.dropout if cfg.num_layers > 1 else 0.0,
             batch_first=True,
         )
+        self.norm = nn.BatchNorm1d(cfg.hidden_size) if cfg.batch_norm else nn.Identity()
         self.head = nn.Linear(cfg.hidden_size, 1)  # applied at every step
 
     def forward_steps(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
         out, _ = self.rnn(x)  # (B, T, H)
+        out = self.norm(out.transpose(1, 2)).transpose(1, 2)  # BatchNorm1d wants (B, H, T)
         return self.head(out).squeeze(-1)  # (B, T)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

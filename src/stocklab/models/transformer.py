@@ -18,6 +18,7 @@ class TransformerConfig:
     num_layers: int = opt(2, "stacked layers")
     dim_feedforward: int = opt(64, "feed-forward width")
     dropout: float = opt(0.1, "dropout rate")
+    batch_norm: bool = opt(False, "BatchNorm1d on the last token before the head (the encoder keeps its LayerNorms)")
 
 
 class Transformer(nn.Module):
@@ -31,8 +32,9 @@ class Transformer(nn.Module):
         )
         self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.d_model)
+        self.batch_norm = nn.BatchNorm1d(cfg.d_model) if cfg.batch_norm else nn.Identity()
         self.head = nn.Linear(cfg.d_model, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
         z = self.encoder(self.embed(x) + self.pos)  # (B, T, D)
-        return self.head(self.norm(z[:, -1])).squeeze(-1)  # (B,)
+        return self.head(self.batch_norm(self.norm(z[:, -1]))).squeeze(-1)  # (B,)

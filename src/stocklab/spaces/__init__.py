@@ -1,0 +1,111 @@
+"""Optuna search spaces: one YAML per trainable model, shipped in this package.
+
+Each key is a `train` parameter or a model hyper-parameter; each value says how Optuna samples it::
+
+    hidden_size: {type: int, low: 8, high: 64, log: true}              # trial.suggest_int
+    lr:          {type: float, low: 1.0e-4, high: 1.0e-2, log: true}   # trial.suggest_float
+    batch_norm:  {type: categorical, choices: [false, true]}           # trial.suggest_categorical
+    dropout:     {type: float, low: 0.0, high: 0.5, when: {num_layers: [2, 3]}}
+
+`when` makes a dimension conditional: it is sampled only when every named parameter (sampled
+earlier in the file, or fixed for the study) has one of the listed values; otherwise the
+parameter keeps the study's value. `tune -P space=path.yaml` replaces the built-in file.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import optuna
+import yaml
+
+from stocklab.config import StockLabError, TrainConfig, convert, field_types
+from stocklab.errors import one_line
+
+TYPES = ("int", "float", "categorical")
+
+
+def builtin_models() -> list[str]:
+    """Models with a built-in search space."""
+    return sorted(p.name[: -len(".yaml")] for p in resources.files(__package__).iterdir() if p.name.endswith(".yaml"))
+
+
+def _read(model: str, path: str) -> tuple[dict, str]:
+    if path:
+        src = Path(path)
+        if not src.is_file():
+            raise StockLabError(f"space: search-space file '{path}' not found")
+        text, where = src.read_text(), str(src)
+    else:
+        res = resources.files(__package__) / f"{model}.yaml"
+        if not res.is_file():
+            raise StockLabError(
+                f"space: no built-in search space for model '{model}' (built in: {', '.join(builtin_models())}); "
+                "pass -P space=path.yaml"
+            )
+        text, where = res.read_text(), f"built-in {model}.yaml"
+    try:
+        space = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise StockLabError(f"space: {where} is not valid YAML ({one_line(e)})") from None
+    if not isinstance(space, dict):
+        raise StockLabError(f"space: {where} must map parameter names to specs")
+    return space, where
+
+
+def load_space(model: str, model_cfg, path: str = "", fixed=frozenset()) -> dict:
+    """The validated search space of `model` (`model_cfg`: its default config dataclass).
+    Dimensions named in `fixed` (given explicitly by the user) are left out and keep their value."""
+    space, where = _read(model, path)
+    types = {**field_types(TrainConfig), **field_types(type(model_cfg))}
+    seen: list[str] = []
+    for name, spec in space.items():
+        if name not in types:
+            raise StockLabError(f"space: {where}: '{name}' is neither a train nor a {model} parameter")
+        if not isinstance(spec, dict) or spec.get("type") not in TYPES:
+            raise StockLabError(f"space: {where}: '{name}' needs type int, float or categorical")
+        typ = types[name]
+        try:
+            if spec["type"] == "categorical":
+                if not spec.get("choices"):
+                    raise StockLabError(f"{name}: categorical needs a non-empty list of choices")
+                spec["choices"] = [convert(c, typ, name) for c in spec["choices"]]
+            else:
+                for key in ("low", "high"):
+                    spec[key] = convert(spec[key], typ, name)
+                if not spec["low"] <= spec["high"]:
+                    raise StockLabError(f"{name}: low {spec['low']} > high {spec['high']}")
+        except KeyError as e:
+            raise StockLabError(f"space: {where}: '{name}' needs '{e.args[0]}'") from None
+        except StockLabError as e:
+            raise StockLabError(f"space: {where}: {e}") from None
+        for other, values in (spec.get("when") or {}).items():
+            if other not in seen and other not in types:
+                raise StockLabError(f"space: {where}: '{name}' depends on unknown parameter '{other}'")
+            if other in seen:
+                allowed = values if isinstance(values, list) else [values]
+                spec["when"][other] = [convert(v, types[other], other) for v in allowed]
+        seen.append(name)
+    pinned = sorted(set(space) & set(fixed))
+    if pinned:
+        print(f"not searched (given explicitly): {', '.join(pinned)}")
+    return {k: v for k, v in space.items() if k not in pinned}
+
+
+def suggest(trial: optuna.Trial, space: dict, context: dict | None = None) -> dict:
+    """One configuration sampled from `space`; `context` holds the study's values of the
+    parameters that are not searched (for `when` conditions on them)."""
+    out: dict = {}
+    context = context or {}
+    for name, spec in space.items():
+        cond = spec.get("when") or {}
+        if any(out.get(k, context.get(k)) not in (v if isinstance(v, list) else [v]) for k, v in cond.items()):
+            continue  # condition not met: the parameter keeps the study's value
+        if spec["type"] == "int":
+            out[name] = trial.suggest_int(name, spec["low"], spec["high"], log=spec.get("log", False))
+        elif spec["type"] == "float":
+            out[name] = trial.suggest_float(name, spec["low"], spec["high"], log=spec.get("log", False))
+        else:
+            out[name] = trial.suggest_categorical(name, spec["choices"])
+    return out

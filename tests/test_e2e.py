@@ -19,12 +19,19 @@ pytestmark = pytest.mark.e2e
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
 
-def mlflow_run(entry: str, params: dict, tracking_uri: str, cwd: Path):
-    cmd = [MLFLOW, "run", str(ROOT), "-e", entry, "--env-manager", "local"]
+def mlflow_run(entry: str, params: dict, tracking_uri: str, cwd: Path, *args: str):
+    cmd = [MLFLOW, "run", str(ROOT), "-e", entry, "--env-manager", "local", *args]
     for k, v in params.items():
         cmd += ["-P", f"{k}={v}"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def job_runs():
+    """Every run but the launcher records `mlflow run` leaves in "Default"."""
+    runs = mlflow.search_runs(search_all_experiments=True)
+    role = runs["tags.stocklab.role"] if "tags.stocklab.role" in runs else None
+    return runs if role is None else runs[role != "launcher"].reset_index(drop=True)
 
 
 def test_mlflow_run_train_end_to_end(tmp_path, csv_dir, tracking):
@@ -44,13 +51,18 @@ def test_mlflow_run_train_end_to_end(tmp_path, csv_dir, tracking):
         tmp_path,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    runs = mlflow.search_runs(search_all_experiments=True)
+    runs = job_runs()
     assert len(runs) == 1 and runs.loc[0, "status"] == "FINISHED"
     run = mlflow.get_run(runs.loc[0, "run_id"])
+    # the run is in the train experiment, named by what it is; the launcher points to it
+    assert mlflow.get_experiment(run.info.experiment_id).name == "stocklab-train"
+    assert run.info.run_name == "lstm h8 L2 T10 lr1e-03"
+    launcher = mlflow.get_run(run.data.tags["stocklab.launcher_run_id"])
+    assert launcher.info.experiment_id == "0" and launcher.data.tags["stocklab.launched_run_id"] == run.info.run_id
     for k in ("test_mse", "valid_mse_min", "best_epoch", "train_time_s", "naive_mse", "mse_skill"):
         assert math.isfinite(run.data.metrics[k]), k
     p = run.data.params
-    assert p["hidden_size"] == "8" and p["epochs"] == "2" and p["lr"] == "1e-3" and p["data"] == str(csv_dir)
+    assert p["hidden_size"] == "8" and p["epochs"] == "2" and float(p["lr"]) == 1e-3 and p["data"] == str(csv_dir)
     model, bundle = load_model_bundle(f"runs:/{run.info.run_id}/model")
     with torch.no_grad():
         out = model(torch.randn(3, 10, 7))
@@ -78,7 +90,12 @@ def test_mlflow_run_bad_input_fails_cleanly(tmp_path, tracking, params, message)
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("stocklab: error:")]
     assert len(errors) == 1 and message in errors[0]
     runs = mlflow.search_runs(search_all_experiments=True)
-    assert list(runs["status"]) == ["FAILED"]  # recorded, marked failed, nothing lost
+    assert set(runs["status"]) == {"FAILED"}  # recorded, marked failed, nothing lost
+    if len(runs) == 2:  # failed inside the job's run: the launcher points to it
+        launcher = runs[runs["tags.stocklab.role"] == "launcher"].iloc[0]
+        assert launcher["tags.stocklab.launched_run_id"] in set(runs["run_id"])
+        failed = mlflow.get_run(launcher["tags.stocklab.launched_run_id"])
+        assert message.split(":")[0] in failed.data.tags["stocklab.error"]
 
 
 def test_preset_run_params_are_what_was_trained(tmp_path, csv_dir, tracking):
@@ -87,10 +104,25 @@ def test_preset_run_params_are_what_was_trained(tmp_path, csv_dir, tracking):
     params = {"data": csv_dir, "preset": "seed000-deep", "epochs": 1, "batch_size": 256, "lr": "0.001"}
     r = mlflow_run("train", params, tracking, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    run = mlflow.get_run(mlflow.search_runs(search_all_experiments=True).loc[0, "run_id"])
+    run = mlflow.get_run(job_runs().loc[0, "run_id"])
     p = run.data.params
     assert (p["model"], p["variant"], p["seq_len"], p["features"]) == ("cnn2d", "deep", "96", "ohlcv")
     assert (p["batch_size"], float(p["lr"]), p["epochs"]) == ("256", 1e-3, "1")  # explicit beats the preset
     assert run.data.tags["stocklab.preset"] == "seed000-deep" and "stocklab.effective_params" not in run.data.tags
     config = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/config.json")
     assert config["lr"] == 1e-3 and config["seq_len"] == 96 and config["variant"] == "deep"
+
+
+def test_experiment_chosen_by_the_user_is_used_as_is(tmp_path, csv_dir, tracking):
+    common = {"data": csv_dir, "epochs": 1, "seq_len": 5, "horizon": 5, "hidden_size": 4}
+    r = mlflow_run("train", common, tracking, tmp_path, "--experiment-name", "mine")
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert len(runs) == 1 and mlflow.get_experiment(runs.loc[0, "experiment_id"]).name == "mine"
+    assert runs.loc[0, "params.model"] == "lstm"  # the projects run is the train run itself
+    r = mlflow_run("train", {**common, "experiment": "elsewhere"}, tracking, tmp_path, "--experiment-name", "mine")
+    assert r.returncode == 0, r.stderr[-3000:]
+    other = mlflow.get_experiment_by_name("elsewhere")
+    moved = mlflow.search_runs([other.experiment_id])
+    assert len(moved) == 1 and moved.loc[0, "status"] == "FINISHED"
+    assert other.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -68,6 +68,10 @@ def test_tune_study_end_to_end_then_promote_and_predict(tmp_path, tracking):
     assert sorted(children.index) == ["0", "1", "2", "3"]
     assert list(children.loc[["0", "1", "2", "3"], "status"]) == ["FINISHED", "FINISHED", "KILLED", "FAILED"]
     assert (children["tags.stocklab.study"] == "s1").all()
+    # one experiment per study; runs named by their trial and key hyper-parameters
+    assert set(children["experiment_id"]) == set(parent["experiment_id"])
+    assert mlflow.get_experiment(parent["experiment_id"].iloc[0]).name == "stocklab-tune-s1"
+    assert children.loc["0", "tags.mlflow.runName"] == "t000 lstm h8 L2 T20 lr2e-02"
     for t in study.trials:  # every Optuna trial knows its MLflow run
         assert t.user_attrs["mlflow_run_id"] == children.loc[str(t.number), "run_id"]
     hist = mlflow.tracking.MlflowClient().get_metric_history(children.loc["0", "run_id"], "valid_loss")

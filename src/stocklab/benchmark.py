@@ -34,7 +34,7 @@ from stocklab.config import BenchmarkConfig, StockLabError, TrainConfig
 from stocklab.data import load_panel
 from stocklab.features import Panel, build_panel
 from stocklab.models import build_model, model_config
-from stocklab.tracking import log_params_once
+from stocklab.tracking import job_run, log_params_once
 from stocklab.training import configure_cpu_threads, fit, resolve_device
 from stocklab.windows import WindowSet
 
@@ -276,7 +276,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         )
     print("(c) seed000 workload: 514 tickers x 3500 days x 7 features, cnn2d deep, 96-day windows")
     results.update(bench_seed000(cfg, device))
-    with mlflow.start_run():
+    with job_run(cfg.experiment or "stocklab-benchmark", bool(cfg.experiment), run_name=f"benchmark {cfg.suite}"):
         log_params_once({**asdict(cfg), "device_name": results["device"]})
         mlflow.log_metrics({k: float(v) for k, v in results.items() if isinstance(v, (int, float))})
         mlflow.log_dict(results, "speed.json")

@@ -177,9 +177,11 @@ def cmd_promote(argv: list[str]) -> int:
     import mlflow
 
     from stocklab.promote import run_promote
+    from stocklab.tracking import job_run
 
     cfg: PromoteConfig = parse_job("promote", argv)
-    with mlflow.start_run(run_name=f"promote-{cfg.model}"):  # an audit trail of what changed
+    # an audit trail of what changed, next to the registry's own history
+    with job_run(cfg.experiment or "stocklab-registry", bool(cfg.experiment), run_name=f"promote {cfg.model}"):
         mlflow.set_tag("stocklab.role", "promote")
         res = run_promote(cfg)
         mlflow.set_tag("stocklab.promote", res["action"][:5000])

@@ -61,6 +61,7 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the model for training")
     eval_batch_size: int = opt(8192, "batch size for validation/test passes")
     cache_dir: str = opt(".stocklab_cache", "parsed-panel cache folder ('' = no cache)")
+    experiment: str = opt("", "MLflow experiment (default: stocklab-train; for tune: stocklab-tune-<study>)")
 
     def split_fractions(self) -> tuple[float, float, float]:
         try:
@@ -137,6 +138,8 @@ class EvaluateConfig:
     cache_dir: str = opt(".stocklab_cache", "parsed-panel cache folder ('' = no cache)")
     eval_batch_size: int = opt(8192, "batch size of the scoring pass")
 
+    experiment: str = opt("", "MLflow experiment (default: stocklab-evaluate)")
+
     def validate(self):
         if bool(self.run_id) == bool(self.model_uri):
             raise StockLabError("run_id/model_uri: give exactly one of them")
@@ -165,6 +168,8 @@ class PromoteConfig:
     metric: str = opt("valid_loss_min", "a validation metric of the versions' runs (test data never decides)")
     direction: str = opt("auto", "auto: lower is better for *loss*/*mse* metrics", ("auto", "minimize", "maximize"))
 
+    experiment: str = opt("", "MLflow experiment (default: stocklab-registry)")
+
     def validate(self):
         check_choices(self)
         return self
@@ -183,6 +188,8 @@ class BenchmarkConfig:
     seed000_days: int = opt(3500, "days of the synthetic seed000 panel")
     device: str = opt("auto", "where to run", DEVICES)
     output: str = opt("speed.json", "where to write the results")
+
+    experiment: str = opt("", "MLflow experiment (default: stocklab-benchmark)")
 
     def validate(self):
         check_choices(self)

@@ -45,7 +45,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     tcfg = bundle.train_config(data=data, cache_dir=cfg.cache_dir, eval_batch_size=cfg.eval_batch_size)
     prep = prepare(tcfg, "cpu", bundle)
     same_data = prep.report.fingerprint == bundle.data_fingerprint
-    with mlflow.start_run() as run:
+    name = f"evaluate {bundle.model} {cfg.split}"
+    with tracking.job_run(cfg.experiment or "stocklab-evaluate", bool(cfg.experiment), run_name=name) as run:
         mlflow.set_tags(
             {
                 "stocklab.source_run_id": source_run_id or "",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import platform
 import tempfile
 import warnings
@@ -29,6 +31,73 @@ def _same(logged: str, value) -> bool:
         return float(logged) == float(value)
     except (TypeError, ValueError):
         return str(logged).lower() == str(value).lower()
+
+
+DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default" experiment
+LAUNCHER = "launcher"
+
+
+def use_experiment(name: str) -> str:
+    """Make `name` the active experiment (created if needed) and return its id. New
+    experiments are marked as model-training experiments, so the MLflow 3 UI opens them in its
+    runs view instead of the GenAI one."""
+    exp = mlflow.set_experiment(name)
+    if "mlflow.experimentKind" not in (exp.tags or {}):
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", "custom_model_development")
+    return exp.experiment_id
+
+
+@contextlib.contextmanager
+def job_run(experiment: str, explicit: bool = False, run_name: str | None = None, tags: dict | None = None):
+    """Open a job's MLflow run in `experiment` (a job's default name, or the user's `experiment`).
+
+    Under `mlflow run`, MLflow has already created a run (MLFLOW_RUN_ID) in the experiment
+    chosen with `--experiment-name`, else "Default". A run in an experiment the user chose is
+    used as it is. One in "Default" (or anywhere, when `-P experiment=` names another) stays
+    behind as a small launcher record pointing to the job's run, which opens in `experiment`:
+    so train runs, each study and evaluations get experiments of their own.
+    """
+    launcher = os.environ.get("MLFLOW_RUN_ID")
+    if launcher:
+        launch_exp = os.environ.get("MLFLOW_EXPERIMENT_ID") or mlflow.get_run(launcher).info.experiment_id
+        target = mlflow.get_experiment_by_name(experiment)
+        if (not explicit and launch_exp != DEFAULT_EXPERIMENT_ID) or (target and target.experiment_id == launch_exp):
+            with mlflow.start_run(run_name=run_name, tags=tags) as run:  # the run `mlflow run` opened
+                yield run
+            return
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # this process's runs go elsewhere
+            os.environ.pop(var, None)
+    use_experiment(experiment)
+    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+        if launcher:
+            client = mlflow.MlflowClient()
+            client.set_tag(launcher, "stocklab.role", LAUNCHER)
+            client.set_tag(launcher, "stocklab.launched_run_id", run.info.run_id)
+            client.set_tag(launcher, "stocklab.launched_experiment", experiment)
+            client.set_tag(
+                launcher,
+                "mlflow.note.content",
+                f"`mlflow run` launcher: this job's run is {run.info.run_id} in experiment '{experiment}'.",
+            )
+            mlflow.set_tag("stocklab.launcher_run_id", launcher)
+        yield run
+
+
+# short names of the hyper-parameters that tell runs apart in the UI's run list
+_SHORT = {"variant": "", "hidden_size": "h", "d_model": "d", "num_layers": "L", "channels": "c", "cell": ""}
+
+
+def run_name(model: str, model_params: dict, seq_len: int, lr: float, prefix: str = "") -> str:
+    """A readable run name: model, its key sizes, window length, learning rate
+    (e.g. `lstm h32 L2 T20 lr1e-03`, `cnn2d deep T96 lr1e-05`)."""
+    parts = [model]
+    for key, short in _SHORT.items():
+        if key in model_params:
+            parts.append(f"{short}{model_params[key]}")
+    if model_params.get("channels1") and model_params.get("channels2"):
+        parts.append(f"c{model_params['channels1']}x{model_params['channels2']}")
+    parts += [f"T{seq_len}", f"lr{float(lr):.0e}"]
+    return " ".join(([prefix] if prefix else []) + parts)
 
 
 def log_params_once(params: dict) -> dict:

@@ -11,17 +11,25 @@ fit -> score -> log.
 
 from __future__ import annotations
 
+import dataclasses
+
 import mlflow
 
+from stocklab import tracking
 from stocklab.config import TrainConfig
 from stocklab.errors import describe
+from stocklab.models import MODELS
 from stocklab.pipeline import train_in_run
+
+EXPERIMENT = "stocklab-train"
 
 
 def run_train(cfg: TrainConfig, model_overrides: dict | None = None) -> dict:
-    """Train inside the run `mlflow run` opened (or a new one); a failure ends it FAILED with
-    the reason as the tag `stocklab.error`, keeping whatever was already logged."""
-    with mlflow.start_run():
+    """Train in a run of the experiment `stocklab-train` (or `cfg.experiment`); a failure ends
+    it FAILED with the reason as the tag `stocklab.error`, keeping whatever was already logged."""
+    defaults = dataclasses.asdict(MODELS[cfg.model][1]) if cfg.model in MODELS else {}
+    name = tracking.run_name(cfg.model, {**defaults, **(model_overrides or {})}, cfg.seq_len, cfg.lr)
+    with tracking.job_run(cfg.experiment or EXPERIMENT, bool(cfg.experiment), run_name=name):
         try:
             return train_in_run(cfg, model_overrides)
         except Exception as e:

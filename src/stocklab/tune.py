@@ -53,7 +53,7 @@ def make_pruner(name: str, epochs: int):
     return optuna.pruners.NopPruner()
 
 
-def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, study_name: str):
+def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, study_name: str, experiment_id: str):
     """objective(trial): sample a configuration, train it in a nested MLflow run, return the
     validation metric. The run ends FINISHED, KILLED (pruned) or FAILED (with the reason)."""
     base = cfg.train_config()
@@ -79,7 +79,9 @@ def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, study_name: 
                 raise optuna.TrialPruned(f"pruned at epoch {info.epoch} ({cfg.metric}={value:.6g})")
 
         tags = {"stocklab.study": study_name, "stocklab.trial": str(trial.number), "stocklab.role": "trial"}
-        run = mlflow.start_run(nested=True, run_name=f"{cfg.model}-trial-{trial.number:03d}", tags=tags)
+        shown = {**context, **params}
+        name = tracking.run_name(cfg.model, shown, shown["seq_len"], shown["lr"], prefix=f"t{trial.number:03d}")
+        run = mlflow.start_run(nested=True, run_name=name, tags=tags, experiment_id=experiment_id)
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         try:
             tcfg = with_values(base, {k: v for k, v in params.items() if k in train_fields})
@@ -127,7 +129,8 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
     # the trials already there (still deterministic for a given study history)
     study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials))
     remaining = max(cfg.n_trials - done, 0)
-    with mlflow.start_run(run_name=f"study-{study_name}") as parent:
+    experiment = cfg.experiment or f"stocklab-tune-{study_name}"  # one experiment per study
+    with tracking.job_run(experiment, bool(cfg.experiment), run_name=f"study {study_name}") as parent:
         mlflow.set_tags({"stocklab.study": study_name, "stocklab.role": "study", "stocklab.model": cfg.model})
         tracking.log_params_once(
             {**dataclasses.asdict(cfg), **(model_overrides or {}), "study_name_resolved": study_name}
@@ -135,7 +138,7 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
         print(f"study {study_name}: {done} finished trials, running {remaining} more (target {cfg.n_trials})")
         if remaining:
             study.optimize(
-                _objective(cfg, model_overrides or {}, space, study_name),
+                _objective(cfg, model_overrides or {}, space, study_name, parent.info.experiment_id),
                 n_trials=remaining,
                 timeout=cfg.timeout or None,
                 catch=(Exception,),  # a failed trial is recorded as FAIL and the study goes on

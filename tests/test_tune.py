@@ -137,6 +137,71 @@ def test_promote_guard_is_direction_aware(tracking, capsys):
     assert direction_for("valid_mse_min") == "minimize" and direction_for("rank_ic") == "maximize"
 
 
+def _register_trained(name: str, metrics: dict, params: dict) -> str:
+    with mlflow.start_run():
+        mlflow.log_metrics(metrics)
+        mlflow.log_params(params)
+        info = mlflow.pytorch.log_model(torch.nn.Linear(2, 1), name="model", serialization_format="pickle")
+    return mlflow.register_model(info.model_uri, name).version
+
+
+def test_promote_decides_on_validation_and_refuses_incomparable_versions(tracking, capsys):
+    name, client = "stocklab-gru", mlflow.tracking.MlflowClient()
+    same = {"data_fingerprint": "abc", "horizon": 20, "label_scale": 1.0, "split": "0.6,0.2,0.2", "max_tickers": 0}
+    _register_trained(name, {"valid_loss_min": 0.5, "test_mse": 0.1}, same)
+    _register_trained(name, {"valid_loss_min": 0.7, "test_mse": 0.01}, same)  # better test, worse valid
+    assert run_promote(PromoteConfig(model="gru"))["champion"] == 1
+    capsys.readouterr()
+    # twice with no better candidate: the champion stays and there is still one challenger, v2
+    for _ in range(2):
+        res = run_promote(PromoteConfig(model="gru"))
+        out = capsys.readouterr().out
+        assert res["champion"] == 1 and "champion stays v1" in out
+        # test metrics are shown side by side; v2's far better test_mse does not decide
+        assert "champion v1 (valid_loss_min=0.5, test_mse=0.1)" in out
+        assert "candidate v2 (valid_loss_min=0.7, test_mse=0.01)" in out
+        assert int(client.get_model_version_by_alias(name, "challenger").version) == 2
+    # a better version trained with another label horizon is not comparable...
+    _register_trained(name, {"valid_loss_min": 0.1}, {**same, "horizon": 5})
+    with pytest.raises(ValueError, match="different data or labels \\(horizon 20 vs 5\\)"):
+        run_promote(PromoteConfig(model="gru"))
+    assert int(client.get_model_version_by_alias(name, "champion").version) == 1  # nothing changed
+    # ... unless forced; then the challenger that became champion keeps one role only
+    client.set_registered_model_alias(name, "challenger", "3")
+    assert run_promote(PromoteConfig(model="gru", force=True))["champion"] == 3
+    assert {k: int(v) for k, v in client.get_registered_model(name).aliases.items()} == {"champion": 3}
+
+
+def test_multi_objective_study_registers_the_pareto_trial_with_the_best_rank_ic(tracking, csv_dir, tmp_path):
+    cfg = TuneConfig(data=str(csv_dir), model="linear", metric="both", n_trials=4, epochs=1, horizon=5,
+                     cache_dir="", storage=str(tmp_path / "j.log"))  # fmt: skip
+    res = run_tune(cfg)
+    study = optuna.load_study(study_name="linear-csvs", storage=make_storage(str(tmp_path / "j.log")))
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
+    front = study.best_trials
+    chosen = max(front, key=lambda t: t.values[1])
+    assert res["best_trial"] == chosen.number and chosen.number in [t.number for t in front]
+    version = mlflow.tracking.MlflowClient().get_model_version("stocklab-linear", str(res["registered_version"]))
+    assert version.run_id == chosen.user_attrs["mlflow_run_id"] and version.tags["metric"] == "both"
+    run = mlflow.get_run(chosen.user_attrs["mlflow_run_id"])
+    assert chosen.values == [run.data.metrics["valid_loss_min"], run.data.metrics["valid_rank_ic"]]
+    parent = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`stocklab.role` = 'study'")
+    arts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(parent["run_id"].iloc[0], "plots")}
+    assert "plots/pareto_front.png" in arts
+
+
+def test_pruning_reports_what_the_trial_returns(tracking, csv_dir, tmp_path):
+    """The per-epoch report is the value the trial would return if it stopped there, so the
+    last report equals the trial's value (valid rank IC of the kept epoch)."""
+    cfg = TuneConfig(data=str(csv_dir), model="linear", metric="valid_rank_ic", n_trials=2, epochs=3, patience=3,
+                     horizon=5, cache_dir="", storage=str(tmp_path / "j.log"), pruner="none")  # fmt: skip
+    run_tune(cfg)
+    study = optuna.load_study(study_name="linear-csvs", storage=make_storage(str(tmp_path / "j.log")))
+    for t in study.trials:
+        steps = sorted(t.intermediate_values)
+        assert steps and t.intermediate_values[steps[-1]] == pytest.approx(t.value, rel=1e-9)
+
+
 def test_promote_with_no_versions_is_a_clear_error(tracking):
     with pytest.raises(ValueError, match="no registered versions of 'stocklab-cnn2d'"):
         run_promote(PromoteConfig(model="cnn2d"))

@@ -22,7 +22,14 @@ __all__ = ["StockLabError"]  # re-exported: older imports read it from here
 FEATURE_SETS = ("auto", "ohlcv", "returns", "relative", "technical")
 SCALERS = ("standard", "minmax", "standard_ticker", "minmax_ticker", "none")
 DEVICES = ("auto", "cpu", "cuda")
-TUNE_METRICS = {"valid_loss": "minimize", "valid_rank_ic": "maximize"}
+# what a study optimises -> its objectives (all on the validation split); "both" is a
+# two-objective study whose registered model is the Pareto-front trial with the best rank IC
+TUNE_METRICS = {
+    "valid_loss": ("valid_loss",),
+    "valid_rank_ic": ("valid_rank_ic",),
+    "both": ("valid_loss", "valid_rank_ic"),
+}
+DIRECTIONS = {"valid_loss": "minimize", "valid_rank_ic": "maximize"}
 PRUNERS = ("median", "hyperband", "none")
 DEFAULT_JOURNAL = "optuna-journal.log"
 
@@ -111,7 +118,11 @@ class TuneConfig(TrainConfig):
     timeout: float = opt(0.0, "seconds for this invocation (0 = no limit)")
     study_name: str = opt("", "default: <model>-<data folder name>")
     storage: str = opt("", f"Optuna storage: a journal file (default {DEFAULT_JOURNAL}) or an RDB URL")
-    metric: str = opt("valid_loss", "what the study optimises (on validation data)", tuple(TUNE_METRICS))
+    metric: str = opt(
+        "valid_loss",
+        "what the study optimises on validation data (both: valid_loss and valid_rank_ic)",
+        tuple(TUNE_METRICS),
+    )
     pruner: str = opt("median", "pruning rule on the per-epoch report", PRUNERS)
     space: str = opt("", "search-space YAML replacing the built-in one (stocklab/spaces/<model>.yaml)")
     register: bool = opt(True, "register the best trial's model as stocklab-<model>")
@@ -167,6 +178,7 @@ class PromoteConfig:
     model: str = opt("lstm", "promote among the versions of stocklab-<model>")
     metric: str = opt("valid_loss_min", "a validation metric of the versions' runs (test data never decides)")
     direction: str = opt("auto", "auto: lower is better for *loss*/*mse* metrics", ("auto", "minimize", "maximize"))
+    force: bool = opt(False, "compare versions trained on different data or label definitions anyway")
 
     experiment: str = opt("", "MLflow experiment (default: stocklab-registry)")
 

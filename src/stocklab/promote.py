@@ -7,7 +7,9 @@ The candidate is the best version of `stocklab-<model>` other than the current c
 `metric` (default the validation loss; read from each version's source run; lower is better
 for *mse*/*loss* metrics, higher otherwise). It takes the alias `champion` only if it beats the
 champion; otherwise it becomes `challenger`. A version that becomes champion stops being
-challenger. The CLI records what changed in an audit run.
+challenger. Test metrics of both are printed side by side but never decide. Versions trained
+on different data (fingerprint) or label definitions (horizon, label_scale, split, max_tickers)
+are not compared unless `force=true`. The CLI records what changed in an audit run.
 """
 
 from __future__ import annotations
@@ -29,6 +31,19 @@ def direction_for(metric: str, direction: str = "auto") -> str:
     return "minimize" if lower_is_better else "maximize"
 
 
+# what must match for two versions' validation metrics to be comparable: the same data and
+# the same label on the same validation days
+COMPARABLE = ("data_fingerprint", "horizon", "label_scale", "split", "max_tickers")
+# shown beside the decision, never used for it
+TEST_METRICS = ("test_mse", "mse_skill", "rank_ic", "ic")
+
+
+def _describe(v, metric: str, score: float, run) -> str:
+    metrics = run.data.metrics if run is not None else {}
+    shown = [f"{metric}={score:.6g}"] + [f"{k}={metrics[k]:.4g}" for k in TEST_METRICS if k in metrics]
+    return f"v{v.version} (" + ", ".join(shown) + ")"
+
+
 def run_promote(cfg: PromoteConfig) -> dict:
     cfg.validate()
     name = registry.registered_name(cfg.model)
@@ -36,12 +51,18 @@ def run_promote(cfg: PromoteConfig) -> dict:
     versions = registry.versions(name)
     if not versions:
         raise StockLabError(f"model: no registered versions of '{name}' (run `tune` first)")
+    runs = {v.version: mlflow.get_run(v.run_id) if v.run_id else None for v in versions}
 
     def score(v) -> float:
-        value = mlflow.get_run(v.run_id).data.metrics.get(cfg.metric) if v.run_id else None
+        run = runs[v.version]
+        value = run.data.metrics.get(cfg.metric) if run else None
         if value is None and cfg.metric in v.tags:
             value = float(v.tags[cfg.metric])
         return float("nan") if value is None else float(value)
+
+    def key(v) -> dict:
+        params = runs[v.version].data.params if runs[v.version] else {}
+        return {k: params.get(k) for k in COMPARABLE}
 
     scored = [(s, v) for s, v in ((score(v), v) for v in versions) if math.isfinite(s)]
     if not scored:
@@ -55,7 +76,18 @@ def run_promote(cfg: PromoteConfig) -> dict:
         print(f"{name}: champion stays v{champ.version}; no other version to compare")
         return {"action": "none", "champion": int(champ.version), "candidate": None}
     best_score, best = min(candidates, key=lambda sv: (sign * sv[0], -int(sv[1].version)))
+    if champ is not None and not cfg.force:
+        differ = {k: (a, b) for k, (a, b) in ((k, (key(champ)[k], key(best)[k])) for k in COMPARABLE) if a != b}
+        if differ:
+            what = ", ".join(f"{k} {a} vs {b}" for k, (a, b) in differ.items())
+            raise StockLabError(
+                f"metric: champion v{champ.version} and candidate v{best.version} were trained on different "
+                f"data or labels ({what}); their {cfg.metric} values are not comparable (-P force=true to compare)"
+            )
     beats = not math.isfinite(champ_score) or sign * best_score < sign * champ_score
+    if champ is not None:  # test metrics side by side, for the reader only
+        print(f"{name}: champion {_describe(champ, cfg.metric, champ_score, runs[champ.version])}")
+    print(f"{name}: candidate {_describe(best, cfg.metric, best_score, runs[best.version])}")
 
     if beats:
         registry.set_alias(name, registry.CHAMPION, best.version)

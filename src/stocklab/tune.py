@@ -25,7 +25,15 @@ import mlflow
 import optuna
 
 from stocklab import registry, tracking
-from stocklab.config import DEFAULT_JOURNAL, TUNE_METRICS, StockLabError, TrainConfig, TuneConfig, with_values
+from stocklab.config import (
+    DEFAULT_JOURNAL,
+    DIRECTIONS,
+    TUNE_METRICS,
+    StockLabError,
+    TrainConfig,
+    TuneConfig,
+    with_values,
+)
 from stocklab.errors import describe, one_line
 from stocklab.models import MODELS
 from stocklab.pipeline import EpochInfo, train_in_run
@@ -57,6 +65,7 @@ def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, study_name: 
     """objective(trial): sample a configuration, train it in a nested MLflow run, return the
     validation metric. The run ends FINISHED, KILLED (pruned) or FAILED (with the reason)."""
     base = cfg.train_config()
+    objectives = TUNE_METRICS[cfg.metric]
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     # the study's values of what is not searched (for `when` conditions on them)
     context = {**dataclasses.asdict(base), **dataclasses.asdict(MODELS[cfg.model][1]), **model_overrides}
@@ -67,7 +76,9 @@ def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, study_name: 
 
         def report(info: EpochInfo) -> None:
             # report what the trial would return if it stopped now: the validation loss of the
-            # kept (best) epoch, or that epoch's rank IC
+            # kept (best) epoch, or that epoch's rank IC (Optuna cannot prune multi-objective trials)
+            if len(objectives) > 1:
+                return
             if cfg.metric == "valid_loss":
                 value = info.valid_loss_min
             else:
@@ -103,7 +114,8 @@ def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, study_name: 
             raise
         mlflow.set_tag("stocklab.trial_state", "COMPLETE")
         mlflow.end_run("FINISHED")
-        return res[RESULT_KEY[cfg.metric]]
+        values = tuple(res[RESULT_KEY[o]] for o in objectives)
+        return values if len(values) > 1 else values[0]
 
     return objective
 
@@ -119,7 +131,7 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
     study = optuna.create_study(
         study_name=study_name,
         storage=make_storage(cfg.storage),
-        direction=TUNE_METRICS[cfg.metric],
+        directions=[DIRECTIONS[o] for o in TUNE_METRICS[cfg.metric]],
         pruner=make_pruner(cfg.pruner, cfg.epochs),
         load_if_exists=True,
     )
@@ -150,8 +162,18 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
     return summary
 
 
+def best_trial(study: optuna.Study, cfg: TuneConfig) -> optuna.trial.FrozenTrial | None:
+    """The trial whose model is registered: the best one, or for `metric=both` the trial of
+    the Pareto front (valid loss vs valid rank IC) with the best validation rank IC."""
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        return None
+    if len(TUNE_METRICS[cfg.metric]) == 1:
+        return study.best_trial
+    return max(study.best_trials, key=lambda t: (t.values[1], -t.number))
+
+
 def _log_study(study: optuna.Study, cfg: TuneConfig) -> dict:
-    """Best params/value, history and importance plots, and the trials table on the parent run."""
+    """Best params/values, history/importance (or Pareto front) plots and the trials table on the parent run."""
     trials = study.trials_dataframe()
     states = trials["state"].value_counts().to_dict() if len(trials) else {}
     mlflow.log_metrics({f"trials_{str(k).lower()}": v for k, v in states.items()})
@@ -159,21 +181,28 @@ def _log_study(study: optuna.Study, cfg: TuneConfig) -> dict:
         path = Path(tmp) / "trials.csv"
         trials.to_csv(path, index=False)
         mlflow.log_artifact(str(path))
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
+    best = best_trial(study, cfg)
+    if best is None:
         mlflow.set_tag("stocklab.best", "no trial completed")
         return {"best_value": None, "best_run_id": None, "states": states}
-    best = study.best_trial
+    objectives = TUNE_METRICS[cfg.metric]
     mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
-    mlflow.log_metrics({"best_value": best.value, f"best_{cfg.metric}": best.value, "best_trial": best.number})
+    mlflow.log_metrics({f"best_{o}": v for o, v in zip(objectives, best.values)})
+    mlflow.log_metrics({"best_value": best.values[0], "best_trial": best.number})
+    if len(objectives) > 1:
+        mlflow.log_metric("pareto_front_size", len(study.best_trials))
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
-    for name, plot in [
-        ("optimization_history", ovm.plot_optimization_history),
-        ("param_importances", ovm.plot_param_importances),
-        ("intermediate_values", ovm.plot_intermediate_values),
-    ]:
+    if len(objectives) == 1:
+        plots = [
+            ("optimization_history", ovm.plot_optimization_history),
+            ("param_importances", ovm.plot_param_importances),
+            ("intermediate_values", ovm.plot_intermediate_values),
+        ]
+    else:
+        plots = [("pareto_front", lambda s: ovm.plot_pareto_front(s, target_names=list(objectives)))]
+    for name, plot in plots:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -185,7 +214,7 @@ def _log_study(study: optuna.Study, cfg: TuneConfig) -> dict:
         finally:
             plt.close("all")
     return {
-        "best_value": best.value,
+        "best_value": best.values[0] if len(best.values) == 1 else tuple(best.values),
         "best_params": best.params,
         "best_trial": best.number,
         "best_run_id": best.user_attrs.get("mlflow_run_id"),
@@ -200,11 +229,12 @@ def register_best(study: optuna.Study, cfg: TuneConfig, run_id: str) -> dict:
     metrics = mlflow.get_run(run_id).data.metrics
     keys = ("valid_loss_min", "valid_mse_min", "valid_rank_ic", "best_epoch", "test_mse", "mse_skill", "rank_ic")
     tags = {k: metrics[k] for k in keys if k in metrics}
-    tags.update(study=study.study_name, trial=study.best_trial.number, metric=cfg.metric)
+    trial = best_trial(study, cfg)
+    tags.update(study=study.study_name, trial=trial.number, metric=cfg.metric)
     version, created = registry.register_run_model(name, run_id, tags)
     mlflow.set_tag("stocklab.registered", f"{name} v{version}")
     if created:
-        print(f"registered {name} version {version} (trial {study.best_trial.number}, run {run_id})")
+        print(f"registered {name} version {version} (trial {trial.number}, run {run_id})")
     else:
         print(f"best trial's model is already {name} version {version}")
     return {"registered_name": name, "registered_version": version}

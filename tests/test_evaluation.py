@@ -109,7 +109,13 @@ def test_tear_sheet_on_synthetic_data(tmp_path):
         files = tear_sheet(df, close, (1, 5, 20), tmp_path / "ts")
     assert not [w for w in caught if "Skipping return periods" in str(w.message)]
     names = {f.name for f in files}
-    assert {"returns.png", "information.png", "turnover.png"} <= names
+    # exactly the three alphalens sheets, each a real figure (not a blank white page)
+    assert {n for n in names if n.endswith(".png")} == {"returns.png", "information.png", "turnover.png"}
+    from PIL import Image
+
+    for n in ("returns.png", "information.png", "turnover.png"):
+        img = np.asarray(Image.open(tmp_path / "ts" / n).convert("L"))
+        assert len(np.unique(img)) > 50 and img.shape[0] > 1000, (n, img.shape)
     assert {"information_table.csv", "returns_table.csv", "turnover_table.csv"} <= names
     info = pd.read_csv(tmp_path / "ts" / "information_table.csv", index_col=0)
     assert list(info.index) == ["1D", "5D", "20D"] and info.loc["5D", "IC Mean"] > 0.5

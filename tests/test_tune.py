@@ -85,6 +85,13 @@ def test_tune_study_end_to_end_then_promote_and_predict(tmp_path, tracking):
         a.path for a in client.list_artifacts(parent_id, "plots")
     }
     assert {"trials.csv", "plots/optimization_history.png", "plots/param_importances.png"} <= arts
+    # the best trial (the registered model) has its tear sheet; the other trials skip it
+    best_run = study.best_trial.user_attrs["mlflow_run_id"]
+    sheets = {a.path for a in client.list_artifacts(best_run, "tearsheet")}
+    assert {"tearsheet/returns.png", "tearsheet/information.png", "tearsheet/turnover.png"} <= sheets
+    assert not client.list_artifacts(
+        children.loc["1" if best_run == children.loc["0", "run_id"] else "0", "run_id"], "tearsheet"
+    )
     versions = client.search_model_versions("name='stocklab-lstm'")
     assert len(versions) == 1 and versions[0].run_id == study.best_trial.user_attrs["mlflow_run_id"]
     assert float(versions[0].tags["valid_loss_min"]) == pytest.approx(study.best_value)

@@ -102,8 +102,10 @@ def trading_calendar(dates: pd.DatetimeIndex) -> pd.DatetimeIndex:
 
 def _save_open_figures(outdir: Path, stem: str) -> list[Path]:
     paths = []
-    for i, num in enumerate(plt.get_fignums()):
-        fig = plt.figure(num)
+    # alphalens leaves an empty figure (no axes) open beside each sheet: saving it gave a blank
+    # white PNG under the sheet's own name, so only figures with axes are saved
+    figures = [plt.figure(num) for num in plt.get_fignums()]
+    for i, fig in enumerate(f for f in figures if f.axes):
         path = outdir / (f"{stem}.png" if i == 0 else f"{stem}_{i + 1}.png")
         fig.savefig(path, dpi=80, bbox_inches="tight")
         paths.append(path)

@@ -274,14 +274,35 @@ def evaluate_split(model, prep: Prepared, cfg: TrainConfig, split: str, tear_she
         if skipped:
             mlflow.set_tag("factor_metrics_skipped", skipped)
         elif tear_sheet:
-            close = pd.DataFrame(prep.panel.close.T, index=prep.panel.dates, columns=prep.panel.tickers)
             try:
-                evaluation.tear_sheet(df, close, (1, 5, cfg.horizon), out / "tearsheet")
-                mlflow.log_artifacts(str(out / "tearsheet"), "tearsheet")
+                _log_tear_sheet(df, prep, cfg.horizon, mlflow.log_artifacts)
             except Exception as e:  # noqa: BLE001 - a tear sheet must never lose the run
                 mlflow.set_tag("tearsheet_error", tracking.describe(e, 400))
     mlflow.log_metrics(metrics)
     return metrics
+
+
+def _log_tear_sheet(df: pd.DataFrame, prep: Prepared, horizon: int, log_dir) -> None:
+    """alphalens tear sheet of a predictions frame -> `log_dir(local_dir, "tearsheet")`."""
+    close = pd.DataFrame(prep.panel.close.T, index=prep.panel.dates, columns=prep.panel.tickers)
+    with tempfile.TemporaryDirectory() as tmp:
+        evaluation.tear_sheet(df, close, (1, 5, horizon), Path(tmp))
+        log_dir(tmp, "tearsheet")
+
+
+def add_tear_sheet(run_id: str, cache_dir: str = ".stocklab_cache") -> bool:
+    """Give a finished run's logged model its test-split tear sheet (the tuner skips it for
+    every trial and adds it to the registered one). Rebuilds the inputs from the model's
+    Bundle through `prepare`, like `evaluate`. False when the cross-section is too small."""
+    model, bundle = load_model_bundle(f"runs:/{run_id}/model")
+    tcfg = bundle.train_config(cache_dir=cache_dir)
+    prep = prepare(tcfg, "cpu", bundle)
+    df = predictions_frame(model, prep.ws, "test", tcfg.eval_batch_size)
+    if evaluation.factor_metrics(df, tcfg.label_scale)[1]:
+        return False
+    client = mlflow.MlflowClient()
+    _log_tear_sheet(df, prep, tcfg.horizon, lambda local, path: client.log_artifacts(run_id, local, path))
+    return True
 
 
 @dataclass

@@ -36,7 +36,7 @@ from stocklab.config import (
 )
 from stocklab.errors import describe, one_line
 from stocklab.models import MODELS
-from stocklab.pipeline import EpochInfo, train_in_run
+from stocklab.pipeline import EpochInfo, add_tear_sheet, train_in_run
 from stocklab.spaces import load_space, suggest
 
 # what each study metric reads from a finished trial's results (both are validation-only)
@@ -157,8 +157,15 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
             )
         summary = _log_study(study, cfg)
         summary["parent_run_id"] = parent.info.run_id
-        if cfg.register and summary.get("best_run_id"):
-            summary.update(register_best(study, cfg, summary["best_run_id"]))
+        best_run = summary.get("best_run_id")
+        if best_run and not mlflow.MlflowClient().list_artifacts(best_run, "tearsheet"):
+            # trials skip the tear sheet (seconds each); the model a study picks gets one
+            try:
+                add_tear_sheet(best_run, cfg.cache_dir)
+            except Exception as e:  # noqa: BLE001 - a tear sheet must never lose the study
+                mlflow.MlflowClient().set_tag(best_run, "tearsheet_error", describe(e, 400))
+        if cfg.register and best_run:
+            summary.update(register_best(study, cfg, best_run))
     return summary
 
 

@@ -38,12 +38,19 @@ LAUNCHER = "launcher"
 
 
 def use_experiment(name: str) -> str:
-    """Make `name` the active experiment (created if needed) and return its id. New
-    experiments are marked as model-training experiments, so the MLflow 3 UI opens them in its
-    runs view instead of the GenAI one."""
-    exp = mlflow.set_experiment(name)
+    """The id of experiment `name` (created if needed; no process-wide "active experiment" is
+    set). Experiments are marked as model-training experiments, so the MLflow 3 UI opens them
+    in its runs view instead of the GenAI one."""
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            exp_id = client.create_experiment(name)
+        except mlflow.exceptions.MlflowException:  # another worker created it meanwhile
+            exp_id = client.get_experiment_by_name(name).experiment_id
+        exp = client.get_experiment(exp_id)
     if "mlflow.experimentKind" not in (exp.tags or {}):
-        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", "custom_model_development")
+        client.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", "custom_model_development")
     return exp.experiment_id
 
 
@@ -67,8 +74,7 @@ def job_run(experiment: str, explicit: bool = False, run_name: str | None = None
             return
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # this process's runs go elsewhere
             os.environ.pop(var, None)
-    use_experiment(experiment)
-    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+    with mlflow.start_run(experiment_id=use_experiment(experiment), run_name=run_name, tags=tags) as run:
         if launcher:
             client = mlflow.MlflowClient()
             client.set_tag(launcher, "stocklab.role", LAUNCHER)

@@ -158,7 +158,8 @@ def prepare(cfg: TrainConfig, device="cpu", bundle: Bundle | None = None, *, lab
     if cfg.max_tickers:
         keep = sorted(raw["ticker"].unique())[: cfg.max_tickers]
         raw = raw[raw["ticker"].isin(keep)]
-    dataset = _dataset(raw, cfg, report)
+    # only a training run logs its input; scoring a logged model does not need the digest
+    dataset = _dataset(raw, cfg, report) if bundle is None else None
     universe = bundle.ticker_universe if bundle is not None else None
     panel = build_panel(raw, features, cfg.horizon, cfg.label_scale, cfg.return_period, universe=universe)
     del raw

@@ -24,6 +24,8 @@ from stocklab.windows import WindowSet
 
 def _shape(name: str) -> tuple[int, int]:
     """(seq_len, n_features) a model is tested with: cnn_ta reads the 15x15 indicator image."""
+    if name == "factor":  # 12-1 momentum: a year of raw ohlcv bars
+        return 253, 7
     return (1, 225) if name == "cnn_ta" else (10, 3)
 
 
@@ -31,7 +33,7 @@ def _shape(name: str) -> tuple[int, int]:
 def test_output_shape(name):
     seq_len, n_features = _shape(name)
     model = build_model(name, n_features, seq_len, model_config(name)).eval()
-    out = model(torch.randn(4, seq_len, n_features))
+    out = model(torch.rand(4, seq_len, n_features) + 1.0)  # positive, like prices
     assert out.shape == (4,) and torch.isfinite(out).all()
 
 

@@ -22,6 +22,7 @@ __all__ = ["StockLabError"]  # re-exported: older imports read it from here
 FEATURE_SETS = ("auto", "ohlcv", "returns", "relative", "technical")
 SCALERS = ("standard", "minmax", "standard_ticker", "minmax_ticker", "none")
 DEVICES = ("auto", "cpu", "cuda")
+WALKS = ("expanding", "sliding")
 # what a study optimises -> its objectives (all on the validation split); "both" is a
 # two-objective study whose registered model is the Pareto-front trial with the best rank IC
 TUNE_METRICS = {
@@ -62,6 +63,8 @@ class TrainConfig:
     seed: int = opt(0, "seed of model init, shuffling and plots")
     label_scale: float = opt(1.0, "multiplies the label (the 2D CNN study tried 1 and 10)")
     split: str = opt("0.6,0.2,0.2", "train,valid,test fractions of the calendar")
+    folds: int = opt(1, "walk-forward: the test fraction cut into K out-of-sample periods, a refit per fold")
+    walk: str = opt("expanding", "walk-forward training span: all earlier days or the initial length", WALKS)
     scaler: str = opt("standard", "feature scaling, fit on the training days only", SCALERS)
     max_tickers: int = opt(0, "use the first N tickers in name order (0 = all)")
     device: str = opt("auto", "where to train", DEVICES)
@@ -96,6 +99,7 @@ class TrainConfig:
             (self.label_scale > 0, "label_scale", "must be > 0"),
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.max_tickers >= 0, "max_tickers", "must be >= 0"),
+            (self.folds >= 1, "folds", "must be >= 1"),
         ]
         for ok, name, problem in checks:
             if not ok:
@@ -189,8 +193,8 @@ class PromoteConfig:
 
 @dataclass
 class BenchmarkConfig:
-    suite: str = opt("speed", "what to measure", ("speed",))
-    data: str = opt("../shared/data/sp500_5yr", "real bars for (a) and (b); or 'sample'")
+    suite: str = opt("speed", "speed: pipeline vs source; models: every model and baseline", ("speed", "models"))
+    data: str = opt("../shared/data/sp500_5yr", "real bars (speed: (a) and (b)); or 'sample'")
     n_tickers: int = opt(20, "tickers for (a) and (b): the naive loop is slow")
     seq_len: int = opt(96, "window length")
     batch_size: int = opt(1024, "the project's training batch in (b), (c)")
@@ -199,7 +203,16 @@ class BenchmarkConfig:
     seed000_tickers: int = opt(514, "tickers of the synthetic seed000 panel")
     seed000_days: int = opt(3500, "days of the synthetic seed000 panel")
     device: str = opt("auto", "where to run", DEVICES)
-    output: str = opt("speed.json", "where to write the results")
+    output: str = opt("speed.json", "speed: where to write the results")
+    # suite=models: every preset, every catalogue model at its defaults and every baseline
+    models: str = opt("", "models: comma-separated entries to run (e.g. lstm,factor-momentum_12_1; default all)")
+    model_tickers: int = opt(60, "models: tickers (first N by name; 0 = all)")
+    epochs: int = opt(3, "models: maximum epochs per fit (presets' own epochs are capped to it)")
+    seeds: int = opt(3, "models: seeds per trained model (deterministic baselines run once)")
+    folds: int = opt(3, "models: walk-forward folds")
+    walk: str = opt("expanding", "models: walk-forward training span", WALKS)
+    split: str = opt("0.5,0.2,0.3", "models: initial train,valid fractions and the out-of-sample fraction")
+    report: str = opt("reports/models.md", "models: the report (its plots go beside it)")
 
     experiment: str = opt("", "MLflow experiment (default: stocklab-benchmark)")
 

@@ -30,9 +30,18 @@ from stocklab import evaluation, indicators, tracking
 from stocklab.config import StockLabError, TrainConfig
 from stocklab.data import DataReport, load_panel
 from stocklab.features import Panel, build_panel, resolve_feature_set
-from stocklab.models import build_model, model_config
+from stocklab.models import build_model, fixed_inputs, model_config
 from stocklab.training import History, configure_cpu_threads, eval_mode, fit, predict, resolve_device, set_seed
-from stocklab.windows import Scaler, WindowSet, drop_short_tickers, select_tickers, split_bounds, window_span
+from stocklab.windows import (
+    Fold,
+    Scaler,
+    WindowSet,
+    drop_short_tickers,
+    select_tickers,
+    split_bounds,
+    walk_forward_folds,
+    window_span,
+)
 
 BUNDLE_FILE = "preprocess.json"  # inside the logged model's directory (extra_files)
 BUNDLE_ARTIFACT = "model_bundle/preprocess.json"  # the same, as a run artifact for the UI
@@ -55,6 +64,8 @@ class Bundle:
     return_period: int = 1
     label_scale: float = 1.0
     split: str = "0.6,0.2,0.2"
+    folds: int = 1  # the model is the last walk-forward fold's: scoring uses that fold's splits
+    walk: str = "expanding"
     class_cuts: list[float] = field(default_factory=list)  # sell/hold/buy cuts (classifiers)
     data: str = ""  # the training data as given (`evaluate` scores it by default)
     data_fingerprint: str = ""
@@ -77,6 +88,8 @@ class Bundle:
             return_period=cfg.return_period,
             label_scale=cfg.label_scale,
             split=cfg.split,
+            folds=cfg.folds,
+            walk=cfg.walk,
             class_cuts=prep.ws.class_cuts.tolist(),
             data=cfg.data,
             data_fingerprint=prep.report.fingerprint,
@@ -109,6 +122,8 @@ class Bundle:
             return_period=self.return_period,
             label_scale=self.label_scale,
             split=self.split,
+            folds=self.folds,
+            walk=self.walk,
             max_tickers=self.max_tickers,
             seed=self.seed,
             scaler=self.scaler.kind,
@@ -122,7 +137,7 @@ class Prepared:
     """Everything between raw files and the trainer. `panel.X` holds the *scaled* features
     (NaN -> 0) once the WindowSet is built: it is the array behind `ws.X` on CPU."""
 
-    ws: WindowSet
+    ws: WindowSet | None  # None until `with_windows` builds one
     panel: Panel
     report: DataReport
     features: str
@@ -149,7 +164,25 @@ def prepare(cfg: TrainConfig, device="cpu", bundle: Bundle | None = None, *, lab
     image, the indicator order. Scoring a logged model passes its `bundle`, which fixes the
     feature set, the column order and the scaler (a per-ticker scaler keeps the tickers it knows).
     `labels=False` builds a prediction-only set (no split; a ticker needs one window, no label).
+    With walk-forward folds the splits are the last fold's (the one a logged model was fit on).
     """
+    prep = load_inputs(cfg, bundle, labels=labels)
+    fold = folds_of(cfg, len(prep.panel.dates))[-1] if labels else None
+    scaler = bundle.scaler if bundle is not None else None
+    if scaler is not None and scaler.per_ticker:
+        scaler = scaler.rows([bundle.tickers.index(t) for t in prep.panel.tickers])
+    # this panel is ours: the WindowSet scales its X in place rather than keeping a second copy
+    return with_windows(prep, cfg, device, fold, scaler, in_place=True)
+
+
+def folds_of(cfg: TrainConfig, n_days: int) -> list[Fold]:
+    """The walk-forward folds of a configuration (one fold: the plain chronological split)."""
+    return walk_forward_folds(n_days, cfg.split_fractions(), cfg.horizon, cfg.folds, cfg.walk)
+
+
+def load_inputs(cfg: TrainConfig, bundle: Bundle | None = None, *, labels: bool = True) -> Prepared:
+    """Everything before scaling: load -> validate -> features -> tickers -> column order.
+    The returned Prepared has no WindowSet yet (`with_windows` adds one per fold)."""
     raw, report = load_panel(cfg.data, cfg.cache_dir)
     if bundle is None:
         features = resolve_feature_set(cfg.features, report.columns, cfg.model)
@@ -165,10 +198,9 @@ def prepare(cfg: TrainConfig, device="cpu", bundle: Bundle | None = None, *, lab
     del raw
     universe = universe or list(panel.tickers)
 
-    scaler = bundle.scaler if bundle is not None else None
-    if scaler is not None and scaler.per_ticker:
+    if bundle is not None and bundle.scaler.per_ticker:
         # a per-ticker scaler has rows for the training tickers only: score those
-        known = {t: i for i, t in enumerate(bundle.tickers)}
+        known = set(bundle.tickers)
         keep = np.array([t in known for t in panel.tickers])
         report.dropped["unknown_tickers"] = int((~keep).sum())
         if not keep.any():
@@ -176,12 +208,11 @@ def prepare(cfg: TrainConfig, device="cpu", bundle: Bundle | None = None, *, lab
         panel = select_tickers(panel, keep)
     span = window_span(cfg.seq_len, cfg.window_stride)
     panel, report.dropped["short_tickers"] = drop_short_tickers(panel, span, cfg.horizon if labels else 0)
-    if scaler is not None and scaler.per_ticker:
-        scaler = scaler.rows([known[t] for t in panel.tickers])
 
     feature_names = bundle.feature_names if bundle is not None else None
     if feature_names is None and features == "technical":
-        # image rows ordered by clustering the indicators' correlations on the training days only
+        # image rows ordered by clustering the indicators' correlations on the initial training
+        # span only (before every walk-forward fold's validation and test days)
         order = indicators.cluster_order(panel.X, split_bounds(len(panel.dates), cfg.split_fractions())[0])
         feature_names = indicators.feature_names(order)
     if feature_names is not None and feature_names != panel.feature_names:
@@ -192,26 +223,34 @@ def prepare(cfg: TrainConfig, device="cpu", bundle: Bundle | None = None, *, lab
         for i in range(len(panel.X)):  # one ticker at a time: one panel in memory, not two
             panel.X[i] = panel.X[i][:, cols]
         panel = dataclasses.replace(panel, feature_names=list(feature_names))
+    return Prepared(None, panel, report, features, universe, dataset)
 
-    # this panel is ours: the WindowSet scales its X in place rather than keeping a second copy
+
+def with_windows(
+    prep: Prepared, cfg: TrainConfig, device, fold: Fold | None, scaler: Scaler | None = None, in_place: bool = False
+) -> Prepared:
+    """`prep` with a WindowSet for one fold (scaler fit on that fold's training span unless
+    given). `in_place` scales the panel itself (one fold only); otherwise each fold scales a
+    copy and the raw panel stays for the next fold. `fold=None`: prediction-only windows."""
     ws = WindowSet(
-        panel,
+        prep.panel,
         cfg.seq_len,
         cfg.horizon,
-        cfg.split_fractions() if labels else None,
+        fold,
         cfg.scaler,
         device,
         scaler,
         cfg.window_stride,
-        scale_in_place=True,
+        scale_in_place=in_place,
     )
     for split in ws.ranges:
         if ws.size(split) == 0:
+            where = f" in fold {fold.index + 1} of {cfg.folds}" if cfg.folds > 1 else ""
             raise StockLabError(
-                f"data: the {split} split has no complete windows (seq_len={cfg.seq_len}, "
+                f"data: the {split} split has no complete windows{where} (seq_len={cfg.seq_len}, "
                 f"horizon={cfg.horizon}, split={cfg.split}); use more data or shorter windows"
             )
-    return Prepared(ws, panel, report, features, universe, dataset)
+    return dataclasses.replace(prep, ws=ws)
 
 
 def latest_windows(prep: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,19 +292,29 @@ def mse_of(df: pd.DataFrame) -> float:
     return float(np.mean(err**2)) if len(err) else float("nan")
 
 
-def evaluate_split(model, prep: Prepared, cfg: TrainConfig, split: str, tear_sheet: bool = True) -> dict:
-    """Score one split and log it to the active run: MSE vs the zero forecast, factor metrics,
-    predictions.parquet, prediction-vs-actual plots and the alphalens tear sheet."""
-    df = predictions_frame(model, prep.ws, split, cfg.eval_batch_size)
+def split_metrics(df: pd.DataFrame, ws: WindowSet, label_scale: float) -> tuple[dict, str | None]:
+    """A scored split's metrics: MSE against the zero forecast (`mse_skill`) and against the
+    training-mean forecast (`mse_skill_mean`: the mean of the fold's training labels), and the
+    factor metrics. Returns (metrics, why the factor metrics were skipped or None)."""
     split_mse = mse_of(df)
-    naive_mse = float(np.mean(df["label"].to_numpy(np.float64) ** 2))  # the zero forecast
+    label = df["label"].to_numpy(np.float64)
+    naive_mse = float(np.mean(label**2)) if len(label) else float("nan")  # the zero forecast
+    train = ws.index.get("train")
+    train_mean = float(ws.y[train].double().mean()) if train is not None and train[0].numel() else 0.0
+    mean_mse = float(np.mean((label - train_mean) ** 2)) if len(label) else float("nan")
     metrics = {
-        f"{split}_mse": split_mse,
+        "test_mse": split_mse,
         "naive_mse": naive_mse,
         "mse_skill": split_mse / naive_mse if naive_mse > 0 else float("nan"),
+        "mse_skill_mean": split_mse / mean_mse if mean_mse > 0 else float("nan"),
     }
-    factor, skipped = evaluation.factor_metrics(df, cfg.label_scale)
+    factor, skipped = evaluation.factor_metrics(df, label_scale)
     metrics.update(factor)
+    return metrics, skipped
+
+
+def log_split_artifacts(df: pd.DataFrame, prep: Prepared, cfg: TrainConfig, skipped, tear_sheet: bool) -> None:
+    """predictions.parquet, prediction-vs-actual plots and the alphalens tear sheet -> active run."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         df.to_parquet(out / "predictions.parquet", index=False)
@@ -279,6 +328,15 @@ def evaluate_split(model, prep: Prepared, cfg: TrainConfig, split: str, tear_she
                 _log_tear_sheet(df, prep, cfg.horizon, mlflow.log_artifacts)
             except Exception as e:  # noqa: BLE001 - a tear sheet must never lose the run
                 mlflow.set_tag("tearsheet_error", tracking.describe(e, 400))
+
+
+def evaluate_split(model, prep: Prepared, cfg: TrainConfig, split: str, tear_sheet: bool = True) -> dict:
+    """Score one split and log it to the active run: MSE skill vs the zero and the training-mean
+    forecasts, factor metrics, predictions.parquet, plots and the alphalens tear sheet."""
+    df = predictions_frame(model, prep.ws, split, cfg.eval_batch_size)
+    metrics, skipped = split_metrics(df, prep.ws, cfg.label_scale)
+    metrics[f"{split}_mse"] = metrics.pop("test_mse")
+    log_split_artifacts(df, prep, cfg, skipped, tear_sheet)
     mlflow.log_metrics(metrics)
     return metrics
 
@@ -316,6 +374,80 @@ class EpochInfo:
     best_epoch: int  # epoch of the lowest validation loss so far (its weights are kept)
     valid_loss_min: float
     valid_rank_ic: Callable[[], float]  # rank IC of the current weights on the validation split
+    fold: int = 0  # walk-forward fold (0-based)
+    step: int = 0  # epoch counted across folds: fold * epochs + epoch (Optuna's report step)
+
+
+# per-fold metrics summarised as mean and standard deviation over the folds
+FOLD_SUMMARY = (
+    "rank_ic", "ic", "icir", "ic_tstat", "hit_rate", "spread_q5_q1", "mse_skill", "mse_skill_mean",
+    "test_mse", "valid_loss_min", "valid_rank_ic", "valid_mse_min",
+)  # fmt: skip
+
+
+@dataclass
+class FoldResult:
+    model: torch.nn.Module | None
+    prep: Prepared | None
+    hist: History
+    test: pd.DataFrame  # the fold's out-of-sample predictions
+    metrics: dict
+    skipped: str | None
+
+
+def _fit_fold(cfg, mcfg, prep: Prepared, on_epoch, prefix: str) -> FoldResult:
+    """Fit a fresh model on one fold's training span, early-stop on its validation span and
+    score its test period. Per-epoch losses go to the active run as `<prefix>train_loss`."""
+    ws, fold = prep.ws, prep.ws.fold
+    set_seed(cfg.seed)  # every fold starts from the same initialisation
+    model = build_model(cfg.model, ws.n_features, cfg.seq_len, mcfg)
+
+    def valid_rank_ic() -> float:
+        return rank_ic_of(predictions_frame(model, ws, "valid", cfg.eval_batch_size))
+
+    def log_epoch(epoch: int, train_loss: float, valid_loss: float, hist: History) -> None:
+        mlflow.log_metrics({f"{prefix}train_loss": train_loss, f"{prefix}valid_loss": valid_loss}, step=epoch)
+        if on_epoch is not None:
+            step = fold.index * cfg.epochs + epoch
+            info = EpochInfo(epoch, train_loss, valid_loss, hist.best_epoch, hist.best_valid, valid_rank_ic)
+            on_epoch(dataclasses.replace(info, fold=fold.index, step=step))
+
+    hist = fit(model, ws, cfg, on_epoch=log_epoch)  # restores the best epoch's weights
+    valid = predictions_frame(model, ws, "valid", cfg.eval_batch_size)
+    test = predictions_frame(model, ws, "test", cfg.eval_batch_size)
+    metrics, skipped = split_metrics(test, ws, cfg.label_scale)
+    metrics.update(
+        {
+            "valid_loss_min": hist.best_valid,  # the early-stopping objective (see training.batch_loss)
+            "valid_rank_ic": rank_ic_of(valid),
+            "best_epoch": hist.best_epoch,
+            "train_time_s": hist.train_time_s,
+            "train_samples_per_s": hist.samples_per_s,
+            "epochs_run": len(hist.train_loss),
+            "n_train": ws.size("train"),
+            "n_test": ws.size("test"),
+        }
+    )
+    if getattr(model, "target", "regression") in ("regression", "sequence"):
+        # the selected model's forecast vs the label: for regressors the objective itself, for
+        # seq2seq the last step's error (its objective averages every step of the window)
+        metrics["valid_mse_min"] = mse_of(valid)
+    return FoldResult(model, prep, hist, test, metrics, skipped)
+
+
+def summarise_folds(per_fold: list[dict]) -> dict:
+    """Means over folds (and `<key>_std` for FOLD_SUMMARY keys); times and sizes are totals."""
+    frame = pd.DataFrame(per_fold)
+    out = {}
+    for key in frame.columns:
+        values = frame[key].astype(float)
+        if key in ("train_time_s", "epochs_run", "n_train", "n_test"):
+            out[key] = float(values.sum())
+        else:
+            out[key] = float(values.mean())
+            if key in FOLD_SUMMARY:
+                out[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
 
 
 def train_in_run(
@@ -327,27 +459,30 @@ def train_in_run(
     """Train one model and log params, per-epoch losses, metrics, plots and the model with its
     Bundle to the *active* MLflow run (the caller opens it and decides how it ends).
 
+    With `cfg.folds` > 1 the model is refit on every walk-forward fold (scaler included): each
+    fold's metrics are logged as `fold/<metric>` with step = fold, the run's metrics are their
+    means (`<metric>_std` their spread), predictions.parquet and the tear sheet cover the
+    concatenated out-of-sample periods, and the logged model is the last fold's.
     `on_epoch(EpochInfo)` runs after every epoch; it may raise (e.g. optuna.TrialPruned) to stop.
     """
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError("train_in_run needs an active MLflow run")
-    cfg.validate()
     mcfg = model_config(cfg.model, model_overrides)
+    cfg = dataclasses.replace(cfg, **fixed_inputs(cfg.model, mcfg))  # a factor's raw bars and look-back
+    cfg.validate()
     configure_cpu_threads()
     device = resolve_device(cfg.device)
-    prep = prepare(cfg, device)
-    ws = prep.ws
+    base = load_inputs(cfg)
+    folds = folds_of(cfg, len(base.panel.dates))
+    walk = len(folds) > 1
     effective = tracking.config_params(cfg, mcfg)
     differs = tracking.log_params_once(
         {
             **effective,
-            "features_resolved": prep.features,
-            "n_features": ws.n_features,
-            "n_train": ws.size("train"),
-            "n_valid": ws.size("valid"),
-            "n_test": ws.size("test"),
-            **tracking.dataset_params(prep.report),
+            "features_resolved": base.features,
+            "n_features": len(base.panel.feature_names),
+            **tracking.dataset_params(base.report),
             **tracking.environment_params(device),
         }
     )
@@ -355,50 +490,56 @@ def train_in_run(
         {
             "stocklab.model": cfg.model,
             "stocklab.preset": cfg.preset or "none",
-            "stocklab.data_fingerprint": prep.report.fingerprint[:16],
+            "stocklab.data_fingerprint": base.report.fingerprint[:16],
         }
     )
-    if prep.dataset is not None:
-        mlflow.log_input(prep.dataset, context="training")
-    tracking.log_json(prep.report.to_dict(), "data_report.json")
+    if base.dataset is not None:
+        mlflow.log_input(base.dataset, context="training")
+    tracking.log_json(base.report.to_dict(), "data_report.json")
     tracking.log_json(effective, "config.json")  # the effective configuration
     if differs:  # a value logged before this code ran (e.g. by `mlflow run`) is not what was trained
         mlflow.set_tag("stocklab.effective_params", ", ".join(f"{k}={v}" for k, v in differs.items())[:5000])
 
-    set_seed(cfg.seed)
-    model = build_model(cfg.model, ws.n_features, cfg.seq_len, mcfg)
-    n_params = sum(p.numel() for p in model.parameters())
-    mlflow.log_param("n_params", n_params)
+    results: list[FoldResult] = []
+    for fold in folds:
+        # one fold scales the panel in place; walk-forward folds each scale a copy of the raw one
+        prep = with_windows(base, cfg, device, fold, in_place=not walk)
+        res = _fit_fold(cfg, mcfg, prep, on_epoch, f"fold_{fold.index + 1}/" if walk else "")
+        if fold.index == 0:
+            mlflow.log_param("n_params", sum(p.numel() for p in res.model.parameters()))
+        if walk:
+            fold_metrics = {f"fold/{k}": v for k, v in res.metrics.items() if np.isfinite(v)}
+            dates = prep.panel.dates
+            fold_metrics["fold/test_start_ordinal"] = float(dates[fold.test_start].toordinal())
+            mlflow.log_metrics(fold_metrics, step=fold.index + 1)
+            h = res.hist
+            curve = tracking.loss_curve(h.train_loss, h.valid_loss, h.best_epoch, _objective(res.model))
+            tracking.log_figure(curve, f"plots/loss_curve_fold_{fold.index + 1}.png")
+        if fold is not folds[-1]:
+            res.prep = res.model = None  # a fold's scaled panel copy is not kept once it is scored
+        results.append(res)
+    last = results[-1]
+    model, prep, ws = last.model, last.prep, last.prep.ws
 
-    def valid_rank_ic() -> float:
-        return rank_ic_of(predictions_frame(model, ws, "valid", cfg.eval_batch_size))
+    if walk:
+        metrics = summarise_folds([r.metrics for r in results])
+        test = pd.concat([r.test for r in results], ignore_index=True)
+        skipped = next((r.skipped for r in results if r.skipped), None)
+        if not skipped:
+            # the concatenated out-of-sample periods judged as one factor (what the tear sheet shows)
+            oos, skipped = evaluation.factor_metrics(test, cfg.label_scale)
+            keep = ("rank_ic", "icir", "ic_tstat", "spread_q5_q1")
+            metrics.update({f"oos_{k}": v for k, v in oos.items() if k in keep})
+    else:
+        metrics, test, skipped = dict(last.metrics), last.test, last.skipped
+        tracking.log_figure(
+            tracking.loss_curve(last.hist.train_loss, last.hist.valid_loss, last.hist.best_epoch, _objective(model)),
+            "plots/loss_curve.png",
+        )
+        mlflow.log_params({"n_train": ws.size("train"), "n_valid": ws.size("valid"), "n_test": ws.size("test")})
+    log_split_artifacts(test, prep, cfg, skipped, tear_sheet)
+    mlflow.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, str)})
 
-    def log_epoch(epoch: int, train_loss: float, valid_loss: float, hist: History) -> None:
-        mlflow.log_metrics({"train_loss": train_loss, "valid_loss": valid_loss}, step=epoch)
-        if on_epoch is not None:
-            on_epoch(EpochInfo(epoch, train_loss, valid_loss, hist.best_epoch, hist.best_valid, valid_rank_ic))
-
-    hist = fit(model, ws, cfg, on_epoch=log_epoch)  # restores the best epoch's weights
-
-    valid = predictions_frame(model, ws, "valid", cfg.eval_batch_size)
-    metrics = {
-        **evaluate_split(model, prep, cfg, "test", tear_sheet=tear_sheet),
-        "valid_loss_min": hist.best_valid,  # the early-stopping objective (see training.batch_loss)
-        "valid_rank_ic": rank_ic_of(valid),
-        "best_epoch": hist.best_epoch,
-        "train_time_s": hist.train_time_s,
-        "train_samples_per_s": hist.samples_per_s,
-        "epochs_run": len(hist.train_loss),
-    }
-    if getattr(model, "target", "regression") in ("regression", "sequence"):
-        # the selected model's forecast vs the label: for regressors the objective itself, for
-        # seq2seq the last step's error (its objective averages every step of the window)
-        metrics["valid_mse_min"] = mse_of(valid)
-    mlflow.log_metrics(metrics)
-    objective = "cross-entropy" if getattr(model, "target", "") == "classes" else "MSE"
-    tracking.log_figure(
-        tracking.loss_curve(hist.train_loss, hist.valid_loss, hist.best_epoch, objective), "plots/loss_curve.png"
-    )
     if hasattr(model, "attention_weights"):
         n, t = (a[:8] for a in ws.index["test"])
         with torch.no_grad():
@@ -410,7 +551,12 @@ def train_in_run(
     n, t = (a[:2] for a in ws.index["test"])
     example = ws.gather(n, t).cpu().numpy()  # (2, T, F): batch > 1 keeps the batch dim dynamic
     tracking.log_model(model, example, bundle, BUNDLE_FILE)
+    n_params = sum(p.numel() for p in model.parameters())
     return {"run_id": run.info.run_id, **metrics, "n_params": n_params}
+
+
+def _objective(model) -> str:
+    return "cross-entropy" if getattr(model, "target", "") == "classes" else "MSE"
 
 
 def load_model_bundle(model_uri: str):

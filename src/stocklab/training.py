@@ -185,6 +185,8 @@ def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallba
             best_state = copy.deepcopy(model.state_dict())
         if on_epoch is not None:  # after the update: the hook sees this epoch's best-so-far
             on_epoch(epoch, train_loss, valid_loss, hist)
+        if opt is None:  # nothing to fit (a factor, the zero forecast): one scoring pass is all
+            break
         if not improved and epoch - hist.best_epoch >= cfg.patience:
             break
     hist.train_time_s = time.perf_counter() - start

@@ -72,22 +72,26 @@ def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, study_name: 
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space, context)
-        best_ic: dict[int, float] = {}  # rank IC of the best-loss epoch, computed once per new best
+        best_ic: dict[tuple[int, int], float] = {}  # (fold, best-loss epoch) -> its rank IC, once each
 
         def report(info: EpochInfo) -> None:
             # report what the trial would return if it stopped now: the validation loss of the
             # kept (best) epoch, or that epoch's rank IC (Optuna cannot prune multi-objective trials)
             if len(objectives) > 1:
                 return
+            # with walk-forward folds the step counts epochs across folds, so trials are compared
+            # on the same fold at the same epoch
             if cfg.metric == "valid_loss":
                 value = info.valid_loss_min
             else:
-                if info.best_epoch not in best_ic and info.best_epoch == info.epoch:
-                    best_ic[info.best_epoch] = info.valid_rank_ic()
-                value = best_ic.get(info.best_epoch, float("nan"))
-            trial.report(value, info.epoch)
+                key = (info.fold, info.best_epoch)
+                if key not in best_ic and info.best_epoch == info.epoch:
+                    best_ic[key] = info.valid_rank_ic()
+                value = best_ic.get(key, float("nan"))
+            trial.report(value, info.step)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at epoch {info.epoch} ({cfg.metric}={value:.6g})")
+                where = f"fold {info.fold + 1} epoch {info.epoch}" if cfg.folds > 1 else f"epoch {info.epoch}"
+                raise optuna.TrialPruned(f"pruned at {where} ({cfg.metric}={value:.6g})")
 
         tags = {"stocklab.study": study_name, "stocklab.trial": str(trial.number), "stocklab.role": "trial"}
         shown = {**context, **params}
@@ -132,7 +136,7 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
         study_name=study_name,
         storage=make_storage(cfg.storage),
         directions=[DIRECTIONS[o] for o in TUNE_METRICS[cfg.metric]],
-        pruner=make_pruner(cfg.pruner, cfg.epochs),
+        pruner=make_pruner(cfg.pruner, cfg.epochs * cfg.folds),  # steps count epochs across folds
         load_if_exists=True,
     )
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)

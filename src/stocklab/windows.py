@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from stocklab.config import StockLabError
+from stocklab.config import WALKS, StockLabError
 from stocklab.features import Panel
 
 SPLITS = ("train", "valid", "test")
@@ -26,15 +26,69 @@ def split_bounds(n_days: int, fractions: tuple[float, float, float]) -> tuple[in
     return b1, b2
 
 
-def end_day_ranges(n_days: int, fractions, horizon: int) -> dict[str, tuple[int, int]]:
-    """Half-open ranges of window *end* days per split.
+@dataclass(frozen=True)
+class Fold:
+    """One walk-forward fold, as day indices: training span [train_start, valid_start),
+    validation [valid_start, test_start), out-of-sample test [test_start, test_end)."""
 
-    A sample ending on day t has its label on day t + horizon, so train ends `horizon` days
-    before the valid boundary and valid ends `horizon` days before the test boundary: this
-    embargo keeps every label window inside its own split.
+    index: int
+    train_start: int
+    valid_start: int
+    test_start: int
+    test_end: int
+    n_days: int
+
+    def end_day_ranges(self, horizon: int) -> dict[str, tuple[int, int]]:
+        """Half-open ranges of window *end* days per split.
+
+        A sample ending on day t has its label on day t + horizon, so train ends `horizon` days
+        before the valid boundary and valid ends `horizon` days before the test boundary: this
+        embargo keeps every label of a fitting window before the test period. Test windows end
+        inside their own period (their labels may reach into the next one: that is the outcome
+        being forecast, and no model trained before it has seen it).
+        """
+        return {
+            "train": (self.train_start, self.valid_start - horizon),
+            "valid": (self.valid_start, self.test_start - horizon),
+            "test": (self.test_start, min(self.test_end, self.n_days - horizon)),
+        }
+
+
+def walk_forward_folds(n_days: int, fractions, horizon: int, folds: int = 1, walk: str = "expanding") -> list[Fold]:
+    """The calendar cut into `folds` consecutive out-of-sample periods after an initial span.
+
+    The split's train and valid fractions give the first fold's training and validation spans;
+    the test fraction is cut into `folds` equal periods. Each later fold moves its validation
+    span (same length) to just before its test period; its training span is everything before
+    that (`expanding`) or the initial training length (`sliding`). `folds=1` is the plain
+    chronological split.
     """
+    if folds < 1:
+        raise StockLabError(f"folds: {folds} must be >= 1")
+    if walk not in WALKS:
+        raise StockLabError(f"walk: {walk!r} must be one of {', '.join(WALKS)}")
     b1, b2 = split_bounds(n_days, fractions)
-    return {"train": (0, b1 - horizon), "valid": (b1, b2 - horizon), "test": (b2, n_days - horizon)}
+    train_len, valid_len = b1, b2 - b1
+    starts = [b2 + int(round(k * (n_days - b2) / folds)) for k in range(folds + 1)]
+    out = []
+    for k in range(folds):
+        test_start, test_end = starts[k], starts[k + 1]
+        valid_start = test_start - valid_len
+        train_start = 0 if walk == "expanding" else max(0, valid_start - train_len)
+        out.append(Fold(k, train_start, valid_start, test_start, test_end, n_days))
+    short = [f.index + 1 for f in out if f.end_day_ranges(horizon)["test"][1] <= f.test_start]
+    if short:
+        days = n_days - b2
+        raise StockLabError(
+            f"folds: {folds} folds leave fold {short[0]} without test days ({days} out-of-sample days, "
+            f"horizon={horizon}); use fewer folds or a larger test fraction in split"
+        )
+    return out
+
+
+def end_day_ranges(n_days: int, fractions, horizon: int) -> dict[str, tuple[int, int]]:
+    """Half-open ranges of window end days of the plain chronological split (one fold)."""
+    return walk_forward_folds(n_days, fractions, horizon)[0].end_day_ranges(horizon)
 
 
 @dataclass
@@ -49,10 +103,10 @@ class Scaler:
     scale: np.ndarray
 
     @classmethod
-    def fit(cls, X: np.ndarray, train_end: int, kind: str, skip_cols=()) -> Scaler:
+    def fit(cls, X: np.ndarray, train_end: int, kind: str, skip_cols=(), train_start: int = 0) -> Scaler:
         N, _, F = X.shape
-        train = X[:, :train_end]  # (N, Dtrain, F): only days before the valid boundary
-        if kind == "none" or train_end <= 0:
+        train = X[:, train_start:train_end]  # (N, Dtrain, F): only the training span's days
+        if kind == "none" or train_end <= train_start:
             return cls("none", np.zeros((1, F)), np.ones((1, F)))
         per_ticker = kind.endswith("_ticker")
         axis = 1 if per_ticker else (0, 1)
@@ -74,7 +128,7 @@ class Scaler:
         scale = np.atleast_2d(np.concatenate(scale, axis=-1)).astype(np.float64)
         if per_ticker:
             # tickers with no training history use the global statistics
-            g = cls.fit(X, train_end, kind.replace("_ticker", ""))
+            g = cls.fit(X, train_end, kind.replace("_ticker", ""), train_start=train_start)
             missing = ~np.isfinite(shift) | ~np.isfinite(scale)
             shift = np.where(missing, g.shift, shift)
             scale = np.where(missing, g.scale, scale)
@@ -156,11 +210,14 @@ class WindowSet:
         """`scale_in_place`: the caller hands over panel.X, which is scaled in place (NaN -> 0) and
         shared with the tensor instead of copied: one panel in memory instead of two.
 
+        `fractions`: (train, valid, test) calendar fractions, or one walk-forward `Fold`; the
+        scaler is fit on that fold's training span only.
         `fractions=None` builds a prediction-only set (no splits, no labels needed): `scaler`
         must then be the model's fitted one, and `window_ok` says which windows are complete."""
         self.panel, self.seq_len, self.horizon, self.stride = panel, seq_len, horizon, stride
         N, D, F = panel.X.shape
         span = window_span(seq_len, stride)
+        self.fold: Fold | None = None
         if fractions is None:
             if scaler is None:
                 raise ValueError("a prediction-only WindowSet needs the model's fitted scaler")
@@ -171,9 +228,13 @@ class WindowSet:
                     f"data: only {D} trading days; a window of {span} days and horizon={horizon} need "
                     f"at least {span + 3 * horizon} for a train/valid/test split with embargo"
                 )
-            self.ranges = end_day_ranges(D, fractions, horizon)
+            self.fold = fractions if isinstance(fractions, Fold) else walk_forward_folds(D, fractions, horizon)[0]
+            self.ranges = self.fold.end_day_ranges(horizon)
         # relative columns are normalised by construction, so the scaler leaves them alone
-        self.scaler = scaler or Scaler.fit(panel.X, split_bounds(D, fractions)[0], scaler_kind, panel.relative_cols)
+        if scaler is None:
+            f = self.fold
+            scaler = Scaler.fit(panel.X, f.valid_start, scaler_kind, panel.relative_cols, train_start=f.train_start)
+        self.scaler = scaler
         ok = valid_window_mask(panel.X, span)  # before scaling: NaN marks the unknown days
         self.window_ok = ok  # (N, D): the window ending on day t is complete
         labelled = ok & np.isfinite(panel.y)

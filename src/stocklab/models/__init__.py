@@ -17,6 +17,7 @@ from stocklab.models.baselines import Linear, LinearConfig, Naive, NaiveConfig
 from stocklab.models.cnn1d import CNN1D, CNN1DConfig
 from stocklab.models.cnn2d import CNN2D, VARIANTS, CNN2DConfig
 from stocklab.models.cnn_ta import CNNTA, CNNTAConfig
+from stocklab.models.factors import Factor, FactorConfig, factor_inputs
 from stocklab.models.lstm import GRU, LSTM, LSTMConfig
 from stocklab.models.rnn import RNN, RNNConfig
 from stocklab.models.seq2seq import Seq2Seq, Seq2SeqConfig
@@ -34,8 +35,19 @@ MODELS: dict[str, tuple[type[nn.Module], object]] = {
     "transformer": (Transformer, TransformerConfig()),
     "linear": (Linear, LinearConfig()),
     "naive": (Naive, NaiveConfig()),
+    "factor": (Factor, FactorConfig()),
 }
-BASELINES = ("linear", "naive")
+BASELINES = ("linear", "naive", "factor")
+# models whose formula fixes their inputs: {name: config -> TrainConfig values}
+# (cnn_ta reads only the last day's indicator image: a longer window would only cost memory)
+FIXED_INPUTS = {"factor": factor_inputs, "cnn_ta": lambda cfg: {"seq_len": 1, "window_stride": 1}}
+
+
+def fixed_inputs(name: str, cfg) -> dict:
+    """TrainConfig values a model's definition fixes (a factor's raw bars and look-back)."""
+    return FIXED_INPUTS[name](cfg) if name in FIXED_INPUTS else {}
+
+
 assert set(VARIANTS) == set(dataclasses.fields(CNN2DConfig)[0].metadata["choices"])
 
 

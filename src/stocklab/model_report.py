@@ -1,0 +1,187 @@
+"""The model-comparison report (`benchmark -P suite=models`): one table and two plots.
+
+Input: one record per finished run (entry name, kind, seed, run metrics, the per-fold rank ICs
+read back from MLflow, the out-of-sample predictions). Everything the report shows is computed
+from the runs' own logged numbers, so it says what the MLflow UI says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from stocklab.evaluation import MIN_CROSS_SECTION  # noqa: E402
+
+
+@dataclass
+class RunRecord:
+    entry: str  # "lstm", "preset seed000-deep", "factor momentum_12_1", ...
+    kind: str  # "preset", "model", "baseline"
+    seed: int
+    run_id: str
+    metrics: dict
+    fold_rank_ic: list[float] = field(default_factory=list)
+    predictions: pd.DataFrame | None = None  # date, ticker, prediction, label (out of sample)
+    error: str = ""
+
+
+def long_short_returns(pred: pd.DataFrame, close: pd.DataFrame) -> pd.Series:
+    """Daily return of a portfolio long the top fifth and short the bottom fifth by prediction,
+    rebalanced every day at the close: the next day's close-to-close return of each leg (equal
+    weights). `close` is (dates x tickers). Days with fewer than five names are left out."""
+    fwd = (close.shift(-1) / close - 1.0).stack().rename("fwd")  # return from t to t+1
+    fwd.index = fwd.index.set_names(["date", "ticker"])
+    df = pred[["date", "ticker", "prediction"]].merge(fwd.reset_index(), on=["date", "ticker"])
+    df = df[np.isfinite(df["fwd"])]
+
+    def one_day(g: pd.DataFrame) -> float:
+        if len(g) < MIN_CROSS_SECTION or g["prediction"].nunique() < 2:
+            return np.nan
+        q = pd.qcut(g["prediction"].rank(method="first"), 5, labels=False)
+        return g["fwd"][q == 4].mean() - g["fwd"][q == 0].mean()
+
+    return df.groupby("date")[["prediction", "fwd"]].apply(one_day).dropna().sort_index()
+
+
+def summary_table(records: list[RunRecord]) -> pd.DataFrame:
+    """One row per entry: means over seeds, rank IC mean/std over every (seed, fold)."""
+    rows = []
+    for entry in dict.fromkeys(r.entry for r in records):
+        runs = [r for r in records if r.entry == entry and not r.error]
+        failed = [r for r in records if r.entry == entry and r.error]
+        if not runs:
+            rows.append({"entry": entry, "kind": failed[0].kind, "runs": f"0/{len(failed)}"})
+            continue
+        fold_ic = np.array([ic for r in runs for ic in r.fold_rank_ic], dtype=float)
+        m = pd.DataFrame([r.metrics for r in runs])
+        if entry.startswith("factor:"):  # a factor is a score, not a return forecast: no MSE
+            m = m.drop(columns=["mse_skill", "mse_skill_mean"], errors="ignore")
+        mean = m.mean(numeric_only=True).to_dict().get
+
+        rows.append(
+            {
+                "entry": entry,
+                "kind": runs[0].kind,
+                "runs": f"{len(runs)}/{len(runs) + len(failed)}",
+                "rank_ic": float(fold_ic.mean()) if fold_ic.size else float("nan"),
+                "rank_ic_std": float(fold_ic.std(ddof=1)) if fold_ic.size > 1 else float("nan"),
+                "icir": mean("oos_icir", np.nan),
+                "t_stat": mean("oos_ic_tstat", np.nan),
+                "hit_rate": mean("hit_rate", np.nan),
+                "q5_q1": mean("spread_q5_q1", np.nan),
+                "mse_skill": mean("mse_skill", np.nan),
+                "mse_skill_mean": mean("mse_skill_mean", np.nan),
+                "valid_rank_ic": mean("valid_rank_ic", np.nan),
+                "best_epoch": mean("best_epoch", np.nan),
+                "train_s": mean("train_time_s", np.nan),
+                "params": int(m["n_params"].iloc[0]) if "n_params" in m else 0,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if isinstance(v, str):
+        return v
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    if isinstance(v, (int, np.integer)):
+        return f"{v:,}"
+    return f"{v:.{digits}f}"
+
+
+COLUMNS = [
+    ("entry", "model", 0), ("kind", "kind", 0), ("horizon", "h", 0), ("runs", "runs", 0), ("rank_ic", "rank IC", 4),
+    ("rank_ic_std", "± std", 4), ("icir", "ICIR", 2), ("t_stat", "t-stat", 2), ("hit_rate", "hit rate", 3),
+    ("q5_q1", "q5-q1", 4), ("mse_skill", "MSE/zero", 3), ("mse_skill_mean", "MSE/mean", 3),
+    ("valid_rank_ic", "valid rank IC", 4), ("best_epoch", "best epoch", 1), ("train_s", "train s", 1),
+    ("params", "params", 0), ("cum_long_short", "cum. L/S", 3),
+]  # fmt: skip
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    sep = "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|"
+    lines = [head, sep]
+    for _, row in table.iterrows():
+        cells = [_fmt(row.get(key), digits) if key in row else "-" for key, _, digits in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def findings(table: pd.DataFrame, records: list[RunRecord]) -> list[str]:
+    """Statements computed from the runs (what the models learn beyond the mean, early stops)."""
+    ok = [r for r in records if not r.error]
+    trained = [r for r in ok if r.kind != "baseline" or r.entry in ("linear", "naive mean")]
+    out = []
+    if trained:
+        first = sum(1 for r in trained if r.metrics.get("best_epoch", 0) <= 1.0 + 1e-9)
+        most = max(int(r.metrics.get("epochs_run", 0) / max(len(r.fold_rank_ic), 1)) for r in trained)
+        out.append(
+            f"{first} of {len(trained)} trained runs kept the weights of their first epoch on every fold "
+            f"(of at most {most} epochs per fold): after one pass the validation loss stops improving."
+        )
+    t = table.dropna(subset=["rank_ic"]) if "rank_ic" in table else table
+    if len(t):
+        beat_mean = t[t["mse_skill_mean"] < 1.0]["entry"].tolist()
+        out.append(
+            "MSE below the training-mean forecast (MSE/mean < 1): "
+            + (", ".join(beat_mean) if beat_mean else "none")
+            + ". MSE/zero < 1 alone only says the forecast learned the average return of a rising market."
+        )
+        sig = t[(t["rank_ic"] > 0) & (t["rank_ic"] > 2 * t["rank_ic_std"] / np.sqrt(_n_folds(records)))]
+        out.append(
+            "Positive out-of-sample rank IC more than two standard errors above zero (over seeds x folds): "
+            + (", ".join(sig["entry"]) if len(sig) else "none")
+            + "."
+        )
+        flips = t[(t["valid_rank_ic"] > 0) & (t["rank_ic"] < 0)]["entry"].tolist()
+        if flips:
+            out.append("Positive validation rank IC but negative out-of-sample rank IC: " + ", ".join(flips) + ".")
+        best = t.sort_values("rank_ic", ascending=False).iloc[0]
+        out.append(f"Highest mean out-of-sample rank IC: {best['entry']} ({best['rank_ic']:.4f}).")
+    return out
+
+
+def _n_folds(records: list[RunRecord]) -> int:
+    counts = [len(r.fold_rank_ic) for r in records if r.fold_rank_ic]
+    return max(int(np.median(counts)), 1) if counts else 1
+
+
+def plot_rank_ic(table: pd.DataFrame, path: Path) -> None:
+    """Mean out-of-sample rank IC per model with ± one standard deviation over seeds x folds."""
+    t = table.dropna(subset=["rank_ic"]).sort_values("rank_ic")
+    colors = {"preset": "tab:purple", "model": "tab:blue", "baseline": "tab:grey"}
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(t) + 1.5))
+    ax.barh(t["entry"], t["rank_ic"], xerr=t["rank_ic_std"].fillna(0), color=[colors[k] for k in t["kind"]],
+            capsize=3)  # fmt: skip
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("out-of-sample rank IC (mean ± std over seeds x folds)")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+    ax.legend(handles, list(colors), loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_long_short(curves: dict[str, pd.Series], path: Path) -> None:
+    """Cumulative daily-rebalanced q5-q1 return of every model over the out-of-sample periods."""
+    fig, ax = plt.subplots(figsize=(10, 6))
+    cmap = plt.get_cmap("tab20")
+    for i, (name, ret) in enumerate(sorted(curves.items(), key=lambda kv: -(1 + kv[1]).prod())):
+        style = "--" if name.startswith(("factor", "naive")) else "-"
+        ax.plot(ret.index, (1 + ret).cumprod() - 1, style, lw=1.2, color=cmap(i % 20), label=name)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_ylabel("cumulative long-short return (q5 - q1, daily rebalanced)")
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -152,12 +152,16 @@ class EvaluateConfig:
     data: str = opt("", "data to score (default: the data the model was trained on)")
     cache_dir: str = opt(".stocklab_cache", "parsed-panel cache folder ('' = no cache)")
     eval_batch_size: int = opt(8192, "batch size of the scoring pass")
+    folds: int = opt(1, "K > 1: walk-forward evaluation of the model's configuration (a refit per fold)")
+    walk: str = opt("expanding", "walk-forward training span (with folds > 1)", WALKS)
 
     experiment: str = opt("", "MLflow experiment (default: stocklab-evaluate)")
 
     def validate(self):
         if bool(self.run_id) == bool(self.model_uri):
             raise StockLabError("run_id/model_uri: give exactly one of them")
+        if self.folds < 1:
+            raise StockLabError(f"folds: {self.folds} must be >= 1")
         check_choices(self)
         return self
 

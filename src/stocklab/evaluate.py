@@ -2,6 +2,7 @@
 
     mlflow run . -e evaluate --env-manager local -P run_id=<id>
     mlflow run . -e evaluate --env-manager local -P model_uri=models:/stocklab-lstm@champion -P split=valid
+    mlflow run . -e evaluate --env-manager local -P run_id=<id> -P folds=3    # walk-forward, refit per fold
 
 The model's own Bundle (feature recipe, column order, train-fitted scaler, window shape) rebuilds
 its inputs through the same `pipeline.prepare` as training, on the data it was trained on unless
@@ -11,12 +12,14 @@ its inputs through the same `pipeline.prepare` as training, on the data it was t
 
 from __future__ import annotations
 
+import dataclasses
+
 import mlflow
 
 from stocklab import tracking
-from stocklab.config import EvaluateConfig, StockLabError
-from stocklab.errors import one_line
-from stocklab.pipeline import evaluate_split, load_model_bundle, prepare
+from stocklab.config import EvaluateConfig, StockLabError, TrainConfig, with_values
+from stocklab.errors import describe, one_line
+from stocklab.pipeline import evaluate_split, load_model_bundle, prepare, train_in_run
 
 
 def _source(cfg: EvaluateConfig) -> tuple[str, str]:
@@ -38,6 +41,8 @@ def _source(cfg: EvaluateConfig) -> tuple[str, str]:
 def run_evaluate(cfg: EvaluateConfig) -> dict:
     cfg.validate()
     model_uri, source_run_id = _source(cfg)
+    if cfg.folds > 1:
+        return _walk_forward(cfg, model_uri, source_run_id)
     model, bundle = load_model_bundle(model_uri)
     data = cfg.data or bundle.data
     if not data:
@@ -67,3 +72,29 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
         )
         metrics = evaluate_split(model, prep, tcfg, cfg.split)
         return {"run_id": run.info.run_id, "source_run_id": source_run_id, **metrics}
+
+
+def _walk_forward(cfg: EvaluateConfig, model_uri: str, source_run_id: str) -> dict:
+    """Walk-forward evaluation of the configuration behind a logged model: the source run's
+    effective configuration (its config.json) refit on `folds` folds, one run in stocklab-evaluate.
+    A single fitted model cannot be judged on periods it was trained on, hence the refits."""
+    try:
+        logged = mlflow.artifacts.load_dict(f"runs:/{source_run_id}/config.json")
+    except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing artifact
+        raise StockLabError(f"run_id: run '{source_run_id}' has no config.json to refit ({one_line(e)})") from None
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in logged.items() if k in train_fields and k not in ("experiment", "device")}
+    values.update(folds=cfg.folds, walk=cfg.walk, cache_dir=cfg.cache_dir, eval_batch_size=cfg.eval_batch_size)
+    if cfg.data:
+        values["data"] = cfg.data
+    tcfg = with_values(TrainConfig(), values)
+    overrides = {k: v for k, v in logged.items() if k not in train_fields}
+    name = f"evaluate {tcfg.model} walk-forward {cfg.folds} folds"
+    with tracking.job_run(cfg.experiment or "stocklab-evaluate", bool(cfg.experiment), run_name=name) as run:
+        mlflow.set_tags({"stocklab.source_run_id": source_run_id or "", "stocklab.source_model_uri": model_uri})
+        try:
+            res = train_in_run(tcfg, overrides)
+        except Exception as e:
+            mlflow.set_tag("stocklab.error", describe(e))
+            raise
+        return {"run_id": run.info.run_id, "source_run_id": source_run_id, **res}

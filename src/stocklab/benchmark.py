@@ -376,7 +376,8 @@ def _machine(device) -> str:
     except ImportError:  # pragma: no cover - psutil comes with mlflow
         ram = ""
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "none (CPU)"
-    return f"{platform.platform()}, {os.cpu_count()} CPU cores{ram}; device: {gpu}; torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"{platform.platform()}, {os.cpu_count()} CPU cores{ram}; device: {gpu}; torch {torch.__version__} ({threads} threads)"
 
 
 def run_models_suite(cfg: BenchmarkConfig) -> dict:

@@ -210,8 +210,8 @@ class BenchmarkConfig:
     output: str = opt("speed.json", "speed: where to write the results")
     # suite=models: every preset, every catalogue model at its defaults and every baseline
     models: str = opt("", "models: comma-separated entries to run (e.g. lstm,factor-momentum_12_1; default all)")
-    model_tickers: int = opt(50, "models: tickers (first N by name; 0 = all)")
-    epochs: int = opt(3, "models: maximum epochs per fit (presets' own epochs are capped to it)")
+    model_tickers: int = opt(40, "models: tickers (first N by name; 0 = all)")
+    epochs: int = opt(2, "models: maximum epochs per fit (presets' own epochs are capped to it)")
     seeds: int = opt(3, "models: seeds per trained model (deterministic baselines run once)")
     folds: int = opt(3, "models: walk-forward folds")
     walk: str = opt("expanding", "models: walk-forward training span", WALKS)

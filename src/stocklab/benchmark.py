@@ -377,7 +377,8 @@ def _machine(device) -> str:
         ram = ""
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "none (CPU)"
     threads = torch.get_num_threads()
-    return f"{platform.platform()}, {os.cpu_count()} CPU cores{ram}; device: {gpu}; torch {torch.__version__} ({threads} threads)"
+    cores = f"{os.cpu_count()} CPU cores{ram}"
+    return f"{platform.platform()}, {cores}; device: {gpu}; torch {torch.__version__} ({threads} threads)"
 
 
 def run_models_suite(cfg: BenchmarkConfig) -> dict:

@@ -48,7 +48,7 @@ def test_speed_suite_writes_speed_json(tmp_path, tracking):
     assert saved["train_ceiling_speedup_lstm"] == pytest.approx(ceiling)
     run = mlflow.search_runs(search_all_experiments=True).iloc[0]
     assert run["metrics.window_speedup"] == pytest.approx(saved["window_speedup"])
-    with pytest.raises(StockLabError, match="suite: 'fast' is not a benchmark suite"):
+    with pytest.raises(StockLabError, match="suite: 'fast' must be one of speed, models"):
         run_benchmark(BenchmarkConfig(suite="fast"))
 
 
@@ -59,3 +59,35 @@ def test_flop_count_sees_the_recurrent_matmuls():
     ws = WindowSet(panel, 96, 5, (0.6, 0.2, 0.2), "none")
     forward = 96 * (4 * 32 * (7 + 32) * 2 + 4 * 32 * (32 + 32) * 2)
     assert 2.7 * forward < train_flops_per_sample("lstm", ws, 96) < 3.1 * forward
+
+
+def test_models_suite_runs_every_entry_as_runs_of_one_experiment_and_writes_the_report(tmp_path, tracking):
+    data = write_ticker_csvs(synthetic_bars(n_tickers=6, n_days=320), tmp_path / "csvs")
+    report = tmp_path / "rep" / "models.md"
+    entries = "linear,naive:mean,factor:reversal_1m,preset:seed002-lstm"
+    cfg = BenchmarkConfig(suite="models", data=str(data), models=entries, seeds=2, folds=2, model_tickers=0, epochs=1,
+                          report=str(report))  # fmt: skip
+    res = run_benchmark(cfg)
+    runs = mlflow.search_runs(experiment_names=["stocklab-benchmark-models"])
+    parent = runs[runs["tags.mlflow.runName"] == "benchmark models"]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
+    # two seeds per trained entry, one run for the deterministic factor
+    assert len(parent) == 1 and len(children) == 7 and (children["status"] == "FINISHED").all()
+    assert sorted(children["tags.stocklab.benchmark_entry"].value_counts().to_dict().items()) == [
+        ("factor:reversal_1m", 1), ("linear", 2), ("naive:mean", 2), ("preset:seed002-lstm", 2)
+    ]  # fmt: skip
+    text = report.read_text()
+    assert text.startswith("# Model comparison") and "-P suite=models" in text and "Machine:" in text
+    for entry in ("| linear |", "| naive:mean |", "| factor:reversal_1m |", "| preset:seed002-lstm |"):
+        assert entry in text
+    for png in ("models_rank_ic.png", "models_long_short.png"):
+        assert (report.parent / png).stat().st_size > 10_000 and f"]({png})" in text
+    # the table's rank IC is the mean of the runs' logged per-fold values (seeds x folds)
+    client = mlflow.MlflowClient()
+    linear = children[children["tags.stocklab.benchmark_entry"] == "linear"]["run_id"]
+    folds = [m.value for r in linear for m in client.get_metric_history(r, "fold/rank_ic")]
+    row = res["table"].set_index("entry").loc["linear"]
+    assert len(folds) == 4 and row["rank_ic"] == pytest.approx(np.mean(folds))
+    assert row["rank_ic_std"] == pytest.approx(np.std(folds, ddof=1))
+    with pytest.raises(StockLabError, match="models: unknown entry 'lstmx'"):
+        run_benchmark(BenchmarkConfig(suite="models", models="lstmx"))

@@ -286,3 +286,17 @@ def test_a_two_trial_study_for_every_model(tracking, csv_dir, tmp_path, model):
     assert sorted(children["run_id"]) == sorted(t.user_attrs["mlflow_run_id"] for t in study.trials)
     version = mlflow.tracking.MlflowClient().get_model_version(f"stocklab-{model}", str(res["registered_version"]))
     assert version.run_id == study.best_trial.user_attrs["mlflow_run_id"]
+
+
+def test_a_walk_forward_study_reports_each_fold_and_returns_the_fold_mean(tracking, csv_dir, tmp_path):
+    cfg = TuneConfig(data=str(csv_dir), model="linear", n_trials=2, epochs=1, horizon=5, cache_dir="", folds=2,
+                     split="0.5,0.2,0.3", storage=str(tmp_path / "j.log"), pruner="median")  # fmt: skip
+    run_tune(cfg)
+    study = optuna.load_study(study_name="linear-csvs", storage=make_storage(str(tmp_path / "j.log")))
+    client = mlflow.MlflowClient()
+    for trial in study.trials:
+        # one report per fold and epoch: step = fold * epochs + epoch
+        assert trial.state.name == "COMPLETE" and sorted(trial.intermediate_values) == [1, 2]
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        per_fold = [m.value for m in client.get_metric_history(run.info.run_id, "fold/valid_loss_min")]
+        assert trial.value == pytest.approx(sum(per_fold) / 2) == pytest.approx(run.data.metrics["valid_loss_min"])

@@ -126,3 +126,19 @@ def test_experiment_chosen_by_the_user_is_used_as_is(tmp_path, csv_dir, tracking
     moved = mlflow.search_runs([other.experiment_id])
     assert len(moved) == 1 and moved.loc[0, "status"] == "FINISHED"
     assert other.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_mlflow_run_benchmark_models_suite_end_to_end(tmp_path, csv_dir, tracking):
+    """`-e benchmark -P suite=models` with walk-forward folds, through MLflow Projects (the
+    suite's own parameters pass through MLproject as `--name value`)."""
+    report = tmp_path / "out" / "models.md"
+    params = {"suite": "models", "data": csv_dir, "models": "naive:zero,factor:reversal_1m", "folds": 2,
+              "model_tickers": 0, "report": report}  # fmt: skip
+    r = mlflow_run("benchmark", params, tracking, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = job_runs()
+    children = runs[runs["tags.stocklab.role"] == "benchmark"]
+    assert sorted(children["tags.stocklab.benchmark_entry"]) == ["factor:reversal_1m", "naive:zero"]
+    assert (children["params.folds"] == "2").all() and (children["status"] == "FINISHED").all()
+    text = report.read_text()
+    assert "| factor:reversal_1m |" in text and "-P models=naive:zero,factor:reversal_1m" in text

@@ -356,7 +356,11 @@ def add_tear_sheet(run_id: str, cache_dir: str = ".stocklab_cache") -> bool:
     model, bundle = load_model_bundle(f"runs:/{run_id}/model")
     tcfg = bundle.train_config(cache_dir=cache_dir)
     prep = prepare(tcfg, "cpu", bundle)
-    df = predictions_frame(model, prep.ws, "test", tcfg.eval_batch_size)
+    if bundle.folds > 1:  # the run's own out-of-sample predictions: every fold, not just the last
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet")
+        df = pd.read_parquet(local)
+    else:
+        df = predictions_frame(model, prep.ws, "test", tcfg.eval_batch_size)
     if evaluation.factor_metrics(df, tcfg.label_scale)[1]:
         return False
     client = mlflow.MlflowClient()

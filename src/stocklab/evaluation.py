@@ -49,16 +49,22 @@ def daily_ic(df: pd.DataFrame) -> pd.DataFrame:
     return ic[defined.reindex(ic.index).to_numpy()].replace([np.inf, -np.inf], np.nan).dropna(how="all")
 
 
-def quintile_spread(df: pd.DataFrame, label_scale: float = 1.0) -> float:
-    """Mean over dates of (mean forward return of the top fifth - bottom fifth by prediction)."""
+def daily_quintile_spread(df: pd.DataFrame, outcome: str = "label") -> pd.Series:
+    """Per date: mean `outcome` of the top fifth by prediction minus the bottom fifth's (dates
+    with fewer than five names or a constant prediction are left out), sorted by date."""
 
     def one_day(g: pd.DataFrame) -> float:
         if len(g) < MIN_CROSS_SECTION or g["prediction"].nunique() < 2:
             return np.nan
         q = pd.qcut(g["prediction"].rank(method="first"), 5, labels=False)
-        return g["label"][q == 4].mean() - g["label"][q == 0].mean()
+        return g[outcome][q == 4].mean() - g[outcome][q == 0].mean()
 
-    spreads = df.groupby("date")[["prediction", "label"]].apply(one_day).dropna()
+    return df.groupby("date")[["prediction", outcome]].apply(one_day).dropna().sort_index()
+
+
+def quintile_spread(df: pd.DataFrame, label_scale: float = 1.0) -> float:
+    """Mean over dates of (mean forward return of the top fifth - bottom fifth by prediction)."""
+    spreads = daily_quintile_spread(df)
     return float(spreads.mean() / label_scale) if len(spreads) else float("nan")
 
 

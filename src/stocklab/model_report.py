@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from stocklab.evaluation import MIN_CROSS_SECTION  # noqa: E402
+from stocklab.evaluation import daily_quintile_spread  # noqa: E402
 
 
 @dataclass
@@ -39,15 +39,7 @@ def long_short_returns(pred: pd.DataFrame, close: pd.DataFrame) -> pd.Series:
     fwd = (close.shift(-1) / close - 1.0).stack().rename("fwd")  # return from t to t+1
     fwd.index = fwd.index.set_names(["date", "ticker"])
     df = pred[["date", "ticker", "prediction"]].merge(fwd.reset_index(), on=["date", "ticker"])
-    df = df[np.isfinite(df["fwd"])]
-
-    def one_day(g: pd.DataFrame) -> float:
-        if len(g) < MIN_CROSS_SECTION or g["prediction"].nunique() < 2:
-            return np.nan
-        q = pd.qcut(g["prediction"].rank(method="first"), 5, labels=False)
-        return g["fwd"][q == 4].mean() - g["fwd"][q == 0].mean()
-
-    return df.groupby("date")[["prediction", "fwd"]].apply(one_day).dropna().sort_index()
+    return daily_quintile_spread(df[np.isfinite(df["fwd"])], outcome="fwd")
 
 
 def summary_table(records: list[RunRecord]) -> pd.DataFrame:

@@ -13,7 +13,15 @@ from scipy import stats
 
 from stocklab.config import StockLabError, TrainConfig
 from stocklab.evaluate import EvaluateConfig, run_evaluate
-from stocklab.evaluation import daily_ic, factor_metrics, quintile_spread, tear_sheet, trading_calendar
+from stocklab.evaluation import (
+    daily_ic,
+    daily_quintile_spread,
+    factor_metrics,
+    fast_alphalens,
+    quintile_spread,
+    tear_sheet,
+    trading_calendar,
+)
 from stocklab.train import run_train
 
 
@@ -82,6 +90,44 @@ def test_quintile_spread_on_a_hand_made_case():
     assert quintile_spread(df, label_scale=10.0) == pytest.approx(0.8)
 
 
+def _per_date_qcut_spread(df: pd.DataFrame) -> pd.Series:
+    """The reference: one pandas qcut per date (what daily_quintile_spread vectorises)."""
+
+    def one_day(g: pd.DataFrame) -> float:
+        if len(g) < 5 or g["prediction"].nunique() < 2:
+            return np.nan
+        q = pd.qcut(g["prediction"].rank(method="first"), 5, labels=False)
+        return g["label"][q == 4].mean() - g["label"][q == 0].mean()
+
+    return df.groupby("date")[["prediction", "label"]].apply(one_day).dropna().sort_index()
+
+
+def test_daily_quintile_spread_equals_a_per_date_qcut():
+    rng = np.random.default_rng(3)
+    frames = []
+    # cross-sections of every size from 1 to 23 names (bin edges fall differently for each),
+    # ties in the prediction, one constant-prediction date, rows in shuffled order
+    for i, n in enumerate(list(range(1, 24)) * 3):
+        pred = rng.normal(size=n).round(1) if i % 4 == 0 else rng.normal(size=n)
+        if i == 30:
+            pred = np.ones(n)
+        frames.append(
+            pd.DataFrame(
+                {
+                    "date": pd.Timestamp("2020-01-01") + pd.Timedelta(days=i),
+                    "ticker": [f"T{k}" for k in range(n)],
+                    "prediction": pred,
+                    "label": rng.normal(size=n),
+                }
+            )
+        )
+    df = pd.concat(frames).sample(frac=1.0, random_state=0).reset_index(drop=True)
+    expected = _per_date_qcut_spread(df)
+    got = daily_quintile_spread(df)
+    assert len(expected) > 50 and list(got.index) == list(expected.index)
+    np.testing.assert_allclose(got.to_numpy(), expected.to_numpy(), rtol=1e-12, atol=1e-12)
+
+
 def test_small_cross_section_skips_factor_metrics_with_a_reason():
     df = _factor_frame(n_names=1)
     m, skipped = factor_metrics(df)
@@ -93,6 +139,53 @@ def test_trading_calendar_counts_trading_days():
     cal = trading_calendar(dates)
     assert len(cal) == 28 and cal[5] == dates[5]
     assert cal[4] + cal.freq == cal[5]  # stepping one trading day skips the holiday
+
+
+def test_fast_alphalens_functions_equal_alphalens_own():
+    import alphalens as al
+
+    bars = synthetic_bars(n_tickers=11, n_days=120)
+    close = bars.pivot(index="date", columns="Name", values="close")
+    close.index = pd.to_datetime(close.index)
+    cal = trading_calendar(close.index)
+    close.index = cal
+    rng = np.random.default_rng(1)
+    factor = close.iloc[10:100].stack().rename("factor")
+    factor[:] = rng.normal(size=len(factor)).round(1)  # ties, as real predictions can have
+    factor.index = factor.index.set_names(["date", "asset"])
+    factor = factor.drop(factor.index[[0, 1, 2, 3, 4, 5, 6, 7, 8]])  # a date with two names
+    perf, utils = al.performance, al.utils
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fd = utils.get_clean_factor_and_forward_returns(factor, close, quantiles=5, periods=(1, 5), max_loss=1.0)
+        originals = {
+            "factor_information_coefficient": perf.factor_information_coefficient,
+            "quantile_turnover": perf.quantile_turnover,
+            "demean_forward_returns": utils.demean_forward_returns,
+        }
+
+        def both(name, module, *args):
+            with fast_alphalens():
+                assert getattr(module, name) is not originals[name]
+                got = getattr(module, name)(*args)
+            return got, originals[name](*args)
+
+        pairs = [both("factor_information_coefficient", perf, fd), both("demean_forward_returns", utils, fd)]
+        for q in (1, 3, 5):
+            for period in (1, 5):
+                pairs.append(both("quantile_turnover", perf, fd["factor_quantile"], q, period))
+    for name, original in originals.items():  # restored after the block
+        assert getattr(perf if name != "demean_forward_returns" else utils, name) is original
+    for got, expected in pairs:
+        assert got.index.equals(expected.index) and got.shape == expected.shape
+        if isinstance(got, pd.DataFrame):
+            assert list(got.columns) == list(expected.columns)
+            got, expected = got.select_dtypes("number"), expected.select_dtypes("number")
+        else:
+            assert got.name == expected.name
+        np.testing.assert_allclose(
+            got.to_numpy(float), expected.to_numpy(float), rtol=1e-10, atol=1e-12, equal_nan=True
+        )
 
 
 def test_tear_sheet_on_synthetic_data(tmp_path):

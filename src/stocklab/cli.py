@@ -222,8 +222,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from mlflow.exceptions import MlflowException
 
+    from stocklab.tracking import install_signal_handlers
+
+    install_signal_handlers()  # SIGTERM ends the job's runs KILLED, like Ctrl-C
     try:
         return COMMANDS[argv[0]](argv[1:])
+    except KeyboardInterrupt as e:
+        print(f"stocklab: {one_line(e) if str(e) else 'interrupted'}; open runs ended KILLED", file=sys.stderr)
+        return 130
     except StockLabError as e:
         print(f"stocklab: error: {one_line(e)}", file=sys.stderr)
         return 2

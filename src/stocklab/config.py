@@ -130,6 +130,13 @@ class TuneConfig(TrainConfig):
     pruner: str = opt("median", "pruning rule on the per-epoch report", PRUNERS)
     space: str = opt("", "search-space YAML replacing the built-in one (stocklab/spaces/<model>.yaml)")
     register: bool = opt(True, "register the best trial's model as stocklab-<model>")
+    n_jobs: int = opt(1, "worker processes on this machine sharing the study (and its GPU); n_trials stays the total")
+    trial_artifacts: str = opt(
+        "best",
+        "best: trials log metrics, loss curves and weights; the best gets model, plots, tear sheet. all: every trial",
+        ("best", "all"),
+    )
+    heartbeat: int = opt(60, "RDB storage: seconds between a trial's heartbeats; silent 2x as long = failed, retried")
 
     def validate(self):
         super().validate()
@@ -137,6 +144,10 @@ class TuneConfig(TrainConfig):
             raise StockLabError(f"n_trials: {self.n_trials} must be >= 1")
         if self.timeout < 0:
             raise StockLabError(f"timeout: {self.timeout} must be >= 0")
+        if self.n_jobs < 1:
+            raise StockLabError(f"n_jobs: {self.n_jobs} must be >= 1")
+        if self.heartbeat < 1:
+            raise StockLabError(f"heartbeat: {self.heartbeat} must be >= 1")
         return self
 
     def resolved_study_name(self) -> str:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -215,9 +217,20 @@ def load_panel(data: str, cache_dir: str | None = ".stocklab_cache") -> tuple[pd
     panel = _finish(pd.concat([f[cols] for f in frames], ignore_index=True), report)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        panel.to_parquet(cached)
-        meta.write_text(json.dumps(report.to_dict()))
+        # concurrent workers may build the same entry: each writes a private file and renames it
+        # into place (atomic), the report last, so a reader never sees a half-written panel
+        _write_atomic(cached, lambda tmp: panel.to_parquet(tmp))
+        _write_atomic(meta, lambda tmp: tmp.write_text(json.dumps(report.to_dict())))
     return panel, report
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _finish(raw: pd.DataFrame, report: DataReport) -> pd.DataFrame:

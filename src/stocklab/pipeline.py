@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,6 +254,54 @@ def with_windows(
     return dataclasses.replace(prep, ws=ws)
 
 
+# what load_inputs reads from a configuration, and what with_windows adds: two trials whose
+# values agree on these get the same inputs (training settings such as lr never change them)
+INPUT_KEYS = (
+    "data", "model", "features", "horizon", "seq_len", "window_stride", "return_period",
+    "label_scale", "split", "max_tickers", "cache_dir",
+)  # fmt: skip
+WINDOW_KEYS = ("scaler", "folds", "walk")
+
+
+class InputCache:
+    """A study's inputs, prepared once per process and reused by every trial that reads the
+    same data the same way: the loaded panel per input recipe (INPUT_KEYS) and each fold's
+    scaled WindowSet per window recipe (+ WINDOW_KEYS, device, fold). A cached WindowSet is
+    read-only to the trainer, and folds scale copies of the raw panel, so trials cannot see
+    each other's state. At most `max_entries` recipes of each kind are kept (least recently
+    used first out), which bounds memory when a study searches `seq_len`."""
+
+    def __init__(self, max_entries: int = 4):
+        self.max_entries = max_entries
+        self._inputs: OrderedDict[tuple, Prepared] = OrderedDict()
+        self._windows: OrderedDict[tuple, Prepared] = OrderedDict()
+        self.loads = self.hits = 0  # load_inputs calls, and reuses of a loaded panel
+
+    def _get(self, store: OrderedDict, key: tuple, build: Callable[[], Prepared]) -> Prepared:
+        if key in store:
+            store.move_to_end(key)
+            return store[key]
+        store[key] = value = build()
+        while len(store) > self.max_entries:
+            store.popitem(last=False)
+        return value
+
+    def inputs(self, cfg: TrainConfig) -> Prepared:
+        key = tuple(getattr(cfg, k) for k in INPUT_KEYS)
+        if key in self._inputs:
+            self.hits += 1
+
+        def build() -> Prepared:
+            self.loads += 1
+            return load_inputs(cfg)
+
+        return self._get(self._inputs, key, build)
+
+    def windows(self, cfg: TrainConfig, device, fold: Fold) -> Prepared:
+        key = (*(getattr(cfg, k) for k in INPUT_KEYS + WINDOW_KEYS), str(device), fold.index)
+        return self._get(self._windows, key, lambda: with_windows(self.inputs(cfg), cfg, device, fold))
+
+
 def latest_windows(prep: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
     """(ticker index, end day) of each ticker's latest complete window, in ticker order."""
     ok = prep.ws.window_ok  # (N, D)
@@ -315,19 +364,29 @@ def split_metrics(df: pd.DataFrame, ws: WindowSet, label_scale: float) -> tuple[
 
 def log_split_artifacts(df: pd.DataFrame, prep: Prepared, cfg: TrainConfig, skipped, tear_sheet: bool) -> None:
     """predictions.parquet, prediction-vs-actual plots and the alphalens tear sheet -> active run."""
+    log_predictions(df)
+    log_evaluation_plots(df, prep, cfg, skipped, tear_sheet)
+
+
+def log_predictions(df: pd.DataFrame) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp)
-        df.to_parquet(out / "predictions.parquet", index=False)
-        mlflow.log_artifact(str(out / "predictions.parquet"))
-        evaluation.prediction_plots(df, out / "plots", seed=cfg.seed)
-        mlflow.log_artifacts(str(out / "plots"), "plots")
-        if skipped:
-            mlflow.set_tag("factor_metrics_skipped", skipped)
-        elif tear_sheet:
-            try:
-                _log_tear_sheet(df, prep, cfg.horizon, mlflow.log_artifacts)
-            except Exception as e:  # noqa: BLE001 - a tear sheet must never lose the run
-                mlflow.set_tag("tearsheet_error", tracking.describe(e, 400))
+        path = Path(tmp) / "predictions.parquet"
+        df.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path))
+
+
+def log_evaluation_plots(df: pd.DataFrame, prep: Prepared, cfg: TrainConfig, skipped, tear_sheet: bool = True) -> None:
+    """Prediction-vs-actual plots and (unless the cross-section is too small) the tear sheet."""
+    with tempfile.TemporaryDirectory() as tmp:
+        evaluation.prediction_plots(df, Path(tmp), seed=cfg.seed)
+        mlflow.log_artifacts(tmp, "plots")
+    if skipped:
+        mlflow.set_tag("factor_metrics_skipped", skipped)
+    elif tear_sheet:
+        try:
+            _log_tear_sheet(df, prep, cfg.horizon, mlflow.log_artifacts)
+        except Exception as e:  # noqa: BLE001 - a tear sheet must never lose the run
+            mlflow.set_tag("tearsheet_error", tracking.describe(e, 400))
 
 
 def evaluate_split(model, prep: Prepared, cfg: TrainConfig, split: str, tear_sheet: bool = True) -> dict:
@@ -349,22 +408,51 @@ def _log_tear_sheet(df: pd.DataFrame, prep: Prepared, horizon: int, log_dir) -> 
         log_dir(tmp, "tearsheet")
 
 
-def add_tear_sheet(run_id: str, cache_dir: str = ".stocklab_cache") -> bool:
-    """Give a finished run's logged model its test-split tear sheet (the tuner skips it for
-    every trial and adds it to the registered one). Rebuilds the inputs from the model's
-    Bundle through `prepare`, like `evaluate`. False when the cross-section is too small."""
-    model, bundle = load_model_bundle(f"runs:/{run_id}/model")
-    tcfg = bundle.train_config(cache_dir=cache_dir)
-    prep = prepare(tcfg, "cpu", bundle)
-    if bundle.folds > 1:  # the run's own out-of-sample predictions: every fold, not just the last
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet")
-        df = pd.read_parquet(local)
-    else:
-        df = predictions_frame(model, prep.ws, "test", tcfg.eval_batch_size)
-    if evaluation.factor_metrics(df, tcfg.label_scale)[1]:
+def log_full_evaluation(model, prep: Prepared, test: pd.DataFrame, cfg: TrainConfig, bundle: dict) -> None:
+    """What a model that may be used gets, in the active run: prediction plots and the tear sheet
+    of its out-of-sample predictions, the attention heatmap, and the model itself (torch.export
+    pt2, with its Bundle) that evaluate/predict/the registry load."""
+    skipped = evaluation.factor_metrics(test, cfg.label_scale)[1] if len(test) else "no test predictions"
+    log_evaluation_plots(test, prep, cfg, skipped)
+    ws = prep.ws
+    if hasattr(model, "attention_weights"):
+        n, t = (a[:8] for a in ws.index["test"])
+        with torch.no_grad():
+            weights = model.attention_weights(ws.gather(n, t)).float().cpu().numpy()  # (8, T)
+        labels = [f"{prep.panel.tickers[i]} {prep.panel.dates[d].date()}" for i, d in zip(n.tolist(), t.tolist())]
+        tracking.log_figure(tracking.attention_heatmap(weights, labels), "plots/attention_heatmap.png")
+    n, t = (a[:2] for a in ws.index["test"])
+    example = ws.gather(n, t).cpu().numpy()  # (2, T, F): batch > 1 keeps the batch dim dynamic
+    tracking.log_model(model, example, bundle, BUNDLE_FILE)
+
+
+WEIGHTS_ARTIFACT = "model_state/state_dict.pt"  # a trial's weights until complete_run logs its model
+
+
+def has_model(run_id: str) -> bool:
+    return "stocklab.model_uri" in mlflow.get_run(run_id).data.tags
+
+
+def complete_run(run_id: str, cache_dir: str = ".stocklab_cache") -> bool:
+    """Give a finished light run (a tune trial: metrics, predictions, Bundle and weights only)
+    the full evaluation of `log_full_evaluation`: its model, tear sheet and plots. The weights
+    are loaded into a fresh model and the inputs rebuilt from the Bundle through `prepare`, as
+    `evaluate` does, so the logged model is exactly the trial's. False if it already had one."""
+    if has_model(run_id):
         return False
-    client = mlflow.MlflowClient()
-    _log_tear_sheet(df, prep, tcfg.horizon, lambda local, path: client.log_artifacts(run_id, local, path))
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BUNDLE_ARTIFACT))
+    bundle = json.loads(local.read_text())
+    b = Bundle.from_dict(bundle)
+    tcfg = b.train_config(cache_dir=cache_dir)
+    prep = prepare(tcfg, "cpu", b)
+    model = build_model(b.model, prep.ws.n_features, b.seq_len, model_config(b.model, b.model_config))
+    weights = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=WEIGHTS_ARTIFACT)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    eval_mode(model)
+    test = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet"))
+    # the run ended FINISHED; reopened to add artifacts, it ends FINISHED again
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        log_full_evaluation(model, prep, test, tcfg, bundle)
     return True
 
 
@@ -458,7 +546,8 @@ def train_in_run(
     cfg: TrainConfig,
     model_overrides: dict | None = None,
     on_epoch: Callable[[EpochInfo], None] | None = None,
-    tear_sheet: bool = True,
+    full: bool = True,
+    cache: InputCache | None = None,
 ) -> dict:
     """Train one model and log params, per-epoch losses, metrics, plots and the model with its
     Bundle to the *active* MLflow run (the caller opens it and decides how it ends).
@@ -468,6 +557,9 @@ def train_in_run(
     means (`<metric>_std` their spread), predictions.parquet and the tear sheet cover the
     concatenated out-of-sample periods, and the logged model is the last fold's.
     `on_epoch(EpochInfo)` runs after every epoch; it may raise (e.g. optuna.TrialPruned) to stop.
+    `full=False` (a tune trial) logs metrics, predictions, loss curves, the Bundle and the weights
+    but not the model, plots or tear sheet: `complete_run` adds them if the trial is picked.
+    `cache` reuses inputs prepared by an earlier call with the same data recipe (InputCache).
     """
     run = mlflow.active_run()
     if run is None:
@@ -477,7 +569,7 @@ def train_in_run(
     cfg.validate()
     configure_cpu_threads()
     device = resolve_device(cfg.device)
-    base = load_inputs(cfg)
+    base = cache.inputs(cfg) if cache is not None else load_inputs(cfg)
     folds = folds_of(cfg, len(base.panel.dates))
     walk = len(folds) > 1
     effective = tracking.config_params(cfg, mcfg)
@@ -507,7 +599,10 @@ def train_in_run(
     results: list[FoldResult] = []
     for fold in folds:
         # one fold scales the panel in place; walk-forward folds each scale a copy of the raw one
-        prep = with_windows(base, cfg, device, fold, in_place=not walk)
+        if cache is not None:  # a scaled copy kept for the next trial with the same recipe
+            prep = cache.windows(cfg, device, fold)
+        else:
+            prep = with_windows(base, cfg, device, fold, in_place=not walk)
         res = _fit_fold(cfg, mcfg, prep, on_epoch, f"fold_{fold.index + 1}/" if walk else "")
         if fold.index == 0:
             mlflow.log_param("n_params", sum(p.numel() for p in res.model.parameters()))
@@ -541,20 +636,19 @@ def train_in_run(
             "plots/loss_curve.png",
         )
         mlflow.log_params({"n_train": ws.size("train"), "n_valid": ws.size("valid"), "n_test": ws.size("test")})
-    log_split_artifacts(test, prep, cfg, skipped, tear_sheet)
+    log_predictions(test)
+    if skipped:
+        mlflow.set_tag("factor_metrics_skipped", skipped)
     mlflow.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, str)})
-
-    if hasattr(model, "attention_weights"):
-        n, t = (a[:8] for a in ws.index["test"])
-        with torch.no_grad():
-            weights = model.attention_weights(ws.gather(n, t)).float().cpu().numpy()  # (8, T)
-        labels = [f"{prep.panel.tickers[i]} {prep.panel.dates[d].date()}" for i, d in zip(n.tolist(), t.tolist())]
-        tracking.log_figure(tracking.attention_heatmap(weights, labels), "plots/attention_heatmap.png")
     bundle = Bundle.from_training(cfg, mcfg, prep).to_dict()
     tracking.log_json(bundle, BUNDLE_ARTIFACT)
-    n, t = (a[:2] for a in ws.index["test"])
-    example = ws.gather(n, t).cpu().numpy()  # (2, T, F): batch > 1 keeps the batch dim dynamic
-    tracking.log_model(model, example, bundle, BUNDLE_FILE)
+    if full:
+        log_full_evaluation(model, prep, test, cfg, bundle)
+    else:  # a trial: the weights (KBs) let complete_run log the model if this trial is picked
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(WEIGHTS_ARTIFACT).name
+            torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
+            mlflow.log_artifact(str(path), str(Path(WEIGHTS_ARTIFACT).parent))
     n_params = sum(p.numel() for p in model.parameters())
     return {"run_id": run.info.run_id, **metrics, "n_params": n_params}
 

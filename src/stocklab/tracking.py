@@ -7,7 +7,9 @@ import dataclasses
 import json
 import os
 import platform
+import signal
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -55,27 +57,41 @@ def use_experiment(name: str) -> str:
 
 
 @contextlib.contextmanager
-def job_run(experiment: str, explicit: bool = False, run_name: str | None = None, tags: dict | None = None):
-    """Open a job's MLflow run in `experiment` (a job's default name, or the user's `experiment`).
+def job_run(
+    experiment: str,
+    explicit: bool = False,
+    run_name: str | None = None,
+    tags: dict | None = None,
+    run_id: str | None = None,
+):
+    """Open a job's MLflow run in `experiment` (a job's default name, or the user's `experiment`),
+    or reopen run `run_id` (a study's parent run, joined by every worker and resume).
 
     Under `mlflow run`, MLflow has already created a run (MLFLOW_RUN_ID) in the experiment
     chosen with `--experiment-name`, else "Default". A run in an experiment the user chose is
-    used as it is. One in "Default" (or anywhere, when `-P experiment=` names another) stays
-    behind as a small launcher record pointing to the job's run, which opens in `experiment`:
-    so train runs, each study and evaluations get experiments of their own.
+    used as it is. One in "Default" (or anywhere, when `-P experiment=` names another, or when
+    `run_id` is reopened) stays behind as a small launcher record pointing to the job's run, which
+    opens in `experiment`: so train runs, each study and evaluations get experiments of their own.
+    The run ends FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM (see cli.py).
     """
     launcher = os.environ.get("MLFLOW_RUN_ID")
-    if launcher:
+    if launcher and run_id is None:
         launch_exp = os.environ.get("MLFLOW_EXPERIMENT_ID") or mlflow.get_run(launcher).info.experiment_id
         target = mlflow.get_experiment_by_name(experiment)
         if (not explicit and launch_exp != DEFAULT_EXPERIMENT_ID) or (target and target.experiment_id == launch_exp):
-            with mlflow.start_run(run_name=run_name, tags=tags) as run:  # the run `mlflow run` opened
+            run = mlflow.start_run(run_name=run_name, tags=tags)  # the run `mlflow run` opened
+            with _ending(run):
                 yield run
             return
+    if launcher:
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # this process's runs go elsewhere
             os.environ.pop(var, None)
-    with mlflow.start_run(experiment_id=use_experiment(experiment), run_name=run_name, tags=tags) as run:
-        if launcher:
+    if run_id is not None:
+        run = mlflow.start_run(run_id=run_id)
+    else:
+        run = mlflow.start_run(experiment_id=use_experiment(experiment), run_name=run_name, tags=tags)
+    with _ending(run):
+        if launcher and launcher != run.info.run_id:
             client = mlflow.MlflowClient()
             client.set_tag(launcher, "stocklab.role", LAUNCHER)
             client.set_tag(launcher, "stocklab.launched_run_id", run.info.run_id)
@@ -87,6 +103,40 @@ def job_run(experiment: str, explicit: bool = False, run_name: str | None = None
             )
             mlflow.set_tag("stocklab.launcher_run_id", launcher)
         yield run
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM (`timeout`, a scheduler, `kill`) unwinds like Ctrl-C, so the runs a job opened end
+    KILLED instead of staying RUNNING forever (SIGKILL cannot be caught: see tune's stale trials)."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def _ending(run):
+    """End `run` FINISHED, FAILED (an error) or KILLED (KeyboardInterrupt, SystemExit: Ctrl-C,
+    SIGTERM), never leaving it RUNNING; MLflow's own context manager says FAILED for all."""
+    try:
+        yield run
+    except (KeyboardInterrupt, SystemExit):
+        _end_if_active(run, "KILLED")
+        raise
+    except BaseException:
+        _end_if_active(run, "FAILED")
+        raise
+    else:
+        _end_if_active(run, "FINISHED")
+
+
+def _end_if_active(run, status: str) -> None:
+    while (active := mlflow.active_run()) is not None:  # a nested run left open ends the same way
+        mlflow.end_run(status)
+        if active.info.run_id == run.info.run_id:
+            return
 
 
 # short names of the hyper-parameters that tell runs apart in the UI's run list

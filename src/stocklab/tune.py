@@ -2,27 +2,49 @@
 
     mlflow run . -e tune --env-manager local                          # lstm on the built-in sample
     mlflow run . -e tune --env-manager local -P model=cnn2d -P data=../shared/data/sp500_5yr -P n_trials=6
+    mlflow run . -e tune --env-manager local -P n_jobs=4             # four worker processes, one study
 
-`objective(trial)` samples a configuration from the model's search space (stocklab/spaces/), opens a nested MLflow run,
-calls the same `pipeline.train_in_run` as the `train` job, and reports the study's metric every
-epoch so the pruner can stop bad trials early; it ends the run FINISHED, KILLED (pruned) or
-FAILED itself. Every `train` parameter (split, scaler, preset, ...) sets the trials' base
-configuration; a parameter given explicitly is not searched. The study is stored in `storage`
-(default: an Optuna journal file, safe for several processes on one machine; an RDB URL such
-as postgresql://... works too), so running
-the same `study_name` again resumes it: `n_trials` is the study's total of finished trials.
-The best trial's model is registered as a new version of `stocklab-<model>`.
+`objective(trial)` samples a configuration from the model's search space (stocklab/spaces/), opens
+a nested MLflow run, calls the same `pipeline.train_in_run` as the `train` job, and reports the
+study's metric every epoch so the pruner can stop bad trials early; it ends the run FINISHED,
+KILLED (pruned) or FAILED itself. Every `train` parameter (split, scaler, preset, ...) sets the
+trials' base configuration; a parameter given explicitly is not searched.
+
+The study lives in `storage` (default: an Optuna journal file, safe for several processes on one
+machine; an RDB URL such as postgresql://... for several machines), so running the same
+`study_name` again resumes it, and any number of workers (`-P n_jobs=N`, or the command started
+N times, anywhere) share it:
+  * `n_trials` is the study's total: a worker starts a trial only while fewer than `n_trials`
+    trials are finished or running, however many workers there are;
+  * each trial's sampler is seeded from (seed, trial number), so concurrent workers draw
+    different configurations and a study's history is reproducible (TPE, constant liar);
+  * a trial whose worker died (SIGKILL, a lost machine) is failed and retried with the same
+    parameters: on an RDB storage through Optuna's heartbeat, on a journal file when its
+    worker's process is gone; its MLflow run is ended KILLED;
+  * one parent MLflow run per study, reused by every worker and every resume.
+A worker prepares the data once (pipeline.InputCache) and trials log metrics, loss curves and
+weights only; the best trial then gets the full evaluation (model, plots, tear sheet) and is
+registered as a new version of `stocklab-<model>`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import multiprocessing
+import os
+import socket
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
+from optuna.samplers import BaseSampler, TPESampler
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import TrialState
 
 from stocklab import registry, tracking
 from stocklab.config import (
@@ -36,16 +58,32 @@ from stocklab.config import (
 )
 from stocklab.errors import describe, one_line
 from stocklab.models import MODELS
-from stocklab.pipeline import EpochInfo, add_tear_sheet, train_in_run
+from stocklab.pipeline import EpochInfo, InputCache, complete_run, train_in_run
 from stocklab.spaces import load_space, suggest
 
 # what each study metric reads from a finished trial's results (both are validation-only)
 RESULT_KEY = {"valid_loss": "valid_loss_min", "valid_rank_ic": "valid_rank_ic"}
+PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the study's one parent run
 
 
-def make_storage(storage: str):
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def make_storage(storage: str, heartbeat: int = 60):
+    """An Optuna storage for a URL (RDB, with heartbeat and retry of stale trials) or a journal file."""
     if "://" in storage:
-        return storage  # an RDB URL: optuna.create_study accepts it as is
+        engine_kwargs = {"pool_pre_ping": True}
+        if storage.startswith(("postgresql", "mysql")):
+            # an unreachable server fails in seconds, not after minutes of TCP retries
+            engine_kwargs["connect_args"] = {"connect_timeout": 5}
+        return optuna.storages.RDBStorage(
+            storage,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat,
+            grace_period=2 * heartbeat,
+            heartbeat_stale_trial_callback=retry_stale_trial,
+        )
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -61,16 +99,148 @@ def make_pruner(name: str, epochs: int):
     return optuna.pruners.NopPruner()
 
 
-def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, study_name: str, experiment_id: str):
+class TrialSeededSampler(BaseSampler):
+    """TPE whose random draws for a trial come from (seed, trial number) alone.
+
+    Trial numbers are handed out by the storage, unique across workers, so concurrent workers
+    never repeat each other's draws (one shared seed made two workers train the same three
+    configurations twice); and a study's configurations depend on its seed and history, not on
+    which worker ran what. `constant_liar` lets TPE treat running trials as bad ones, so
+    concurrent workers also steer away from each other's open trials.
+    """
+
+    def __init__(self, seed: int, multi_objective: bool = False):
+        self.seed = seed
+        self._multi = multi_objective
+        self._by_trial: dict[int, TPESampler] = {}
+
+    def _for(self, trial) -> TPESampler:
+        key = trial._trial_id
+        if key not in self._by_trial:
+            seed = int(np.random.SeedSequence([self.seed, trial.number]).generate_state(1)[0])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._by_trial[key] = TPESampler(seed=seed, constant_liar=not self._multi)
+        return self._by_trial[key]
+
+    def infer_relative_search_space(self, study, trial):
+        return self._for(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._for(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study, trial):
+        self._for(trial).before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values):
+        self._for(trial).after_trial(study, trial, state, values)
+        self._by_trial.pop(trial._trial_id, None)
+
+    def reseed_rng(self) -> None:  # draws are a function of (seed, trial number) by design
+        pass
+
+
+# --- the study's budget: what counts towards n_trials ---
+
+
+def budget_trials(trials: list) -> list:
+    """The trials that count towards `n_trials`: all but failed ones that were retried (a dead
+    worker's trial: its retry counts instead), interrupted ones (Ctrl-C, SIGTERM: a resume
+    replaces them) and surplus ones (started in a race, never run)."""
+    # RetryFailedTrialCallback records, in each retry, the numbers of the trials it replaces
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    return [t for t in trials if not (t.state == TrialState.FAIL and (t.number in retried or _uncounted(t)))]
+
+
+def _uncounted(trial) -> bool:
+    return bool(trial.user_attrs.get("surplus") or trial.user_attrs.get("interrupted"))
+
+
+def open_budget(study: optuna.Study, n_trials: int) -> bool:
+    """True while the study needs more trials started: fewer than n_trials finished or running,
+    or a retry waiting to be run."""
+    trials = budget_trials(study.get_trials(deepcopy=False))
+    waiting = sum(t.state == TrialState.WAITING for t in trials)
+    return waiting > 0 or len(trials) - waiting < n_trials
+
+
+def _end_mlflow_run(run_id: str | None, status: str, reason: str) -> None:
+    if not run_id:
+        return
+    client = mlflow.MlflowClient()
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_tag(run_id, "stocklab.trial_state", "FAILED")
+            client.set_tag(run_id, "stocklab.fail_reason", reason)
+            client.set_terminated(run_id, status)
+    except mlflow.exceptions.MlflowException:
+        pass  # a run of another tracking store (or deleted): nothing to end
+
+
+def retry_stale_trial(study: optuna.Study, trial) -> None:
+    """A trial whose worker died: end its MLflow run KILLED and queue a retry (same params)."""
+    _end_mlflow_run(trial.user_attrs.get("mlflow_run_id"), "KILLED", "worker died (no heartbeat)")
+    RetryFailedTrialCallback(max_retry=2)(study, trial)
+
+
+def fail_dead_local_trials(study: optuna.Study) -> int:
+    """Fail and retry RUNNING trials of workers on this machine whose process is gone (a journal
+    file has no heartbeat; on an RDB storage the heartbeat does this across machines)."""
+    host = socket.gethostname()
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = str(t.user_attrs.get("worker", ""))
+        if not owner.startswith(f"{host}:") or _alive(int(owner.rsplit(":", 1)[1])):
+            continue
+        try:
+            if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        print(f"trial {t.number}: its worker {owner} is gone; failed and queued for a retry")
+        retry_stale_trial(study, study._storage.get_trial(t._trial_id))
+        n += 1
+    return n
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- one trial ---
+
+
+class _Surplus(Exception):
+    """Started in a race after the budget was full: ended FAIL at once, not counted."""
+
+
+def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, parent_run_id: str, experiment_id: str):
     """objective(trial): sample a configuration, train it in a nested MLflow run, return the
-    validation metric. The run ends FINISHED, KILLED (pruned) or FAILED (with the reason)."""
+    validation metric. The run ends FINISHED, KILLED (pruned) or FAILED (with the reason); a
+    failure is returned as NaN (Optuna records FAIL) with one line, not a traceback."""
     base = cfg.train_config()
     objectives = TUNE_METRICS[cfg.metric]
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     # the study's values of what is not searched (for `when` conditions on them)
     context = {**dataclasses.asdict(base), **dataclasses.asdict(MODELS[cfg.model][1]), **model_overrides}
+    cache = InputCache()  # this worker's prepared inputs, reused across its trials
+    nan = tuple(math.nan for _ in objectives) if len(objectives) > 1 else math.nan
 
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial):
+        trial.set_user_attr("worker", worker_id())
+        earlier = [t for t in budget_trials(trial.study.get_trials(deepcopy=False)) if t.number < trial.number]
+        if len([t for t in earlier if t.state != TrialState.WAITING]) >= cfg.n_trials:
+            trial.set_user_attr("surplus", True)  # another worker took the last slot first
+            return nan
         params = suggest(trial, space, context)
         best_ic: dict[tuple[int, int], float] = {}  # (fold, best-loss epoch) -> its rank IC, once each
 
@@ -93,15 +263,26 @@ def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, study_name: 
                 where = f"fold {info.fold + 1} epoch {info.epoch}" if cfg.folds > 1 else f"epoch {info.epoch}"
                 raise optuna.TrialPruned(f"pruned at {where} ({cfg.metric}={value:.6g})")
 
-        tags = {"stocklab.study": study_name, "stocklab.trial": str(trial.number), "stocklab.role": "trial"}
+        tags = {
+            "stocklab.study": cfg.resolved_study_name(),
+            "stocklab.trial": str(trial.number),
+            "stocklab.role": "trial",
+            "stocklab.worker": worker_id(),
+        }
         shown = {**context, **params}
         name = tracking.run_name(cfg.model, shown, shown["seq_len"], shown["lr"], prefix=f"t{trial.number:03d}")
-        run = mlflow.start_run(nested=True, run_name=name, tags=tags, experiment_id=experiment_id)
+        run = mlflow.start_run(
+            run_name=name,
+            tags=tags,
+            experiment_id=experiment_id,
+            parent_run_id=parent_run_id,
+            nested=mlflow.active_run() is not None,
+        )
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         try:
             tcfg = with_values(base, {k: v for k, v in params.items() if k in train_fields})
             overrides = {**model_overrides, **{k: v for k, v in params.items() if k not in train_fields}}
-            res = train_in_run(tcfg, overrides, on_epoch=report, tear_sheet=False)
+            res = train_in_run(tcfg, overrides, on_epoch=report, full=cfg.trial_artifacts == "all", cache=cache)
         except optuna.TrialPruned as e:
             mlflow.set_tags({"stocklab.trial_state": "PRUNED", "stocklab.pruned_reason": one_line(e)})
             mlflow.end_run("KILLED")
@@ -111,9 +292,10 @@ def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, study_name: 
             trial.set_user_attr("fail_reason", reason)
             mlflow.set_tags({"stocklab.trial_state": "FAILED", "stocklab.fail_reason": reason})
             mlflow.end_run("FAILED")
-            print(f"trial {trial.number} failed: {reason}")
-            raise
-        except BaseException:  # KeyboardInterrupt, SystemExit: the trial did not finish
+            return nan  # Optuna records FAIL; the reason is the trial's `fail_reason`
+        except BaseException:  # KeyboardInterrupt, SystemExit (SIGTERM): the trial did not finish
+            trial.set_user_attr("interrupted", True)
+            mlflow.set_tag("stocklab.trial_state", "KILLED")
             mlflow.end_run("KILLED")
             raise
         mlflow.set_tag("stocklab.trial_state", "COMPLETE")
@@ -124,59 +306,154 @@ def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, study_name: 
     return objective
 
 
-def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[str] | frozenset = frozenset()) -> dict:
-    """Run (or resume) the study. `model_overrides` fix model hyper-parameters for every trial;
-    `fixed` names the parameters given explicitly, which are not searched."""
-    cfg.validate()
-    if cfg.model not in MODELS:
-        raise StockLabError(f"model: unknown model '{cfg.model}' (choose from {', '.join(MODELS)})")
-    space = load_space(cfg.model, MODELS[cfg.model][1], cfg.space, set(fixed) | set(model_overrides or {}))
-    study_name = cfg.resolved_study_name()
-    study = optuna.create_study(
-        study_name=study_name,
-        storage=make_storage(cfg.storage),
+def print_trial(study: optuna.Study, trial) -> None:
+    """One line per finished trial: number, state, value, seconds, worker (and why it failed)."""
+    if trial.user_attrs.get("surplus"):
+        return
+    secs = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0
+    value = "" if trial.values is None else " ".join(f"{v:.6g}" for v in trial.values)
+    if trial.state == TrialState.PRUNED and trial.intermediate_values:
+        value = f"{list(trial.intermediate_values.values())[-1]:.6g} (last report)"
+    why = f"  {trial.user_attrs['fail_reason']}" if trial.state == TrialState.FAIL else ""
+    params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+    print(f"trial {trial.number:>3} {trial.state.name:<8} {value:<22} {secs:7.1f}s  {params}{why}", flush=True)
+
+
+# --- workers ---
+
+
+def open_study(cfg: TuneConfig) -> optuna.Study:
+    return optuna.create_study(
+        study_name=cfg.resolved_study_name(),
+        storage=make_storage(cfg.storage, cfg.heartbeat),
         directions=[DIRECTIONS[o] for o in TUNE_METRICS[cfg.metric]],
+        sampler=TrialSeededSampler(cfg.seed, multi_objective=len(TUNE_METRICS[cfg.metric]) > 1),
         pruner=make_pruner(cfg.pruner, cfg.epochs * cfg.folds),  # steps count epochs across folds
         load_if_exists=True,
     )
-    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-    done = len(study.get_trials(deepcopy=False, states=done_states))
-    # a resumed study must not replay the first invocation's random draws: offset the seed by
-    # the trials already there (still deterministic for a given study history)
-    study.sampler = optuna.samplers.TPESampler(seed=cfg.seed + len(study.trials))
-    remaining = max(cfg.n_trials - done, 0)
-    experiment = cfg.experiment or f"stocklab-tune-{study_name}"  # one experiment per study
-    with tracking.job_run(experiment, bool(cfg.experiment), run_name=f"study {study_name}") as parent:
-        mlflow.set_tags({"stocklab.study": study_name, "stocklab.role": "study", "stocklab.model": cfg.model})
-        tracking.log_params_once(
-            {**dataclasses.asdict(cfg), **(model_overrides or {}), "study_name_resolved": study_name}
+
+
+def work(cfg: TuneConfig, model_overrides: dict, space: dict, parent_run_id: str, experiment_id: str) -> int:
+    """Run trials of the study until its budget is full (or `timeout`); returns trials run."""
+    study = open_study(cfg)
+    fail_dead_local_trials(study)
+    objective = _objective(cfg, model_overrides, space, parent_run_id, experiment_id)
+    deadline = time.monotonic() + cfg.timeout if cfg.timeout else None
+    ran = 0
+    while open_budget(study, cfg.n_trials) and (deadline is None or time.monotonic() < deadline):
+        # one trial per call: the budget is re-read from the storage before each
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[print_trial])
+        ran += 1
+    return ran
+
+
+def _worker_main(cfg, model_overrides, space, parent_run_id, experiment_id, uris, threads) -> None:
+    """A worker process of `-P n_jobs=N` (spawned: a fresh interpreter, no inherited CUDA state)."""
+    os.environ.pop("MLFLOW_RUN_ID", None)  # never resume the launcher's run as a trial's
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    import torch
+
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    mlflow.set_tracking_uri(uris[0])
+    mlflow.set_registry_uri(uris[1])
+    tracking.install_signal_handlers()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    work(cfg, model_overrides, space, parent_run_id, experiment_id)
+
+
+def _run_workers(cfg: TuneConfig, model_overrides: dict, space: dict, parent_run_id: str, experiment_id: str):
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // cfg.n_jobs)  # n workers x all cores would thrash
+    uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            args=(cfg, model_overrides, space, parent_run_id, experiment_id, uris, threads),
+            name=f"stocklab-tune-worker-{i}",
         )
-        print(f"study {study_name}: {done} finished trials, running {remaining} more (target {cfg.n_trials})")
-        if remaining:
-            study.optimize(
-                _objective(cfg, model_overrides or {}, space, study_name, parent.info.experiment_id),
-                n_trials=remaining,
-                timeout=cfg.timeout or None,
-                catch=(Exception,),  # a failed trial is recorded as FAIL and the study goes on
-            )
+        for i in range(cfg.n_jobs)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except BaseException:
+        for p in procs:  # their signal handlers end their trials' runs KILLED
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(30)
+        raise
+    failed = [p for p in procs if p.exitcode != 0]
+    if failed:
+        mlflow.set_tag("stocklab.workers_failed", ", ".join(f"{p.name} exit {p.exitcode}" for p in failed))
+
+
+def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[str] | frozenset = frozenset()) -> dict:
+    """Run (or resume, or join) the study. `model_overrides` fix model hyper-parameters for every
+    trial; `fixed` names the parameters given explicitly, which are not searched."""
+    cfg.validate()
+    model_overrides = model_overrides or {}
+    if cfg.model not in MODELS:
+        raise StockLabError(f"model: unknown model '{cfg.model}' (choose from {', '.join(MODELS)})")
+    space = load_space(cfg.model, MODELS[cfg.model][1], cfg.space, set(fixed) | set(model_overrides))
+    study_name = cfg.resolved_study_name()
+    study = open_study(cfg)
+    fail_dead_local_trials(study)
+    trials = budget_trials(study.get_trials(deepcopy=False))
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials)
+    experiment = cfg.experiment or f"stocklab-tune-{study_name}"  # one experiment per study
+    tracking.install_signal_handlers()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # print_trial gives one line per trial
+    parent_id = _existing_parent(study)
+    with tracking.job_run(experiment, bool(cfg.experiment), run_name=f"study {study_name}", run_id=parent_id) as parent:
+        if parent_id is None:  # the first worker of the study: every later one joins this run
+            study.set_user_attr(PARENT_ATTR, parent.info.run_id)
+        mlflow.set_tags({"stocklab.study": study_name, "stocklab.role": "study", "stocklab.model": cfg.model})
+        tracking.log_params_once({**dataclasses.asdict(cfg), **model_overrides, "study_name_resolved": study_name})
+        remaining = max(cfg.n_trials - len(trials), 0)
+        print(
+            f"study {study_name}: {done} finished trials, {remaining} to start (target {cfg.n_trials}), "
+            f"{cfg.n_jobs} worker{'s' if cfg.n_jobs > 1 else ''}"
+        )
+        experiment_id = parent.info.experiment_id
+        if cfg.n_jobs > 1:
+            _run_workers(cfg, model_overrides, space, parent.info.run_id, experiment_id)
+            fail_dead_local_trials(study)  # a worker that was killed leaves its trial to the next run
+        else:
+            work(cfg, model_overrides, space, parent.info.run_id, experiment_id)
         summary = _log_study(study, cfg)
         summary["parent_run_id"] = parent.info.run_id
         best_run = summary.get("best_run_id")
-        if best_run and not mlflow.MlflowClient().list_artifacts(best_run, "tearsheet"):
-            # trials skip the tear sheet (seconds each); the model a study picks gets one
+        if best_run:
+            # trials log weights only; the model a study picks gets its model, plots, tear sheet
             try:
-                add_tear_sheet(best_run, cfg.cache_dir)
-            except Exception as e:  # noqa: BLE001 - a tear sheet must never lose the study
-                mlflow.MlflowClient().set_tag(best_run, "tearsheet_error", describe(e, 400))
+                complete_run(best_run, cfg.cache_dir)
+            except Exception as e:  # noqa: BLE001 - never lose the study over the best run's extras
+                mlflow.MlflowClient().set_tag(best_run, "stocklab.complete_error", describe(e, 400))
+                print(f"best trial's full evaluation failed: {describe(e)}")
         if cfg.register and best_run:
             summary.update(register_best(study, cfg, best_run))
     return summary
 
 
+def _existing_parent(study: optuna.Study) -> str | None:
+    """The study's parent run, if it exists in this tracking store."""
+    run_id = study.user_attrs.get(PARENT_ATTR)
+    if not run_id:
+        return None
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None  # the study moved to another tracking store: start a new parent there
+    return run_id
+
+
 def best_trial(study: optuna.Study, cfg: TuneConfig) -> optuna.trial.FrozenTrial | None:
     """The trial whose model is registered: the best one, or for `metric=both` the trial of
     the Pareto front (valid loss vs valid rank IC) with the best validation rank IC."""
-    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+    if not any(t.state == TrialState.COMPLETE for t in study.trials):
         return None
     if len(TUNE_METRICS[cfg.metric]) == 1:
         return study.best_trial
@@ -197,7 +474,9 @@ def _log_study(study: optuna.Study, cfg: TuneConfig) -> dict:
         mlflow.set_tag("stocklab.best", "no trial completed")
         return {"best_value": None, "best_run_id": None, "states": states}
     objectives = TUNE_METRICS[cfg.metric]
-    mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
+    # params cannot change once logged: a resumed study's best shows in the tag (and the metrics)
+    tracking.log_params_once({f"best_{k}": v for k, v in best.params.items()})
+    mlflow.set_tag("stocklab.best_params", ", ".join(f"{k}={v}" for k, v in best.params.items())[:5000])
     mlflow.log_metrics({f"best_{o}": v for o, v in zip(objectives, best.values)})
     mlflow.log_metrics({"best_value": best.values[0], "best_trial": best.number})
     if len(objectives) > 1:

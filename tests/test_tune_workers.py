@@ -1,0 +1,229 @@
+"""Several workers on one study, the study-total budget, per-trial seeding, killed workers and
+the input cache: real processes, a real journal storage and a real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+from conftest import ROOT, synthetic_bars, write_ticker_csvs
+from optuna.trial import TrialState
+
+from stocklab.config import TrainConfig, TuneConfig
+from stocklab.pipeline import InputCache, folds_of
+from stocklab.tune import TrialSeededSampler, budget_trials, make_storage, open_budget, run_tune
+
+SPACE = """
+hidden_size: {type: int, low: 4, high: 16}
+lr: {type: float, low: 1.0e-4, high: 2.0e-2, log: true}
+dropout: {type: float, low: 0.0, high: 0.3}
+"""
+
+
+def _tune_cfg(tmp_path, data, **kw) -> TuneConfig:
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    values = dict(
+        data=str(data),
+        study_name="w",
+        storage=str(tmp_path / "study.log"),
+        space=str(space),
+        epochs=1,
+        horizon=1,
+        seq_len=5,
+        features="returns",
+        batch_size=64,
+        register=False,
+    )
+    return TuneConfig(**{**values, **kw})
+
+
+def _runs(experiment: str):
+    exp = mlflow.get_experiment_by_name(experiment)
+    return mlflow.search_runs([exp.experiment_id], output_format="list") if exp else []
+
+
+@pytest.fixture
+def small_data(tmp_path):
+    return write_ticker_csvs(synthetic_bars(n_tickers=6, n_days=260), tmp_path / "csvs")
+
+
+def test_two_workers_run_exactly_n_trials_with_distinct_configurations(tmp_path, tracking, small_data):
+    cfg = _tune_cfg(tmp_path, small_data, n_trials=4, n_jobs=2, pruner="none", register=True)
+    summary = run_tune(cfg)
+
+    study = optuna.load_study(study_name="w", storage=make_storage(cfg.storage))
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    counted = budget_trials(study.trials)
+    assert len(finished) == 4 and len(counted) == 4, [(t.number, t.state) for t in study.trials]
+    assert sorted(t.number for t in counted) == [0, 1, 2, 3]
+    configs = {tuple(sorted(t.params.items())) for t in finished}
+    assert len(configs) == 4  # no configuration trained twice
+    assert len({t.user_attrs["worker"] for t in finished}) == 2  # both workers ran trials
+
+    runs = _runs("stocklab-tune-w")
+    parents = [r for r in runs if r.data.tags.get("stocklab.role") == "study"]
+    trials = [r for r in runs if r.data.tags.get("stocklab.role") == "trial"]
+    assert len(parents) == 1 and len(trials) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    # trials log weights only; the best one got the model and the tear sheet afterwards
+    best = summary["best_run_id"]
+    client = mlflow.MlflowClient()
+    for r in trials:
+        assert client.list_artifacts(r.info.run_id, "model_state")
+        if r.info.run_id != best:
+            assert "stocklab.model_uri" not in r.data.tags
+    assert "stocklab.model_uri" in client.get_run(best).data.tags
+    assert client.list_artifacts(best, "tearsheet")
+    assert int(summary["registered_version"]) == 1
+
+    # run again with the same target: nothing to do, the same parent run is reused
+    again = run_tune(cfg)
+    assert again["parent_run_id"] == parents[0].info.run_id
+    assert len(optuna.load_study(study_name="w", storage=make_storage(cfg.storage)).trials) == len(study.trials)
+
+
+def test_budget_counts_running_and_waiting_but_not_retried_surplus_or_interrupted(tmp_path):
+    study = optuna.create_study(storage=make_storage(str(tmp_path / "j.log")))
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+
+    def add(state, **attrs):
+        value = 1.0 if state == TrialState.COMPLETE else None
+        study.add_trial(
+            optuna.create_trial(state=state, params={"x": 0.5}, distributions=dist, user_attrs=attrs, value=value)
+        )
+
+    add(TrialState.COMPLETE)
+    add(TrialState.FAIL)  # a real failure: counts (a study that always fails must end)
+    add(TrialState.FAIL, surplus=True)
+    add(TrialState.FAIL, interrupted=True)
+    add(TrialState.FAIL)  # #4: its worker died; retried as #5
+    retry = optuna.create_trial(
+        state=TrialState.WAITING,
+        params={"x": 0.5},
+        distributions=dist,
+        system_attrs={"failed_trial": 4, "retry_history": [4]},
+    )
+    study.add_trial(retry)
+    assert [t.number for t in budget_trials(study.trials)] == [0, 1, 5]
+    assert open_budget(study, 2)  # a waiting retry is always run
+    assert open_budget(study, 3)
+    study2 = optuna.create_study(storage=make_storage(str(tmp_path / "j2.log")))
+    for t in budget_trials(study.trials)[:2]:
+        study2.add_trial(t)
+    assert not open_budget(study2, 2) and open_budget(study2, 3)
+
+
+def test_per_trial_seeding_gives_distinct_draws_and_is_reproducible():
+    def draws(seed, n):
+        study = optuna.create_study(sampler=TrialSeededSampler(seed))
+        out = []
+        for _ in range(n):
+            trial = study.ask()
+            out.append((trial.suggest_float("x", 0, 1), trial.suggest_int("k", 0, 10**6)))
+            study.tell(trial, out[-1][0])
+        return out
+
+    a, b = draws(0, 12), draws(0, 12)
+    assert a == b  # same seed, same history -> same configurations (TPE after 10 startup trials too)
+    assert len(set(a)) == 12
+    assert draws(1, 3) != a[:3]
+
+
+def test_input_cache_prepares_once_per_data_recipe(csv_dir):
+    cache = InputCache()
+    cfg = TrainConfig(data=str(csv_dir), features="returns", horizon=1, seq_len=5, device="cpu")
+    first = cache.inputs(cfg)
+    assert cache.inputs(TrainConfig(**{**cfg.__dict__, "lr": 0.1, "batch_size": 7})) is first
+    assert cache.loads == 1 and cache.hits == 1
+    fold = folds_of(cfg, len(first.panel.dates))[0]
+    w1 = cache.windows(cfg, "cpu", fold)
+    assert cache.windows(TrainConfig(**{**cfg.__dict__, "lr": 0.5}), "cpu", fold) is w1
+    assert first.panel.X[0] is not w1.panel.X[0]  # the cached raw panel is never scaled in place
+    cache.inputs(TrainConfig(**{**cfg.__dict__, "seq_len": 8}))
+    assert cache.loads == 2
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _tune_command(cfg: TuneConfig) -> list[str]:
+    args = [sys.executable, "-m", "stocklab.cli", "tune"]
+    for key in ("data", "study_name", "storage", "space", "epochs", "horizon", "seq_len", "features", "batch_size"):
+        args += [f"--{key}", str(getattr(cfg, key))]
+    return args + ["--n_trials", str(cfg.n_trials), "--pruner", "none", "--register", "false"]
+
+
+def test_a_sigkilled_worker_trial_is_retried_and_no_run_stays_running(tmp_path, tracking):
+    # long enough epochs that the kill lands inside a trial
+    data = write_ticker_csvs(synthetic_bars(n_tickers=20, n_days=700), tmp_path / "csvs")
+    cfg = _tune_cfg(tmp_path, data, n_trials=2, epochs=30, seq_len=30)
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_tune_command(cfg), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    storage = make_storage(cfg.storage)
+
+    def running_trial():
+        try:
+            study = optuna.load_study(study_name="w", storage=storage)
+        except KeyError:
+            return False
+        return any(t.state == TrialState.RUNNING and "mlflow_run_id" in t.user_attrs for t in study.trials)
+
+    try:
+        _wait_for(running_trial, 180, "a running trial")
+        time.sleep(2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    study = optuna.load_study(study_name="w", storage=storage)
+    killed = [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert len(killed) == 1 and proc.returncode == -signal.SIGKILL
+    killed_run = killed[0].user_attrs["mlflow_run_id"]
+    assert mlflow.get_run(killed_run).info.status == "RUNNING"  # what SIGKILL leaves behind
+
+    # resume with a short study: the dead worker's trial is failed, retried with its params
+    resumed = _tune_cfg(tmp_path, data, n_trials=2, epochs=1, seq_len=30, pruner="none")
+    run_tune(resumed)
+    study = optuna.load_study(study_name="w", storage=storage)
+    by_number = {t.number: t for t in study.trials}
+    dead = by_number[killed[0].number]
+    assert dead.state == TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == dead.params
+    assert len([t for t in study.trials if t.state == TrialState.COMPLETE]) == 2
+    assert mlflow.get_run(killed_run).info.status == "KILLED"
+    assert not [r for r in _runs("stocklab-tune-w") if r.info.status == "RUNNING"]
+
+
+def test_sigterm_ends_a_train_run_killed(tmp_path, tracking):
+    data = write_ticker_csvs(synthetic_bars(n_tickers=20, n_days=700), tmp_path / "csvs")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "stocklab.cli", "train", "--data", str(data), "--epochs", "50", "--horizon", "1"]
+    proc = subprocess.Popen(cmd + ["--seq_len", "30"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+
+    def training():
+        runs = _runs("stocklab-train")
+        return bool(runs) and any("train_loss" in r.data.metrics for r in runs)
+
+    try:
+        _wait_for(training, 180, "the first epoch")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "stopped by signal 15" in err and "Traceback" not in err
+    (run,) = _runs("stocklab-train")
+    assert run.info.status == "KILLED"

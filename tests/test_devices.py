@@ -48,3 +48,54 @@ def test_compile_flag_trains_the_same_parameters():
     before = model.fc.weight.detach().clone()
     hist = fit(model, ws, TrainConfig(epochs=1, batch_size=256, compile=True))
     assert hist.train_loss and not torch.equal(before, model.fc.weight.detach())
+
+
+def _steps(ws, name: str, batch: int, n_steps: int, graph: str):
+    """Losses of `n_steps` training steps from one seed: graph='none' plain train_step,
+    'buffers' GraphStep without capture (its static buffers, any device), 'cuda' captured."""
+    from stocklab.training import GraphStep, make_optimizer, train_step
+
+    torch.manual_seed(0)
+    model = build_model(name, ws.n_features, 10, model_config(name, {"dropout": 0.0} if name == "lstm" else {}))
+    model.to(ws.device).train()
+    params = list(model.parameters())
+    opt = make_optimizer(params, TrainConfig(lr=1e-3), ws.device, graph=graph == "cuda")
+    step = GraphStep(model, ws, opt, batch, capture=graph == "cuda") if graph != "none" else None
+    gen = torch.Generator().manual_seed(0)
+    losses, seen = [], []
+    while len(losses) < n_steps:
+        for n, t in ws.index_batches("train", batch, gen):
+            loss = step(n, t) if step is not None else train_step(model, ws, opt, n, t)
+            losses.append(float(loss))
+            seen.append(n.numel())
+            if len(losses) == n_steps:
+                break
+    return losses, seen, step, model
+
+
+@pytest.mark.parametrize("name", ["lstm", "cnn1d"])
+def test_graph_step_buffers_feed_the_same_windows_as_eager_steps(name):
+    # the static buffers are overwritten every step: a stale or misaligned copy would change
+    # the loss sequence; the epoch's remainder batch (another size) must still be trained on
+    ws = _ws("cpu")
+    n_train = ws.size("train")
+    batch = 96
+    assert n_train % batch != 0
+    steps_per_epoch = -(-n_train // batch)
+    eager, seen_e, _, m_e = _steps(ws, name, batch, 2 * steps_per_epoch, "none")
+    buffered, seen_b, step, m_b = _steps(ws, name, batch, 2 * steps_per_epoch, "buffers")
+    assert seen_b == seen_e and sum(seen_b) == 2 * n_train  # every window, each epoch, once
+    assert buffered == eager  # bit-for-bit on CPU
+    assert step.eager_steps == 2 * steps_per_epoch and step.replays == 0 and step.fallback is None
+    for a, b in zip(m_e.parameters(), m_b.parameters()):
+        assert torch.equal(a, b)
+
+
+@cuda
+@pytest.mark.parametrize("name", ["lstm", "cnn2d", "cnn1d"])
+def test_cuda_graph_steps_match_eager_steps(name):
+    ws = _ws("cuda")
+    eager, _, _, _ = _steps(ws, name, 64, 20, "none")
+    graphed, _, step, _ = _steps(ws, name, 64, 20, "cuda")
+    assert step.fallback is None and step.replays >= 10  # 3 warm-up steps, then replays
+    torch.testing.assert_close(torch.tensor(graphed), torch.tensor(eager), rtol=2e-2, atol=1e-4)

@@ -69,6 +69,7 @@ class TrainConfig:
     max_tickers: int = opt(0, "use the first N tickers in name order (0 = all)")
     device: str = opt("auto", "where to train", DEVICES)
     compile: bool = opt(False, "torch.compile the model for training")
+    cuda_graph: bool = opt(True, "CUDA: replay the training step from a CUDA graph (false: eager steps)")
     eval_batch_size: int = opt(8192, "batch size for validation/test passes")
     cache_dir: str = opt(".stocklab_cache", "parsed-panel cache folder ('' = no cache)")
     experiment: str = opt("", "MLflow experiment (default: stocklab-train; for tune: stocklab-tune-<study>)")

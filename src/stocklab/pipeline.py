@@ -505,6 +505,8 @@ def _fit_fold(cfg, mcfg, prep: Prepared, on_epoch, prefix: str) -> FoldResult:
             on_epoch(dataclasses.replace(info, fold=fold.index, step=step))
 
     hist = fit(model, ws, cfg, on_epoch=log_epoch)  # restores the best epoch's weights
+    if hist.graph_fallback:  # the model could not be captured: it trained eagerly
+        mlflow.set_tag("stocklab.cuda_graph_fallback", hist.graph_fallback)
     valid = predictions_frame(model, ws, "valid", cfg.eval_batch_size)
     test = predictions_frame(model, ws, "test", cfg.eval_batch_size)
     metrics, skipped = split_metrics(test, ws, cfg.label_scale)

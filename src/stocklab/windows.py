@@ -281,14 +281,19 @@ class WindowSet:
         days = t[:, None] + self.offsets[None, :]  # (B, T)
         return self.y[n[:, None], days], self.y_ok[n[:, None], days].float()
 
-    def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None):
-        """Yield (x (B,T,F), y (B,), n (B,), t (B,)); shuffled when a generator is given."""
+    def index_batches(self, split: str, batch_size: int, generator: torch.Generator | None = None):
+        """Yield (n (B,), t (B,)) window indices covering the split once; shuffled when a
+        generator is given; the last batch holds the remainder."""
         n_all, t_all = self.index[split]
         if generator is not None:
             perm = torch.randperm(n_all.numel(), generator=generator).to(self.device)
             n_all, t_all = n_all[perm], t_all[perm]
         for i in range(0, n_all.numel(), batch_size):
-            n, t = n_all[i : i + batch_size], t_all[i : i + batch_size]
+            yield n_all[i : i + batch_size], t_all[i : i + batch_size]
+
+    def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None):
+        """Yield (x (B,T,F), y (B,), n (B,), t (B,)); shuffled when a generator is given."""
+        for n, t in self.index_batches(split, batch_size, generator):
             yield self.gather(n, t), self.y[n, t], n, t
 
 

@@ -33,7 +33,8 @@ def test_naive_windows_match_the_project_windows():
 def test_speed_suite_writes_speed_json(tmp_path, tracking):
     data = write_ticker_csvs(synthetic_bars(n_tickers=3, n_days=260), tmp_path / "csvs")
     cfg = BenchmarkConfig(data=str(data), n_tickers=3, seq_len=20, batch_size=64, train_steps=3, seed000_steps=2,
-                          seed000_tickers=4, seed000_days=400, output=str(tmp_path / "speed.json"))  # fmt: skip
+                          seed000_tickers=4, seed000_days=400, output=str(tmp_path / "speed.json"),
+                          study_trials=2, study_tickers=3, study_jobs=2)  # fmt: skip
     res = run_benchmark(cfg)
     saved = json.loads((tmp_path / "speed.json").read_text())
     for key in ("window_speedup", "window_mem_naive_mb", "window_mem_project_mb", "train_speedup_cnn2d",
@@ -42,6 +43,16 @@ def test_speed_suite_writes_speed_json(tmp_path, tracking):
         assert key in saved and key in res
     assert saved["seed000_200_epochs_s"] == pytest.approx(200 * saved["seed000_epoch_s"])
     assert saved["window_project_windows"] > 0 and saved["train_speedup_lstm"] > 0
+    for name in ("cnn2d", "lstm"):
+        for batch in (64, 1024):
+            k = f"seed000_{name}_b{batch}"
+            assert (
+                saved[f"{k}_200_epochs_s"] == pytest.approx(200 * saved[f"{k}_epoch_s"]) and saved[f"{k}_step_ms"] > 0
+            )
+    for jobs in (1, 2):  # the short study, run as `stocklab tune`, with one and two workers
+        assert saved[f"study_jobs{jobs}_trials"] == 2
+        assert saved[f"study_jobs{jobs}_trials_per_hour"] == pytest.approx(3600 * 2 / saved[f"study_jobs{jobs}_wall_s"])
+        assert 0 <= saved[f"study_jobs{jobs}_trial_overhead_s_median"] < saved[f"study_jobs{jobs}_trial_wall_s_mean"]
     # the ceiling is the matmul peak over the counted work, relative to the source pipeline
     samples_per_s_at_peak = saved["peak_gemm_gflops"] * 1e3 / saved["train_mflop_per_sample_lstm"]
     ceiling = samples_per_s_at_peak / saved["train_dataloader_lstm_per_s"]

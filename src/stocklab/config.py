@@ -219,6 +219,9 @@ class BenchmarkConfig:
     seed000_tickers: int = opt(514, "tickers of the synthetic seed000 panel")
     seed000_days: int = opt(3500, "days of the synthetic seed000 panel")
     device: str = opt("auto", "where to run", DEVICES)
+    study_trials: int = opt(4, "speed (d): trials of the short lstm study on `data`")
+    study_tickers: int = opt(40, "speed (d): tickers of that study (first N by name)")
+    study_jobs: int = opt(4, "speed (d): worker processes compared with one")
     output: str = opt("speed.json", "speed: where to write the results")
     # suite=models: every preset, every catalogue model at its defaults and every baseline
     models: str = opt("", "models: comma-separated entries to run (e.g. lstm,factor-momentum_12_1; default all)")

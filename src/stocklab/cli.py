@@ -222,10 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from mlflow.exceptions import MlflowException
 
-    from stocklab.tracking import install_signal_handlers
+    from stocklab.tracking import check_tracking_server, install_signal_handlers
 
     install_signal_handlers()  # SIGTERM ends the job's runs KILLED, like Ctrl-C
     try:
+        if not any(a in ("-h", "--help") for a in argv[1:]):
+            check_tracking_server()
         return COMMANDS[argv[0]](argv[1:])
     except KeyboardInterrupt as e:
         print(f"stocklab: {one_line(e) if str(e) else 'interrupted'}; open runs ended KILLED", file=sys.stderr)

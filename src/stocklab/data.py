@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,22 +199,45 @@ def load_panel(data: str, cache_dir: str | None = ".stocklab_cache") -> tuple[pd
         cached, meta = cache / f"panel-{fp[:20]}.parquet", cache / f"panel-{fp[:20]}.json"
         if cached.exists() and meta.exists():
             report = DataReport(**json.loads(meta.read_text()))
+            # the same bytes may sit at another path: the report names this run's input
+            report.source = str(path.resolve())
             return pd.read_parquet(cached), report
 
     report = DataReport(source=str(path.resolve()), fingerprint=fp, files=len(files))
-    frames = []
+    frames, frame_files, source_of = [], [], {}
     for f in files:
         table = _read_table(f)
         if table.empty:
             report.dropped["empty_file"] = report.dropped.get("empty_file", 0) + 1
             continue
         ticker = ticker_from_filename(f) if path.is_dir() else None
-        frames.append(_normalise(table, str(f), ticker))
+        frame = _normalise(table, str(f), ticker)
+        for name in frame["ticker"].unique():
+            # two files with bars of one ticker (a per-ticker file and a long file, at different
+            # price scales in the wild) cannot be merged safely: say which files, do not guess
+            if name in source_of:
+                raise StockLabError(
+                    f"data: ticker '{name}' is in both '{source_of[name].name}' and '{f.name}' in '{data}'; "
+                    "keep one source per ticker (move one file out of the folder)"
+                )
+            source_of[name] = f
+        frames.append(frame)
+        frame_files.append(f)
     if not frames:
         raise StockLabError(f"data: '{data}' has no rows")
-    # files may differ in optional columns; keep the columns every file has
+    # files may differ in optional columns; keep the columns every file has, and say so
     common = set.intersection(*(set(f.columns) for f in frames))
     cols = [c for c in ("date", "ticker", *VALUE_COLS) if c in common]
+    lost = sorted({c for f in frames for c in f.columns} - common, key=list(VALUE_COLS).index)
+    if lost:
+        short = [f for f, fr in zip(frame_files, frames) if not set(lost) <= set(fr.columns)]
+        kept = ", ".join(c for c in cols if c not in ("date", "ticker"))
+        print(
+            f"stocklab: warning: data: column(s) {', '.join(lost)} missing from {len(short)} file(s) "
+            f"(e.g. '{short[0].name}'): every ticker gets only {kept}",
+            file=sys.stderr,
+        )
+        report.repaired["columns_not_in_every_file"] = len(lost)
     panel = _finish(pd.concat([f[cols] for f in frames], ignore_index=True), report)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
@@ -237,7 +261,11 @@ def _finish(raw: pd.DataFrame, report: DataReport) -> pd.DataFrame:
     report.rows_read = int(len(raw))
     panel = _clean(raw, report)
     if panel.empty:
-        raise StockLabError(f"data: '{report.source}' has no valid rows after cleaning")
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(report.dropped.items(), key=lambda kv: -kv[1]))
+        hint = " (prices must be positive numbers)" if "missing_price" in report.dropped else ""
+        raise StockLabError(
+            f"data: '{report.source}' has no valid rows after cleaning (rows dropped - {why or 'none'}){hint}"
+        )
     report.rows_kept = int(len(panel))
     report.tickers = int(panel["ticker"].nunique())
     report.date_min = str(panel["date"].min().date())

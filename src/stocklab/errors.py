@@ -1,6 +1,19 @@
-"""User-facing errors and the one place that turns any exception into one line of text."""
+"""User-facing errors, the one place that turns any exception into one line of text, and the
+masking of passwords in URLs wherever the project prints or logs one."""
 
 from __future__ import annotations
+
+import re
+
+# scheme://user:password@host -> scheme://user:***@host (RDB storages, tracking servers)
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?P<secret>\S+)(?=@[^@\s]*)"
+)  # up to the last @
+
+
+def mask_secrets(text) -> str:
+    """`text` with the password of every URL in it replaced by `***`."""
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + "***", str(text))
 
 
 class StockLabError(ValueError):
@@ -13,7 +26,7 @@ def one_line(exc: BaseException, limit: int = 500) -> str:
     Used for CLI errors, MLflow tags and Optuna user attributes: an exception with an empty or
     whitespace-only message must still give a readable line (never an IndexError).
     """
-    for line in str(exc).splitlines():
+    for line in mask_secrets(exc).splitlines():
         if line.strip():
             return line.strip()[:limit]
     return type(exc).__name__

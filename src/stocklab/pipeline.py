@@ -660,7 +660,13 @@ def _objective(model) -> str:
 
 
 def load_model_bundle(model_uri: str):
-    """(callable model, Bundle) from a logged model URI (runs:/..., models:/...)."""
+    """(callable model, Bundle) from a logged model URI (runs:/..., models:/...). A tune trial
+    that logged weights only gets its model logged first (`complete_run`), on request."""
+    if model_uri.startswith("runs:/"):
+        run_id = model_uri[len("runs:/") :].split("/")[0]
+        client = mlflow.MlflowClient()
+        if not has_model(run_id) and client.list_artifacts(run_id, Path(WEIGHTS_ARTIFACT).parent.as_posix()):
+            complete_run(run_id)
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
     model = mlflow.pytorch.load_model(str(local))
     found = list(local.rglob(BUNDLE_FILE))

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from mlflow.models.signature import ModelSignature  # noqa: E402
 from mlflow.types.schema import Schema, TensorSpec  # noqa: E402
 
-from stocklab.errors import describe  # noqa: E402,F401 - tags carry `Type: first line`
+from stocklab.errors import StockLabError, describe, mask_secrets  # noqa: E402,F401 - tags: `Type: first line`
 
 
 def _same(logged: str, value) -> bool:
@@ -103,6 +103,29 @@ def job_run(
             )
             mlflow.set_tag("stocklab.launcher_run_id", launcher)
         yield run
+
+
+def check_tracking_server(timeout: float = 5.0) -> None:
+    """A tracking server that does not answer fails the job at once, in one line naming it,
+    instead of after MLflow's minutes of HTTP retries (and before any run is opened)."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    parts = urlsplit(uri)
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered (a proxy or an older server without /health): MLflow takes over
+    except OSError as e:
+        reason = getattr(e, "reason", e)
+        raise StockLabError(
+            f"MLFLOW_TRACKING_URI: no MLflow tracking server answers at {mask_secrets(uri)} "
+            f"(host {parts.hostname}, port {parts.port or 'default'}): {mask_secrets(reason)}"
+        ) from None
 
 
 def install_signal_handlers() -> None:

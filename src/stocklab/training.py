@@ -26,8 +26,8 @@ from stocklab.config import StockLabError, TrainConfig
 from stocklab.windows import WindowSet
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+class TrainingDiverged(StockLabError):
+    """The loss became NaN or infinite (a user-facing error: usually the learning rate)."""
 
 
 @dataclass
@@ -266,7 +266,10 @@ def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallba
         hist.train_only_s += time.perf_counter() - t0
         valid_loss = mean_loss(model, ws, "valid", cfg.eval_batch_size)
         if not (math.isfinite(train_loss) and math.isfinite(valid_loss)):
-            raise TrainingDiverged(f"loss is not finite at epoch {epoch} (train {train_loss}, valid {valid_loss})")
+            raise TrainingDiverged(
+                f"lr: training diverged at epoch {epoch} with lr={cfg.lr:g} (train loss {train_loss}, "
+                f"valid loss {valid_loss}); lower lr or scale the inputs"
+            )
         hist.train_loss.append(train_loss)
         hist.valid_loss.append(valid_loss)
         bar.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}")

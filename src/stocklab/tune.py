@@ -34,6 +34,7 @@ import math
 import multiprocessing
 import os
 import socket
+import sys
 import tempfile
 import time
 import warnings
@@ -56,7 +57,7 @@ from stocklab.config import (
     TuneConfig,
     with_values,
 )
-from stocklab.errors import describe, one_line
+from stocklab.errors import describe, mask_secrets, one_line
 from stocklab.models import MODELS
 from stocklab.pipeline import EpochInfo, InputCache, complete_run, train_in_run
 from stocklab.spaces import load_space, suggest
@@ -70,25 +71,27 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def make_storage(storage: str, heartbeat: int = 60):
+def make_storage(storage: str = DEFAULT_JOURNAL, heartbeat: int = 60):
     """An Optuna storage for a URL (RDB, with heartbeat and retry of stale trials) or a journal file."""
     if "://" in storage:
         engine_kwargs = {"pool_pre_ping": True}
         if storage.startswith(("postgresql", "mysql")):
             # an unreachable server fails in seconds, not after minutes of TCP retries
             engine_kwargs["connect_args"] = {"connect_timeout": 5}
-        return optuna.storages.RDBStorage(
-            storage,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat,
-            grace_period=2 * heartbeat,
-            heartbeat_stale_trial_callback=retry_stale_trial,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+            return optuna.storages.RDBStorage(
+                storage,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat,
+                grace_period=2 * heartbeat,
+                heartbeat_stale_trial_callback=retry_stale_trial,
+            )
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
     # a journal file uses file locks, so several workers on one machine can share it (SQLite cannot)
-    return JournalStorage(JournalFileBackend(storage or DEFAULT_JOURNAL))
+    return JournalStorage(JournalFileBackend(storage))
 
 
 def make_pruner(name: str, epochs: int):
@@ -322,15 +325,47 @@ def print_trial(study: optuna.Study, trial) -> None:
 # --- workers ---
 
 
+STORAGE_ENV = "STOCKLAB_STORAGE"  # a storage URL kept out of -P values (MLflow logs those)
+
+
+def resolve_storage(cfg: TuneConfig) -> str:
+    """`storage`, else $STOCKLAB_STORAGE, else the default journal file."""
+    return cfg.storage or os.environ.get(STORAGE_ENV, "") or DEFAULT_JOURNAL
+
+
 def open_study(cfg: TuneConfig) -> optuna.Study:
-    return optuna.create_study(
-        study_name=cfg.resolved_study_name(),
-        storage=make_storage(cfg.storage, cfg.heartbeat),
-        directions=[DIRECTIONS[o] for o in TUNE_METRICS[cfg.metric]],
-        sampler=TrialSeededSampler(cfg.seed, multi_objective=len(TUNE_METRICS[cfg.metric]) > 1),
-        pruner=make_pruner(cfg.pruner, cfg.epochs * cfg.folds),  # steps count epochs across folds
-        load_if_exists=True,
-    )
+    """Create or load the study; a storage that cannot be opened is one line naming it (password
+    masked) and why, within seconds (`connect_timeout`), never a driver traceback."""
+    url = resolve_storage(cfg)
+    try:
+        return optuna.create_study(
+            study_name=cfg.resolved_study_name(),
+            storage=make_storage(url, cfg.heartbeat),
+            directions=[DIRECTIONS[o] for o in TUNE_METRICS[cfg.metric]],
+            sampler=TrialSeededSampler(cfg.seed, multi_objective=len(TUNE_METRICS[cfg.metric]) > 1),
+            pruner=make_pruner(cfg.pruner, cfg.epochs * cfg.folds),  # steps count epochs across folds
+            load_if_exists=True,
+        )
+    except ModuleNotFoundError as e:
+        raise StockLabError(
+            f"storage: {mask_secrets(url)} needs the database driver '{e.name}', which is not installed "
+            "(PostgreSQL: pip install 'psycopg[binary]' and a postgresql+psycopg:// URL)"
+        ) from None
+    except ValueError as e:  # e.g. the study exists with other directions
+        raise StockLabError(f"study_name: {one_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError/ArgumentError, a bad journal path
+        where = _host_port(url)
+        raise StockLabError(f"storage: cannot open {mask_secrets(url)}{where}: {one_line(e, 300)}") from None
+
+
+def _host_port(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        return f" (host {parts.hostname}, port {parts.port or 'default'})" if parts.hostname else ""
+    except ValueError:
+        return ""
 
 
 def work(cfg: TuneConfig, model_overrides: dict, space: dict, parent_run_id: str, experiment_id: str) -> int:
@@ -358,7 +393,13 @@ def _worker_main(cfg, model_overrides, space, parent_run_id, experiment_id, uris
     mlflow.set_registry_uri(uris[1])
     tracking.install_signal_handlers()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    work(cfg, model_overrides, space, parent_run_id, experiment_id)
+    try:
+        work(cfg, model_overrides, space, parent_run_id, experiment_id)
+    except StockLabError as e:
+        print(f"stocklab: error: worker {worker_id()}: {one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)  # its trial's run is ended KILLED; the launcher reports
 
 
 def _run_workers(cfg: TuneConfig, model_overrides: dict, space: dict, parent_run_id: str, experiment_id: str):
@@ -411,7 +452,10 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
         if parent_id is None:  # the first worker of the study: every later one joins this run
             study.set_user_attr(PARENT_ATTR, parent.info.run_id)
         mlflow.set_tags({"stocklab.study": study_name, "stocklab.role": "study", "stocklab.model": cfg.model})
-        tracking.log_params_once({**dataclasses.asdict(cfg), **model_overrides, "study_name_resolved": study_name})
+        params = {**dataclasses.asdict(cfg), **model_overrides, "study_name_resolved": study_name}
+        params["storage"] = mask_secrets(cfg.storage)  # never a password in the tracking store
+        params["storage_resolved"] = mask_secrets(resolve_storage(cfg))
+        tracking.log_params_once(params)
         remaining = max(cfg.n_trials - len(trials), 0)
         print(
             f"study {study_name}: {done} finished trials, {remaining} to start (target {cfg.n_trials}), "

@@ -1,0 +1,120 @@
+"""Hostile input: every case ends in one line naming the file or parameter, a non-zero exit,
+no traceback, and no password anywhere it is printed."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import time
+
+import mlflow
+import pytest
+from conftest import synthetic_bars, write_ticker_csvs
+
+from stocklab.cli import main
+from stocklab.data import load_panel
+from stocklab.errors import mask_secrets, one_line
+
+
+def _fails(capsys, argv, code=2) -> str:
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("stocklab: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _train(data, *extra):
+    return ["train", "--data", str(data), "--epochs", "1", "--horizon", "1", "--seq_len", "5", *extra]
+
+
+def test_truncated_gzip_and_corrupt_parquet_name_the_file(tmp_path, tracking, capsys):
+    folder = write_ticker_csvs(synthetic_bars(n_tickers=3, n_days=120), tmp_path / "gz")
+    raw = (folder / "T00_data.csv").read_bytes()
+    (folder / "T00_data.csv").unlink()
+    (folder / "T00_data.csv.gz").write_bytes(gzip.compress(raw)[:-40])  # cut before the end marker
+    line = _fails(capsys, _train(folder))
+    assert "T00_data.csv.gz" in line and "cannot be read" in line
+
+    bad = tmp_path / "bars.parquet"
+    bad.write_bytes(b"PAR1 this is not parquet")
+    line = _fails(capsys, _train(bad))
+    assert "bars.parquet" in line and "cannot be read" in line
+
+
+def test_a_folder_with_two_sources_for_one_ticker_is_an_error_naming_both(tmp_path, tracking, capsys):
+    bars = synthetic_bars(n_tickers=3, n_days=120)
+    folder = write_ticker_csvs(bars, tmp_path / "mixed")
+    long = bars[bars["Name"] == "T01"].drop(columns=["open", "high", "low"])
+    long.assign(close=long["close"] * 100).to_csv(folder / "all_stocks.csv", index=False)
+    line = _fails(capsys, _train(folder))
+    assert "'T01'" in line and "T01_data.csv" in line and "all_stocks.csv" in line
+
+
+def test_close_only_fallback_is_announced(tmp_path, tracking, capsys):
+    bars = synthetic_bars(n_tickers=3, n_days=120)
+    folder = write_ticker_csvs(bars, tmp_path / "cols")
+    g = bars[bars["Name"] == "T02"][["date", "close"]]
+    g.to_csv(folder / "T02_data.csv", index=False)
+    raw, report = load_panel(str(folder), "")
+    err = capsys.readouterr().err
+    assert "open, high, low, volume missing from 1 file(s) (e.g. 'T02_data.csv')" in err
+    assert list(raw.columns) == ["date", "ticker", "close"] and report.repaired["columns_not_in_every_file"] == 4
+
+
+def test_no_valid_rows_says_why(tmp_path, tracking, capsys):
+    bars = synthetic_bars(n_tickers=2, n_days=60)
+    bars["close"] = -1.0
+    folder = write_ticker_csvs(bars, tmp_path / "neg")
+    line = _fails(capsys, _train(folder))
+    assert "no valid rows after cleaning" in line and "nonpositive_price: 120" in line
+    bars["close"] = "n/a"
+    folder = write_ticker_csvs(bars, tmp_path / "text")
+    line = _fails(capsys, _train(folder))
+    assert "missing_price: 120" in line and "positive numbers" in line
+
+
+def test_a_diverging_train_is_one_line_and_its_run_ends_failed(tmp_path, tracking, capsys):
+    data = write_ticker_csvs(synthetic_bars(n_tickers=3, n_days=200), tmp_path / "csvs")
+    line = _fails(capsys, _train(data, "--lr", "1e20", "--model", "linear"))
+    assert line.startswith("stocklab: error: lr: training diverged at epoch 1 with lr=1e+20")
+    (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FAILED" and "diverged" in run.data.tags["stocklab.error"]
+
+
+def test_the_cached_panel_reports_this_runs_source(tmp_path):
+    a = write_ticker_csvs(synthetic_bars(n_tickers=2, n_days=60), tmp_path / "a")
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    cache = tmp_path / "cache"
+    _, first = load_panel(str(a), str(cache))
+    _, second = load_panel(str(b), str(cache))  # same bytes: served from the cache
+    assert first.fingerprint == second.fingerprint
+    assert first.source == str(a.resolve()) and second.source == str(b.resolve())
+
+
+@pytest.mark.parametrize(
+    "url, expect",
+    [
+        ("postgresql+psycopg://bob:s3cret-pw@127.0.0.1:1/optuna", "(host 127.0.0.1, port 1)"),
+        ("mysql+nosuchdriver://bob:s3cret-pw@127.0.0.1:1/optuna", "storage: "),
+    ],
+)
+def test_an_unreachable_or_driverless_study_database_fails_fast_without_the_password(
+    tmp_path, tracking, capsys, url, expect
+):
+    t0 = time.monotonic()
+    line = _fails(capsys, ["tune", "--storage", url, "--n_trials", "1"])
+    assert time.monotonic() - t0 < 10
+    assert expect in line and "s3cret-pw" not in line and "bob:***@127.0.0.1" in line
+    assert not mlflow.search_runs(search_all_experiments=True, output_format="list")  # nothing half-written
+
+
+def test_mask_secrets():
+    assert (
+        mask_secrets("postgresql://u:p@ss@h:5432/d and http://a:b@c/")
+        == "postgresql://u:***@h:5432/d and http://a:***@c/"
+    )
+    assert mask_secrets("postgresql://u@h/d sqlite:///x.db") == "postgresql://u@h/d sqlite:///x.db"
+    assert one_line(RuntimeError("cannot reach postgresql://u:pw@h/d")) == "cannot reach postgresql://u:***@h/d"

@@ -118,3 +118,32 @@ def test_mask_secrets():
     )
     assert mask_secrets("postgresql://u@h/d sqlite:///x.db") == "postgresql://u@h/d sqlite:///x.db"
     assert one_line(RuntimeError("cannot reach postgresql://u:pw@h/d")) == "cannot reach postgresql://u:***@h/d"
+
+
+def test_an_unreachable_tracking_server_fails_at_once_naming_host_and_port(tmp_path, monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://alice:pw-secret@127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    try:
+        t0 = time.monotonic()
+        line = _fails(capsys, ["train", "--data", "sample", "--epochs", "1"])
+        assert time.monotonic() - t0 < 10
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert f"(host 127.0.0.1, port {port})" in line and "MLFLOW_TRACKING_URI" in line
+    assert "pw-secret" not in line and "alice:***@" in line
+
+
+def test_mlflow_run_quoting_of_p_values_is_undone():
+    from stocklab.tracking import _same, unquote_param
+
+    # what `mlflow run` logs for -P preset= and -P data='/my data' (shell-quoted, as in its command)
+    assert unquote_param("''") == "" and unquote_param("'/my data/x y'") == "/my data/x y"
+    assert unquote_param("sample") == "sample" and unquote_param("'it'\"'\"'s'") == "it's"
+    assert _same("''", "") and _same("'/my data'", "/my data") and not _same("'/my data'", "/other")

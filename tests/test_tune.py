@@ -72,6 +72,9 @@ def test_tune_study_end_to_end_then_promote_and_predict(tmp_path, tracking):
     assert set(children["experiment_id"]) == set(parent["experiment_id"])
     assert mlflow.get_experiment(parent["experiment_id"].iloc[0]).name == "stocklab-tune-s1"
     assert children.loc["0", "tags.mlflow.runName"] == "t000 lstm h8 L2 T20 lr2e-02"
+    # the UI shows KILLED and FAILED alike: the name tells pruned and failed trials apart
+    assert children.loc["2", "tags.mlflow.runName"].endswith("[pruned]")
+    assert children.loc["3", "tags.mlflow.runName"].endswith("[failed]")
     for t in study.trials:  # every Optuna trial knows its MLflow run
         assert t.user_attrs["mlflow_run_id"] == children.loc[str(t.number), "run_id"]
     hist = mlflow.tracking.MlflowClient().get_metric_history(children.loc["0", "run_id"], "valid_loss")

@@ -18,7 +18,7 @@ import math
 
 import mlflow
 
-from stocklab import registry
+from stocklab import registry, tracking
 from stocklab.config import PromoteConfig, StockLabError
 
 
@@ -62,7 +62,7 @@ def run_promote(cfg: PromoteConfig) -> dict:
 
     def key(v) -> dict:
         params = runs[v.version].data.params if runs[v.version] else {}
-        return {k: params.get(k) for k in COMPARABLE}
+        return {k: tracking.unquote_param(params[k]) if k in params else None for k in COMPARABLE}
 
     scored = [(s, v) for s, v in ((score(v), v) for v in versions) if math.isfinite(s)]
     if not scored:

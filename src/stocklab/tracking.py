@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
 import signal
 import tempfile
 import threading
@@ -26,8 +27,25 @@ from mlflow.types.schema import Schema, TensorSpec  # noqa: E402
 from stocklab.errors import StockLabError, describe, mask_secrets  # noqa: E402,F401 - tags: `Type: first line`
 
 
+def unquote_param(logged: str) -> str:
+    """A param as the job saw it. `mlflow run` logs every -P value shell-quoted as it put it in
+    the command (an empty value as `''`, a path with spaces as `'/my data'`); the shell removed
+    the quotes before the job ran."""
+    if logged.startswith("'") and logged.endswith("'") and len(logged) >= 2:
+        try:
+            parts = shlex.split(logged)
+        except ValueError:
+            return logged
+        if len(parts) == 1 and shlex.quote(parts[0]) == logged:
+            return parts[0]
+        if logged == "''":
+            return ""
+    return logged
+
+
 def _same(logged: str, value) -> bool:
-    if str(logged) == str(value):
+    logged = unquote_param(str(logged))
+    if logged == str(value):
         return True
     try:
         return float(logged) == float(value)

@@ -44,7 +44,6 @@ import mlflow
 import numpy as np
 import optuna
 from optuna.samplers import BaseSampler, TPESampler
-from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from stocklab import registry, tracking
@@ -183,10 +182,29 @@ def _end_mlflow_run(run_id: str | None, status: str, reason: str) -> None:
         pass  # a run of another tracking store (or deleted): nothing to end
 
 
+MAX_RETRIES = 2  # a configuration whose worker died three times is left FAIL (and counted)
+
+
 def retry_stale_trial(study: optuna.Study, trial) -> None:
-    """A trial whose worker died: end its MLflow run KILLED and queue a retry (same params)."""
+    """A trial whose worker died: end its MLflow run KILLED and queue a retry with the same
+    params, recorded as optuna.storages.RetryFailedTrialCallback does (`failed_trial`,
+    `retry_history`), without the dead worker's `worker`/`mlflow_run_id` attributes (a live
+    worker must never mistake the retry for the dead one's trial)."""
     _end_mlflow_run(trial.user_attrs.get("mlflow_run_id"), "KILLED", "worker died (no heartbeat)")
-    RetryFailedTrialCallback(max_retry=2)(study, trial)
+    system_attrs = {"failed_trial": trial.number, "retry_history": [], **trial.system_attrs}
+    system_attrs["retry_history"] = [*system_attrs["retry_history"], trial.number]
+    if len(system_attrs["retry_history"]) > MAX_RETRIES:
+        return
+    user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("worker", "mlflow_run_id")}
+    study.add_trial(
+        optuna.create_trial(
+            state=TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={**user_attrs, "retry_of": trial.number},
+            system_attrs=system_attrs,
+        )
+    )
 
 
 def fail_dead_local_trials(study: optuna.Study) -> int:
@@ -287,13 +305,22 @@ def _objective(cfg: TuneConfig, model_overrides: dict, space: dict, parent_run_i
             overrides = {**model_overrides, **{k: v for k, v in params.items() if k not in train_fields}}
             res = train_in_run(tcfg, overrides, on_epoch=report, full=cfg.trial_artifacts == "all", cache=cache)
         except optuna.TrialPruned as e:
-            mlflow.set_tags({"stocklab.trial_state": "PRUNED", "stocklab.pruned_reason": one_line(e)})
+            # KILLED and FAILED share the UI's red cross: the run name tells a pruned trial apart
+            mlflow.set_tags(
+                {
+                    "stocklab.trial_state": "PRUNED",
+                    "stocklab.pruned_reason": one_line(e),
+                    "mlflow.runName": f"{name} [pruned]",
+                }
+            )
             mlflow.end_run("KILLED")
             raise
         except Exception as e:
             reason = describe(e)
             trial.set_user_attr("fail_reason", reason)
-            mlflow.set_tags({"stocklab.trial_state": "FAILED", "stocklab.fail_reason": reason})
+            mlflow.set_tags(
+                {"stocklab.trial_state": "FAILED", "stocklab.fail_reason": reason, "mlflow.runName": f"{name} [failed]"}
+            )
             mlflow.end_run("FAILED")
             return nan  # Optuna records FAIL; the reason is the trial's `fail_reason`
         except BaseException:  # KeyboardInterrupt, SystemExit (SIGTERM): the trial did not finish
@@ -317,7 +344,7 @@ def print_trial(study: optuna.Study, trial) -> None:
     value = "" if trial.values is None else " ".join(f"{v:.6g}" for v in trial.values)
     if trial.state == TrialState.PRUNED and trial.intermediate_values:
         value = f"{list(trial.intermediate_values.values())[-1]:.6g} (last report)"
-    why = f"  {trial.user_attrs['fail_reason']}" if trial.state == TrialState.FAIL else ""
+    why = f"  {trial.user_attrs.get('fail_reason', 'no value')}" if trial.state == TrialState.FAIL else ""
     params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
     print(f"trial {trial.number:>3} {trial.state.name:<8} {value:<22} {secs:7.1f}s  {params}{why}", flush=True)
 
@@ -368,21 +395,26 @@ def _host_port(url: str) -> str:
         return ""
 
 
-def work(cfg: TuneConfig, model_overrides: dict, space: dict, parent_run_id: str, experiment_id: str) -> int:
-    """Run trials of the study until its budget is full (or `timeout`); returns trials run."""
+def work(
+    cfg: TuneConfig, model_overrides: dict, space: dict, parent_run_id: str, experiment_id: str, deadline=None
+) -> int:
+    """Run trials of the study until its budget is full or the wall-clock `deadline` (the
+    invocation's `timeout`, shared by its workers) passes; returns the number of trials run."""
     study = open_study(cfg)
     fail_dead_local_trials(study)
     objective = _objective(cfg, model_overrides, space, parent_run_id, experiment_id)
-    deadline = time.monotonic() + cfg.timeout if cfg.timeout else None
     ran = 0
-    while open_budget(study, cfg.n_trials) and (deadline is None or time.monotonic() < deadline):
-        # one trial per call: the budget is re-read from the storage before each
+    while (deadline is None or time.time() < deadline) and (
+        fail_dead_local_trials(study) >= 0 and open_budget(study, cfg.n_trials)
+    ):
+        # one trial per call: dead workers' trials are queued for a retry and the budget is
+        # re-read from the storage before each (Optuna's heartbeat check runs inside, on RDB)
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[print_trial])
         ran += 1
     return ran
 
 
-def _worker_main(cfg, model_overrides, space, parent_run_id, experiment_id, uris, threads) -> None:
+def _worker_main(cfg, model_overrides, space, parent_run_id, experiment_id, uris, threads, deadline) -> None:
     """A worker process of `-P n_jobs=N` (spawned: a fresh interpreter, no inherited CUDA state)."""
     os.environ.pop("MLFLOW_RUN_ID", None)  # never resume the launcher's run as a trial's
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
@@ -394,7 +426,7 @@ def _worker_main(cfg, model_overrides, space, parent_run_id, experiment_id, uris
     tracking.install_signal_handlers()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        work(cfg, model_overrides, space, parent_run_id, experiment_id)
+        work(cfg, model_overrides, space, parent_run_id, experiment_id, deadline)
     except StockLabError as e:
         print(f"stocklab: error: worker {worker_id()}: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
@@ -402,14 +434,14 @@ def _worker_main(cfg, model_overrides, space, parent_run_id, experiment_id, uris
         sys.exit(130)  # its trial's run is ended KILLED; the launcher reports
 
 
-def _run_workers(cfg: TuneConfig, model_overrides: dict, space: dict, parent_run_id: str, experiment_id: str):
+def _run_workers(cfg: TuneConfig, model_overrides: dict, space: dict, parent_run_id: str, experiment_id: str, deadline):
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // cfg.n_jobs)  # n workers x all cores would thrash
     uris = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(cfg, model_overrides, space, parent_run_id, experiment_id, uris, threads),
+            args=(cfg, model_overrides, space, parent_run_id, experiment_id, uris, threads, deadline),
             name=f"stocklab-tune-worker-{i}",
         )
         for i in range(cfg.n_jobs)
@@ -462,11 +494,12 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
             f"{cfg.n_jobs} worker{'s' if cfg.n_jobs > 1 else ''}"
         )
         experiment_id = parent.info.experiment_id
+        deadline = time.time() + cfg.timeout if cfg.timeout else None
         if cfg.n_jobs > 1:
-            _run_workers(cfg, model_overrides, space, parent.info.run_id, experiment_id)
-            fail_dead_local_trials(study)  # a worker that was killed leaves its trial to the next run
-        else:
-            work(cfg, model_overrides, space, parent.info.run_id, experiment_id)
+            _run_workers(cfg, model_overrides, space, parent.info.run_id, experiment_id, deadline)
+        # alone, this process is the worker; after N workers it runs what a worker killed last
+        # left behind (a queued retry, an open slot), within the same deadline
+        work(cfg, model_overrides, space, parent.info.run_id, experiment_id, deadline)
         summary = _log_study(study, cfg)
         summary["parent_run_id"] = parent.info.run_id
         best_run = summary.get("best_run_id")

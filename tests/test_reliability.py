@@ -98,7 +98,7 @@ def test_the_cached_panel_reports_this_runs_source(tmp_path):
     "url, expect",
     [
         ("postgresql+psycopg://bob:s3cret-pw@127.0.0.1:1/optuna", "(host 127.0.0.1, port 1)"),
-        ("mysql+nosuchdriver://bob:s3cret-pw@127.0.0.1:1/optuna", "storage: "),
+        ("mysql+pymysql://bob:s3cret-pw@127.0.0.1:1/optuna", "needs the database driver 'pymysql'"),
     ],
 )
 def test_an_unreachable_or_driverless_study_database_fails_fast_without_the_password(

@@ -55,6 +55,9 @@ def test_tune_study_end_to_end_then_promote_and_predict(tmp_path, tracking):
     }
     r = mlflow_run("tune", params, tracking, tmp_path)
     assert r.returncode == 0, r.stderr[-4000:]
+    # the failed trial is one line (number, state, reason), not an Optuna traceback
+    assert "Traceback" not in r.stderr + r.stdout
+    assert any(line.startswith("trial   3 FAIL") and "dropout: 1.5" in line for line in r.stdout.splitlines())
 
     study = optuna.load_study(study_name="s1", storage=make_storage(str(journal)))
     states = [t.state.name for t in study.trials]

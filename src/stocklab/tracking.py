@@ -108,7 +108,7 @@ def job_run(
         run = mlflow.start_run(run_id=run_id)
     else:
         run = mlflow.start_run(experiment_id=use_experiment(experiment), run_name=run_name, tags=tags)
-    with _ending(run):
+    with _ending(run, launcher):
         if launcher and launcher != run.info.run_id:
             client = mlflow.MlflowClient()
             client.set_tag(launcher, "stocklab.role", LAUNCHER)
@@ -155,16 +155,43 @@ def install_signal_handlers() -> None:
 
     if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+        if os.environ.get("MLFLOW_RUN_ID"):
+            _term_when_parent_dies()
+
+
+def _term_when_parent_dies() -> None:
+    """Under `mlflow run` the job is a child of the `mlflow` CLI, and `timeout`/a scheduler
+    signals only that CLI, which dies at once and leaves the job running and every run RUNNING.
+    Linux can send the job SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere
+    this is a no-op."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() == 1:  # the parent died before the call: act now
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def _ending(run):
+def _ending(run, launcher: str | None = None):
     """End `run` FINISHED, FAILED (an error) or KILLED (KeyboardInterrupt, SystemExit: Ctrl-C,
-    SIGTERM), never leaving it RUNNING; MLflow's own context manager says FAILED for all."""
+    SIGTERM), never leaving it RUNNING; MLflow's own context manager says FAILED for all. When
+    the job is killed, the `mlflow run` launcher record is ended KILLED too (its CLI may be gone)."""
     try:
         yield run
     except (KeyboardInterrupt, SystemExit):
         _end_if_active(run, "KILLED")
+        if launcher and launcher != run.info.run_id:
+            try:
+                mlflow.MlflowClient().set_terminated(launcher, "KILLED")
+            except mlflow.exceptions.MlflowException:
+                pass
         raise
     except BaseException:
         _end_if_active(run, "FAILED")

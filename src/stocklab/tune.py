@@ -373,9 +373,11 @@ def open_study(cfg: TuneConfig) -> optuna.Study:
             pruner=make_pruner(cfg.pruner, cfg.epochs * cfg.folds),  # steps count epochs across folds
             load_if_exists=True,
         )
-    except ModuleNotFoundError as e:
+    except ImportError as e:  # Optuna re-raises the driver's ModuleNotFoundError as a bare ImportError
+        scheme = url.split("://", 1)[0]
+        driver = getattr(e, "name", None) or (scheme.split("+", 1)[1] if "+" in scheme else f"the {scheme} default")
         raise StockLabError(
-            f"storage: {mask_secrets(url)} needs the database driver '{e.name}', which is not installed "
+            f"storage: {mask_secrets(url)} needs the database driver '{driver}', which is not installed "
             "(PostgreSQL: pip install 'psycopg[binary]' and a postgresql+psycopg:// URL)"
         ) from None
     except ValueError as e:  # e.g. the study exists with other directions

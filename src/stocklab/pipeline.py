@@ -6,6 +6,9 @@
     latest_windows: each ticker's latest complete window (the `predict` job's inputs)
     predictions_frame / evaluate_split: scored windows and the metrics/artifacts of one split
     train_in_run:   fit one model and log everything inside the MLflow run the caller opened
+                    (a tune trial: metrics, loss curves, predictions and weights only)
+    InputCache:     a worker's prepared inputs, reused by every trial with the same data recipe
+    complete_run:   a trial's full evaluation (model, plots, tear sheet) from its logged weights
 
 Training, evaluation and prediction all call `prepare`; evaluation and prediction pass the
 model's Bundle, which fixes the feature recipe, column order and scaler instead of fitting

@@ -88,7 +88,8 @@ def test_four_workers_share_one_postgres_study_and_one_tracking_server(stack, tm
 
     study = _study(stack, "so", monkeypatch)
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert sorted(t.number for t in finished) == list(range(20))
+    others = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in study.trials if t not in finished]
+    assert sorted(t.number for t in finished) == list(range(20)), others
     assert len({t.user_attrs["worker"] for t in finished}) >= 2  # the workers shared the work
 
     client = mlflow.MlflowClient(tracking_uri=stack.tracking_uri)  # through the REST API

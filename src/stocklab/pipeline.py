@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -595,7 +596,7 @@ def train_in_run(
         }
     )
     if base.dataset is not None:
-        mlflow.log_input(base.dataset, context="training")
+        _log_dataset(base.dataset)
     tracking.log_json(base.report.to_dict(), "data_report.json")
     tracking.log_json(effective, "config.json")  # the effective configuration
     if differs:  # a value logged before this code ran (e.g. by `mlflow run`) is not what was trained
@@ -656,6 +657,22 @@ def train_in_run(
             mlflow.log_artifact(str(path), str(Path(WEIGHTS_ARTIFACT).parent))
     n_params = sum(p.numel() for p in model.parameters())
     return {"run_id": run.info.run_id, **metrics, "n_params": n_params}
+
+
+def _log_dataset(dataset) -> None:
+    """log_input, safe for concurrent workers: MLflow's store checks for the dataset and then
+    inserts it, so two trials starting together can collide on its unique key (seen with 4
+    workers on PostgreSQL: the first trial failed). The retry finds the row the other wrote;
+    the input record is never worth a trial."""
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context="training")
+            return
+        except mlflow.exceptions.MlflowException as e:
+            if attempt == 2:
+                mlflow.set_tag("stocklab.log_input_error", tracking.describe(e, 400))
+                return
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _objective(model) -> str:

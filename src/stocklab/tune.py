@@ -403,14 +403,14 @@ def work(
     """Run trials of the study until its budget is full or the wall-clock `deadline` (the
     invocation's `timeout`, shared by its workers) passes; returns the number of trials run."""
     study = open_study(cfg)
-    fail_dead_local_trials(study)
     objective = _objective(cfg, model_overrides, space, parent_run_id, experiment_id)
     ran = 0
-    while (deadline is None or time.time() < deadline) and (
-        fail_dead_local_trials(study) >= 0 and open_budget(study, cfg.n_trials)
-    ):
-        # one trial per call: dead workers' trials are queued for a retry and the budget is
-        # re-read from the storage before each (Optuna's heartbeat check runs inside, on RDB)
+    while deadline is None or time.time() < deadline:
+        # before each trial: dead workers' trials are queued for a retry and the budget is re-read
+        # from the storage (Optuna's heartbeat check runs inside optimize, on RDB storages)
+        fail_dead_local_trials(study)
+        if not open_budget(study, cfg.n_trials):
+            break
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[print_trial])
         ran += 1
     return ran

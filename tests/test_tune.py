@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import mlflow
@@ -306,3 +307,42 @@ def test_a_walk_forward_study_reports_each_fold_and_returns_the_fold_mean(tracki
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         per_fold = [m.value for m in client.get_metric_history(run.info.run_id, "fold/valid_loss_min")]
         assert trial.value == pytest.approx(sum(per_fold) / 2) == pytest.approx(run.data.metrics["valid_loss_min"])
+
+
+def test_the_study_saves_a_ui_view_of_its_trials_with_their_key_metrics(tracking, csv_dir, tmp_path, capsys):
+    """The runs table shows no metric column until one is picked: `tune` saves a view (the
+    UI's "Views" menu) whose filter finds the trials and whose columns they all have."""
+    cfg = TuneConfig(data=str(csv_dir), model="linear", metric="valid_rank_ic", n_trials=2, epochs=1, horizon=5,
+                     cache_dir="", storage=str(tmp_path / "j.log"), register=False)  # fmt: skip
+    run_tune(cfg)
+    exp = mlflow.get_experiment_by_name("stocklab-tune-linear-csvs")
+    views = {k: v for k, v in exp.tags.items() if k.startswith("mlflow.sharedViewState.")}
+    assert len(views) == 1
+    (key, raw), = views.items()  # fmt: skip
+    envelope = json.loads(raw)
+    assert envelope["name"] == "study linear-csvs: trials" and envelope["createdAt"] <= envelope["updatedAt"]
+    state = json.loads(envelope["state"])
+    # the UI runs the view's filter and sort through the same search API
+    asc = "ASC" if state["orderByAsc"] else "DESC"
+    trials = mlflow.search_runs(
+        [exp.experiment_id], filter_string=state["searchFilter"], order_by=[f"{state['orderByKey']} {asc}"]
+    )
+    assert sorted(trials["tags.stocklab.trial"]) == ["0", "1"]
+    assert state["orderByKey"] == "metrics.`valid_rank_ic`" and not state["orderByAsc"]  # maximised: best first
+    assert trials["metrics.valid_rank_ic"].is_monotonic_decreasing
+    cols = [c.replace("`", "") for c in state["selectedColumns"]]
+    for wanted in ("valid_rank_ic", "test_mse", "rank_ic", "best_epoch", "train_time_s"):
+        assert f"metrics.{wanted}" in cols
+    for col in cols:  # every column is filled on every trial (a renamed metric would be blank)
+        assert col in trials and trials[col].notna().all(), col
+    searched = set(load_space("linear", MODELS["linear"][1]))
+    assert searched and {f"params.{p}" for p in searched} <= set(cols)
+    view_id = key.removeprefix("mlflow.sharedViewState.")
+    assert f"viewStateShareKey={view_id}" in capsys.readouterr().out
+    assert view_id in exp.tags["mlflow.note.content"]
+
+    run_tune(TuneConfig(**{**cfg.__dict__, "n_trials": 3}))  # resumed: the same view, refreshed
+    tags = mlflow.get_experiment(exp.experiment_id).tags
+    assert [k for k in tags if k.startswith("mlflow.sharedViewState.")] == [key]
+    again = json.loads(tags[key])
+    assert again["createdAt"] == envelope["createdAt"] and again["updatedAt"] >= envelope["updatedAt"]

@@ -4,6 +4,7 @@ the input cache: real processes, a real journal storage and a real MLflow store.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,12 +152,12 @@ def test_input_cache_prepares_once_per_data_recipe(csv_dir):
     assert cache.loads == 2
 
 
-def _wait_for(predicate, timeout: float, what: str):
+def _wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if predicate():
             return
-        time.sleep(0.5)
+        time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -227,3 +228,35 @@ def test_sigterm_ends_a_train_run_killed(tmp_path, tracking):
     assert "stopped by signal 15" in err and "Traceback" not in err
     (run,) = _runs("stocklab-train")
     assert run.info.status == "KILLED"
+
+
+@pytest.mark.e2e
+def test_sigterm_to_mlflow_run_reaches_the_job_and_ends_every_run_killed(tmp_path, tracking):
+    # `timeout 150 mlflow run ...` signals only the mlflow CLI, which dies at once: the job
+    # (its child) gets SIGTERM from the kernel when its parent dies (PR_SET_PDEATHSIG)
+    data = write_ticker_csvs(synthetic_bars(n_tickers=10, n_days=500), tmp_path / "csvs")
+    cmd = [shutil.which("mlflow") or "mlflow", "run", str(ROOT), "-e", "train", "--env-manager", "local"]
+    for k, v in {"data": data, "epochs": 200, "horizon": 1, "seq_len": 20}.items():
+        cmd += ["-P", f"{k}={v}"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "mlflow-run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def training():
+        if proc.poll() is not None:  # ended before training: say why, not "timed out"
+            raise AssertionError(f"mlflow run exited {proc.returncode} early:\n{log.read_text()[-3000:]}")
+        return any("train_loss" in r.data.metrics for r in _runs("stocklab-train"))
+
+    try:
+        _wait_for(training, 300, "the first epoch", poll=2.0)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{log.read_text()[-3000:]}") from None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    _wait_for(lambda: _runs("stocklab-train")[0].info.status != "RUNNING", 60, "the job's run to end", poll=2.0)
+    (job,) = _runs("stocklab-train")
+    assert job.info.status == "KILLED", log.read_text()[-3000:]
+    launcher = mlflow.get_run(job.data.tags["stocklab.launcher_run_id"])
+    assert launcher.info.status == "KILLED"

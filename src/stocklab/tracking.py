@@ -74,6 +74,66 @@ def use_experiment(name: str) -> str:
     return exp.experiment_id
 
 
+# The MLflow UI (3.x) lists an experiment's saved runs-table views under "Views" and opens one
+# from `?viewStateShareKey=<id>`. Each is an experiment tag `mlflow.sharedViewState.<id>` holding
+# {"name", "createdAt", "updatedAt", "state"}, `state` being the JSON of the table's search and
+# column state (the UI compresses it when it saves one; plain JSON is read too).
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+VIEW_URL_KEY = "viewStateShareKey"
+
+
+def save_runs_view(
+    experiment_id: str,
+    view_id: str,
+    name: str,
+    search_filter: str,
+    order_by: str,
+    ascending: bool,
+    params: list[str],
+    metrics: list[str],
+    tags: list[str] = (),
+) -> str:
+    """Write (or refresh) a named runs-table view on the experiment: the runs `search_filter`
+    keeps, sorted by `order_by`, with these params/metrics/tags as columns. Returns the UI's
+    path to it (`#/experiments/<id>/runs?viewStateShareKey=<view_id>`)."""
+    import time as _time
+
+    columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]
+    columns += [f"tags.`{t}`" for t in tags]
+    state = {
+        "searchFilter": search_filter,
+        "orderByKey": order_by,
+        "orderByAsc": ascending,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        "selectedColumns": columns,
+        "columnOrder": [],
+        "columnWidths": {},
+    }
+    client = mlflow.MlflowClient()
+    key = VIEW_TAG_PREFIX + view_id
+    now = int(_time.time() * 1000)
+    created = now
+    old = client.get_experiment(experiment_id).tags.get(key)
+    if old:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            created = int(json.loads(old)["createdAt"])
+    envelope = {"name": name, "createdAt": created, "updatedAt": now, "state": json.dumps(state)}
+    client.set_experiment_tag(experiment_id, key, json.dumps(envelope))
+    return f"#/experiments/{experiment_id}/runs?{VIEW_URL_KEY}={view_id}"
+
+
+def ui_link(path: str) -> str:
+    """`path` (a UI route like `#/experiments/1/runs`) under the tracking server, or as the
+    route to open in `mlflow ui` when the store is local."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{path}"
+    return f"http://127.0.0.1:5000/{path} (after `mlflow ui --backend-store-uri {uri}`)"
+
+
 @contextlib.contextmanager
 def job_run(
     experiment: str,

@@ -30,6 +30,7 @@ registered as a new version of `stocklab-<model>`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import multiprocessing
 import os
@@ -486,6 +487,7 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
         if parent_id is None:  # the first worker of the study: every later one joins this run
             study.set_user_attr(PARENT_ATTR, parent.info.run_id)
         mlflow.set_tags({"stocklab.study": study_name, "stocklab.role": "study", "stocklab.model": cfg.model})
+        view = _save_study_view(cfg, study_name, space, parent.info.experiment_id)
         params = {**dataclasses.asdict(cfg), **model_overrides, "study_name_resolved": study_name}
         params["storage"] = mask_secrets(cfg.storage)  # never a password in the tracking store
         params["storage_resolved"] = mask_secrets(resolve_storage(cfg))
@@ -495,6 +497,7 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
             f"study {study_name}: {done} finished trials, {remaining} to start (target {cfg.n_trials}), "
             f"{cfg.n_jobs} worker{'s' if cfg.n_jobs > 1 else ''}"
         )
+        print(f"trials table in the MLflow UI: {tracking.ui_link(view)}")
         experiment_id = parent.info.experiment_id
         deadline = time.time() + cfg.timeout if cfg.timeout else None
         if cfg.n_jobs > 1:
@@ -515,6 +518,40 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
         if cfg.register and best_run:
             summary.update(register_best(study, cfg, best_run))
     return summary
+
+
+STUDY_VIEW_METRICS = ("test_mse", "rank_ic", "spread_q5_q1", "best_epoch", "train_time_s")
+
+
+def _save_study_view(cfg: TuneConfig, study_name: str, space: dict, experiment_id: str) -> str:
+    """A saved runs-table view ("Views" menu of the experiment page) listing the study's trials,
+    best objective first, with the objective, the test metrics and the searched parameters as
+    columns: the UI shows no metric column until one is picked, and this view is that pick.
+    Its link also goes into the experiment's and the parent run's description."""
+    objectives = [RESULT_KEY[o] for o in TUNE_METRICS[cfg.metric]]
+    search = "tags.`stocklab.role` = 'trial'"
+    if "'" not in study_name:  # a study sharing its experiment (-P experiment=...) with others
+        search = f"tags.`stocklab.study` = '{study_name}' and {search}"
+    path = tracking.save_runs_view(
+        experiment_id,
+        view_id=f"stocklab-study-{hashlib.sha1(study_name.encode()).hexdigest()[:10]}",
+        name=f"study {study_name}: trials",
+        search_filter=search,
+        order_by=f"metrics.`{objectives[0]}`",
+        ascending=DIRECTIONS[TUNE_METRICS[cfg.metric][0]] == "minimize",
+        metrics=[*objectives, *(m for m in STUDY_VIEW_METRICS if m not in objectives)],
+        params=list(space),
+        tags=["stocklab.trial_state"],
+    )
+    note = (
+        f"Trials of study `{study_name}` with their key metrics: open **Views > study {study_name}: trials** "
+        f"above the runs table, or the link `{path}` under this server."
+    )
+    client = mlflow.MlflowClient()
+    if "mlflow.note.content" not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, "mlflow.note.content", note)
+    mlflow.set_tag("mlflow.note.content", note)
+    return path
 
 
 def _existing_parent(study: optuna.Study) -> str | None:

@@ -50,7 +50,8 @@ def main() -> None:
     ap.add_argument("--url", default="http://127.0.0.1:5055")
     ap.add_argument("--experiment", required=True)
     ap.add_argument("--out-dir", default="reports")
-    ap.add_argument("--size", default="2000,760")
+    ap.add_argument("--size", default="2000,760", help="window of the trials table")
+    ap.add_argument("--sheet-size", default="1700,1300", help="window of the tear sheet")
     ap.add_argument("--sheet", default="tearsheet/returns.png", help="artifact shown for the best trial")
     args = ap.parse_args()
 
@@ -73,19 +74,23 @@ def main() -> None:
         [exp.experiment_id], filter_string=f"tags.`stocklab.role` = 'trial' and tags.`stocklab.trial` = '{number}'"
     )["run_id"]
 
-    width = int(args.size.split(",")[0])
     opts = Options()
     for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={args.size}"):
         opts.add_argument(a)
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
     try:
         shots = {
-            "mlflow_ui_study.png": f"{args.url}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey={views[0]}",
+            "mlflow_ui_study.png": f"{args.url}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey={views[0]}"
+            "&workflowType=machine_learning",
             "mlflow_ui_tearsheet.png": (
                 f"{args.url}/#/experiments/{exp.experiment_id}/runs/{best.iloc[0]}/artifacts/{args.sheet}"
+                "?workflowType=machine_learning"
             ),
         }
+        sizes = {"mlflow_ui_study.png": args.size, "mlflow_ui_tearsheet.png": args.sheet_size}
         for name, url in shots.items():
+            driver.set_window_size(*(int(v) for v in sizes[name].split(",")))
+            width = int(sizes[name].split(",")[0])
             driver.get(url)
             time.sleep(8)  # tables and artifacts load asynchronously
             close_assistant(driver, width)

@@ -197,6 +197,8 @@ def test_tear_sheet_on_synthetic_data(tmp_path):
     fwd = close.pct_change(5).shift(-5)
     rows = [(d, t, fwd.loc[d, t] + rng.normal(0, 0.01), fwd.loc[d, t]) for d in close.index[20:130] for t in close]
     df = pd.DataFrame(rows, columns=["date", "ticker", "prediction", "label"])
+    # a date whose predictions all tie cannot be cut in 5 quantiles: alphalens drops it
+    df.loc[df["date"] == close.index[50], "prediction"] = 0.0
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         files = tear_sheet(df, close, (1, 5, 20), tmp_path / "ts")
@@ -210,6 +212,8 @@ def test_tear_sheet_on_synthetic_data(tmp_path):
         img = np.asarray(Image.open(tmp_path / "ts" / n).convert("L"))
         assert len(np.unique(img)) > 50 and img.shape[0] > 1000, (n, img.shape)
     assert {"information_table.csv", "returns_table.csv", "turnover_table.csv"} <= names
+    stats = pd.read_csv(tmp_path / "ts" / "quantile_statistics.csv", index_col=0)
+    assert list(stats.index) == [1, 2, 3, 4, 5] and stats.index.dtype.kind == "i"  # labels 1..5, not 1.0
     info = pd.read_csv(tmp_path / "ts" / "information_table.csv", index_col=0)
     assert list(info.index) == ["1D", "5D", "20D"] and info.loc["5D", "IC Mean"] > 0.5
 

@@ -247,6 +247,9 @@ def tear_sheet(df: pd.DataFrame, close: pd.DataFrame, periods, outdir: Path) -> 
             fd = al.utils.get_clean_factor_and_forward_returns(
                 factor, prices, quantiles=5, periods=periods, max_loss=1.0, filter_zscore=None
             )
+        # quantiles come back float when a date could not be binned (rows dropped since):
+        # integers label the sheets' axes 1..5 instead of 1.0..5.0
+        fd["factor_quantile"] = fd["factor_quantile"].astype(int)
         # the forward-return columns ('1D', '5D', ...) given explicitly: left to itself the
         # turnover sheet also scans 'factor' and 'factor_quantile' and warns that it skips them
         fwd_cols = list(al.utils.get_forward_returns_columns(fd.columns))

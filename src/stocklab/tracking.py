@@ -95,7 +95,7 @@ def save_runs_view(
 ) -> str:
     """Write (or refresh) a named runs-table view on the experiment: the runs `search_filter`
     keeps, sorted by `order_by`, with these params/metrics/tags as columns. Returns the UI's
-    path to it (`#/experiments/<id>/runs?viewStateShareKey=<view_id>`)."""
+    path to it (`#/experiments/<id>/runs?viewStateShareKey=<view_id>&workflowType=...`)."""
     import time as _time
 
     columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]
@@ -122,7 +122,8 @@ def save_runs_view(
             created = int(json.loads(old)["createdAt"])
     envelope = {"name": name, "createdAt": created, "updatedAt": now, "state": json.dumps(state)}
     client.set_experiment_tag(experiment_id, key, json.dumps(envelope))
-    return f"#/experiments/{experiment_id}/runs?{VIEW_URL_KEY}={view_id}"
+    # workflowType: the sidebar of the model-training UI, whatever the browser used last
+    return f"#/experiments/{experiment_id}/runs?{VIEW_URL_KEY}={view_id}&workflowType=machine_learning"
 
 
 def ui_link(path: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import mlflow
@@ -231,6 +232,14 @@ def test_train_run_logs_factor_metrics_and_tear_sheet_then_evaluate(tracking, cs
     assert list(preds.columns) == ["date", "ticker", "prediction", "label"] and len(preds) > 0
     plots = [a.path for a in client.list_artifacts(res["run_id"], "plots")]
     assert sum(p.startswith("plots/pred_vs_actual_") for p in plots) == 3
+    # the experiment's saved runs-table view names columns every train run has
+    run = client.get_run(res["run_id"])
+    view = client.get_experiment(run.info.experiment_id).tags["mlflow.sharedViewState.stocklab-train"]
+    cols = json.loads(json.loads(view)["state"])["selectedColumns"]
+    assert "metrics.`rank_ic`" in cols and "metrics.`test_mse`" in cols
+    for col in cols:
+        kind, key = col.split(".", 1)
+        assert key.strip("`") in getattr(run.data, kind), col
 
     ev = run_evaluate(EvaluateConfig(run_id=res["run_id"], cache_dir=""))
     run = client.get_run(ev["run_id"])

@@ -11,6 +11,7 @@ import shlex
 import signal
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -92,11 +93,12 @@ def save_runs_view(
     params: list[str],
     metrics: list[str],
     tags: list[str] = (),
+    overwrite: bool = True,
 ) -> str:
     """Write (or refresh) a named runs-table view on the experiment: the runs `search_filter`
-    keeps, sorted by `order_by`, with these params/metrics/tags as columns. Returns the UI's
+    keeps, sorted by `order_by`, with these params/metrics/tags as columns (`overwrite=False`
+    keeps a view that exists, e.g. one the user changed with "Override saved view"). Returns the UI's
     path to it (`#/experiments/<id>/runs?viewStateShareKey=<view_id>&workflowType=...`)."""
-    import time as _time
 
     columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]
     columns += [f"tags.`{t}`" for t in tags]
@@ -114,16 +116,19 @@ def save_runs_view(
     }
     client = mlflow.MlflowClient()
     key = VIEW_TAG_PREFIX + view_id
-    now = int(_time.time() * 1000)
+    now = int(time.time() * 1000)
     created = now
     old = client.get_experiment(experiment_id).tags.get(key)
+    # workflowType: the sidebar of the model-training UI, whatever the browser used last
+    path = f"#/experiments/{experiment_id}/runs?{VIEW_URL_KEY}={view_id}&workflowType=machine_learning"
+    if old and not overwrite:
+        return path
     if old:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             created = int(json.loads(old)["createdAt"])
     envelope = {"name": name, "createdAt": created, "updatedAt": now, "state": json.dumps(state)}
     client.set_experiment_tag(experiment_id, key, json.dumps(envelope))
-    # workflowType: the sidebar of the model-training UI, whatever the browser used last
-    return f"#/experiments/{experiment_id}/runs?{VIEW_URL_KEY}={view_id}&workflowType=machine_learning"
+    return path
 
 
 def ui_link(path: str) -> str:

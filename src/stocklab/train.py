@@ -22,6 +22,8 @@ from stocklab.models import MODELS
 from stocklab.pipeline import train_in_run
 
 EXPERIMENT = "stocklab-train"
+VIEW_METRICS = ("valid_loss_min", "test_mse", "mse_skill", "rank_ic", "spread_q5_q1", "best_epoch", "train_time_s")
+VIEW_PARAMS = ("model", "preset", "features", "horizon", "seq_len", "lr", "batch_size", "epochs")
 
 
 def run_train(cfg: TrainConfig, model_overrides: dict | None = None) -> dict:
@@ -29,7 +31,19 @@ def run_train(cfg: TrainConfig, model_overrides: dict | None = None) -> dict:
     it FAILED with the reason as the tag `stocklab.error`, keeping whatever was already logged."""
     defaults = dataclasses.asdict(MODELS[cfg.model][1]) if cfg.model in MODELS else {}
     name = tracking.run_name(cfg.model, {**defaults, **(model_overrides or {})}, cfg.seq_len, cfg.lr)
-    with tracking.job_run(cfg.experiment or EXPERIMENT, bool(cfg.experiment), run_name=name):
+    with tracking.job_run(cfg.experiment or EXPERIMENT, bool(cfg.experiment), run_name=name) as run:
+        # the UI's runs table shows no metric until one is picked: a saved view picks them
+        tracking.save_runs_view(
+            run.info.experiment_id,
+            view_id="stocklab-train",
+            name="train runs: key metrics",
+            search_filter="",
+            order_by="attributes.start_time",
+            ascending=False,
+            metrics=list(VIEW_METRICS),
+            params=list(VIEW_PARAMS),
+            overwrite=False,
+        )
         try:
             return train_in_run(cfg, model_overrides)
         except Exception as e:

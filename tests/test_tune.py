@@ -339,7 +339,8 @@ def test_the_study_saves_a_ui_view_of_its_trials_with_their_key_metrics(tracking
     assert searched and {f"params.{p}" for p in searched} <= set(cols)
     view_id = key.removeprefix("mlflow.sharedViewState.")
     assert f"viewStateShareKey={view_id}" in capsys.readouterr().out
-    assert view_id in exp.tags["mlflow.note.content"]
+    # the experiment's description links the view (a relative link: it works under any server)
+    assert f"](#/experiments/{exp.experiment_id}/runs?viewStateShareKey={view_id}&" in exp.tags["mlflow.note.content"]
 
     run_tune(TuneConfig(**{**cfg.__dict__, "n_trials": 3}))  # resumed: the same view, refreshed
     tags = mlflow.get_experiment(exp.experiment_id).tags

@@ -543,9 +543,10 @@ def _save_study_view(cfg: TuneConfig, study_name: str, space: dict, experiment_i
         params=list(space),
         tags=["stocklab.trial_state"],
     )
+    # a relative link: the UI is a hash-routed page, so it opens under whichever server shows it
     note = (
-        f"Trials of study `{study_name}` with their key metrics: open **Views > study {study_name}: trials** "
-        f"above the runs table, or the link `{path}` under this server."
+        f"Trials of study `{study_name}` with their key metrics: [open the trials table]({path}), "
+        f"also under **Views > study {study_name}: trials** above the runs table."
     )
     client = mlflow.MlflowClient()
     if "mlflow.note.content" not in client.get_experiment(experiment_id).tags:

@@ -20,7 +20,7 @@ import time
 
 import mlflow
 
-VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # as stocklab.tracking writes it
+from stocklab.tracking import VIEW_TAG_PREFIX
 
 
 def close_assistant(driver, width: int) -> None:

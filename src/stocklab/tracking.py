@@ -99,7 +99,6 @@ def save_runs_view(
     keeps, sorted by `order_by`, with these params/metrics/tags as columns (`overwrite=False`
     keeps a view that exists, e.g. one the user changed with "Override saved view"). Returns the UI's
     path to it (`#/experiments/<id>/runs?viewStateShareKey=<view_id>&workflowType=...`)."""
-
     columns = [f"metrics.`{m}`" for m in metrics] + [f"params.`{p}`" for p in params]
     columns += [f"tags.`{t}`" for t in tags]
     state = {

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import mlflow
@@ -18,7 +19,16 @@ from optuna.trial import TrialState
 
 from stocklab.config import TrainConfig, TuneConfig
 from stocklab.pipeline import InputCache, folds_of
-from stocklab.tune import TrialSeededSampler, budget_trials, make_storage, open_budget, run_tune
+from stocklab.tune import (
+    PARENT_ATTR,
+    TrialSeededSampler,
+    _wait_for_parent,
+    budget_trials,
+    claim_study,
+    make_storage,
+    open_budget,
+    run_tune,
+)
 
 SPACE = """
 hidden_size: {type: int, low: 4, high: 16}
@@ -89,6 +99,40 @@ def test_two_workers_run_exactly_n_trials_with_distinct_configurations(tmp_path,
     again = run_tune(cfg)
     assert again["parent_run_id"] == parents[0].info.run_id
     assert len(optuna.load_study(study_name="w", storage=make_storage(cfg.storage)).trials) == len(study.trials)
+
+
+def test_workers_started_together_make_one_parent_run(tmp_path, tracking, small_data):
+    """Of two workers starting a new study at once, exactly one creates it (atomic in the
+    storage) and makes the parent run; the other waits for that run instead of making its own."""
+    cfg = _tune_cfg(tmp_path, small_data, n_trials=1, pruner="none")
+    creator, created = claim_study(cfg)
+    assert created
+    _, created_again = claim_study(cfg)
+    assert not created_again  # the second process to arrive loads it
+
+    # the creator is still starting its parent run when the second worker's run_tune begins
+    # (a client, not mlflow.set_experiment: that exports MLFLOW_EXPERIMENT_ID to later tests)
+    client = mlflow.MlflowClient()
+    creators = client.create_run(client.create_experiment("stocklab-tune-w"), run_name="study w")
+    client.set_terminated(creators.info.run_id)
+    timer = threading.Timer(1.5, creator.set_user_attr, (PARENT_ATTR, creators.info.run_id))
+    timer.start()
+    summary = run_tune(cfg)
+    timer.join()
+
+    assert summary["parent_run_id"] == creators.info.run_id
+    runs = _runs("stocklab-tune-w")
+    tops = [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert tops == [creators.info.run_id]
+    trials = [r for r in runs if r.data.tags.get("stocklab.role") == "trial"]
+    assert len(trials) == 1 and trials[0].data.tags["mlflow.parentRunId"] == creators.info.run_id
+
+
+def test_a_joining_worker_stops_waiting_for_a_creator_that_never_made_a_parent(tmp_path):
+    study = optuna.create_study(study_name="orphan", storage=make_storage(str(tmp_path / "j.log")))
+    start = time.monotonic()
+    assert _wait_for_parent(study, wait_s=0.5, poll_s=0.05) is None
+    assert 0.5 <= time.monotonic() - start < 5
 
 
 def test_budget_counts_running_and_waiting_but_not_retried_surplus_or_interrupted(tmp_path):

@@ -21,7 +21,8 @@ N times, anywhere) share it:
   * a trial whose worker died (SIGKILL, a lost machine) is failed and retried with the same
     parameters: on an RDB storage through Optuna's heartbeat, on a journal file when its
     worker's process is gone; its MLflow run is ended KILLED;
-  * one parent MLflow run per study, reused by every worker and every resume.
+  * one parent MLflow run per study, reused by every worker and every resume; of workers that
+    start a new study together, the one whose call creates it makes the parent (claim_study).
 A worker prepares the data once (pipeline.InputCache) and trials log metrics, loss curves and
 weights only; the best trial then gets the full evaluation (model, plots, tear sheet) and is
 registered as a new version of `stocklab-<model>`.
@@ -364,16 +365,31 @@ def resolve_storage(cfg: TuneConfig) -> str:
 def open_study(cfg: TuneConfig) -> optuna.Study:
     """Create or load the study; a storage that cannot be opened is one line naming it (password
     masked) and why, within seconds (`connect_timeout`), never a driver traceback."""
+    return claim_study(cfg, claim=False)[0]
+
+
+def claim_study(cfg: TuneConfig, claim: bool = True) -> tuple[optuna.Study, bool]:
+    """(study, created): created is True for the one process whose call made the study.
+
+    Creating a study is atomic in every Optuna storage (the journal's log order, the RDB's unique
+    study name), so of several brand-new workers started at once exactly one creates it; that
+    one makes the study's parent MLflow run and the others wait for it (`run_tune`)."""
     url = resolve_storage(cfg)
     try:
-        return optuna.create_study(
+        storage = make_storage(url, cfg.heartbeat)
+        kwargs = dict(
             study_name=cfg.resolved_study_name(),
-            storage=make_storage(url, cfg.heartbeat),
+            storage=storage,
             directions=[DIRECTIONS[o] for o in TUNE_METRICS[cfg.metric]],
             sampler=TrialSeededSampler(cfg.seed, multi_objective=len(TUNE_METRICS[cfg.metric]) > 1),
             pruner=make_pruner(cfg.pruner, cfg.epochs * cfg.folds),  # steps count epochs across folds
-            load_if_exists=True,
         )
+        if claim:
+            try:
+                return optuna.create_study(**kwargs, load_if_exists=False), True
+            except optuna.exceptions.DuplicatedStudyError:
+                pass  # another process (or an earlier run) made it: load it below
+        return optuna.create_study(**kwargs, load_if_exists=True), False
     except ImportError as e:  # Optuna re-raises the driver's ModuleNotFoundError as a bare ImportError
         scheme = url.split("://", 1)[0]
         driver = getattr(e, "name", None) or (scheme.split("+", 1)[1] if "+" in scheme else f"the {scheme} default")
@@ -475,16 +491,16 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
         raise StockLabError(f"model: unknown model '{cfg.model}' (choose from {', '.join(MODELS)})")
     space = load_space(cfg.model, MODELS[cfg.model][1], cfg.space, set(fixed) | set(model_overrides))
     study_name = cfg.resolved_study_name()
-    study = open_study(cfg)
+    study, created = claim_study(cfg)
     fail_dead_local_trials(study)
     trials = budget_trials(study.get_trials(deepcopy=False))
     done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) for t in trials)
     experiment = cfg.experiment or f"stocklab-tune-{study_name}"  # one experiment per study
     tracking.install_signal_handlers()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # print_trial gives one line per trial
-    parent_id = _existing_parent(study)
+    parent_id = None if created else _wait_for_parent(study)
     with tracking.job_run(experiment, bool(cfg.experiment), run_name=f"study {study_name}", run_id=parent_id) as parent:
-        if parent_id is None:  # the first worker of the study: every later one joins this run
+        if parent_id is None:  # the study's creator: every later worker joins this run
             study.set_user_attr(PARENT_ATTR, parent.info.run_id)
         mlflow.set_tags({"stocklab.study": study_name, "stocklab.role": "study", "stocklab.model": cfg.model})
         view = _save_study_view(cfg, study_name, space, parent.info.experiment_id)
@@ -555,6 +571,27 @@ def _save_study_view(cfg: TuneConfig, study_name: str, space: dict, experiment_i
     return path
 
 
+PARENT_WAIT_S = 30.0  # how long a joining worker waits for the study's creator to make its parent
+
+
+def _wait_for_parent(study: optuna.Study, wait_s: float = PARENT_WAIT_S, poll_s: float = 0.2) -> str | None:
+    """The parent run of a study this process did not create. A study without trials and
+    without a parent is being set up by the worker that created it a moment ago (workers started
+    together): wait for its parent rather than make a second one. After `wait_s` (a creator that
+    died first, or a study made outside stocklab) this worker makes the parent itself."""
+    deadline = time.monotonic() + wait_s
+    said = False
+    while (run_id := _existing_parent(study)) is None and not study.get_trials(deepcopy=False):
+        if time.monotonic() >= deadline:
+            print(f"study {study.study_name}: no parent run after {wait_s:g} s; this worker makes it")
+            return None
+        if not said:
+            print(f"study {study.study_name}: waiting for the worker that created it to start its parent run")
+            said = True
+        time.sleep(poll_s)
+    return run_id
+
+
 def _existing_parent(study: optuna.Study) -> str | None:
     """The study's parent run, if it exists in this tracking store."""
     run_id = study.user_attrs.get(PARENT_ATTR)
@@ -609,7 +646,11 @@ def _log_study(study: optuna.Study, cfg: TuneConfig) -> dict:
         ]
     else:
         plots = [("pareto_front", lambda s: ovm.plot_pareto_front(s, target_names=list(objectives)))]
+    complete = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     for name, plot in plots:
+        if name == "param_importances" and complete < 2:  # Optuna would draw equal bars and warn
+            mlflow.set_tag(f"plot_{name}_skipped", f"needs >= 2 completed trials, the study has {complete}")
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

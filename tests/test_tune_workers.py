@@ -128,6 +128,31 @@ def test_workers_started_together_make_one_parent_run(tmp_path, tracking, small_
     assert len(trials) == 1 and trials[0].data.tags["mlflow.parentRunId"] == creators.info.run_id
 
 
+def test_the_last_worker_to_end_ends_the_parent_and_completes_the_best_trial(tmp_path, tracking, small_data):
+    """Workers started separately share the parent run: one that ends while another's trial
+    runs leaves the parent RUNNING and the best trial's full evaluation and registration to the
+    last one, so the best model is logged and registered once."""
+    cfg = _tune_cfg(tmp_path, small_data, n_trials=2, pruner="none", register=True)
+    study, _ = claim_study(cfg)
+    other = study.ask()  # a trial of a worker on another machine, still running
+    other.set_user_attr("worker", "another-host:4242")
+
+    first = run_tune(cfg)  # runs the one open trial, ends while the other worker's runs
+    client = mlflow.MlflowClient()
+    assert client.get_run(first["parent_run_id"]).info.status == "RUNNING"
+    best = first["best_run_id"]
+    assert "stocklab.model_uri" not in client.get_run(best).data.tags and "registered_version" not in first
+
+    study.tell(other, 1.0)  # the other worker's trial ends (worse); the next worker to end is last
+    second = run_tune(cfg)
+    assert second["parent_run_id"] == first["parent_run_id"] and second["best_run_id"] == best
+    assert client.get_run(first["parent_run_id"]).info.status == "FINISHED"
+    assert "stocklab.model_uri" in client.get_run(best).data.tags
+    assert int(second["registered_version"]) == 1
+    experiment = client.get_run(best).info.experiment_id
+    assert len(mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")) == 1
+
+
 def test_a_joining_worker_stops_waiting_for_a_creator_that_never_made_a_parent(tmp_path):
     study = optuna.create_study(study_name="orphan", storage=make_storage(str(tmp_path / "j.log")))
     start = time.monotonic()

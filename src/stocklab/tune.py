@@ -499,41 +499,97 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
     tracking.install_signal_handlers()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # print_trial gives one line per trial
     parent_id = None if created else _wait_for_parent(study)
-    with tracking.job_run(experiment, bool(cfg.experiment), run_name=f"study {study_name}", run_id=parent_id) as parent:
-        if parent_id is None:  # the study's creator: every later worker joins this run
-            study.set_user_attr(PARENT_ATTR, parent.info.run_id)
-        mlflow.set_tags({"stocklab.study": study_name, "stocklab.role": "study", "stocklab.model": cfg.model})
-        view = _save_study_view(cfg, study_name, space, parent.info.experiment_id)
-        params = {**dataclasses.asdict(cfg), **model_overrides, "study_name_resolved": study_name}
-        params["storage"] = mask_secrets(cfg.storage)  # never a password in the tracking store
-        params["storage_resolved"] = mask_secrets(resolve_storage(cfg))
-        tracking.log_params_once(params)
-        remaining = max(cfg.n_trials - len(trials), 0)
-        print(
-            f"study {study_name}: {done} finished trials, {remaining} to start (target {cfg.n_trials}), "
-            f"{cfg.n_jobs} worker{'s' if cfg.n_jobs > 1 else ''}"
-        )
-        print(f"trials table in the MLflow UI: {tracking.ui_link(view)}")
-        experiment_id = parent.info.experiment_id
-        deadline = time.time() + cfg.timeout if cfg.timeout else None
-        if cfg.n_jobs > 1:
-            _run_workers(cfg, model_overrides, space, parent.info.run_id, experiment_id, deadline)
-        # alone, this process is the worker; after N workers it runs what a worker killed last
-        # left behind (a queued retry, an open slot), within the same deadline
-        work(cfg, model_overrides, space, parent.info.run_id, experiment_id, deadline)
-        summary = _log_study(study, cfg)
-        summary["parent_run_id"] = parent.info.run_id
-        best_run = summary.get("best_run_id")
-        if best_run:
-            # trials log weights only; the model a study picks gets its model, plots, tear sheet
-            try:
-                complete_run(best_run, cfg.cache_dir)
-            except Exception as e:  # noqa: BLE001 - never lose the study over the best run's extras
-                mlflow.MlflowClient().set_tag(best_run, "stocklab.complete_error", describe(e, 400))
-                print(f"best trial's full evaluation failed: {describe(e)}")
-        if cfg.register and best_run:
-            summary.update(register_best(study, cfg, best_run))
+    joined: str | None = None  # the parent run this process ended, once it has one
+    try:
+        with tracking.job_run(
+            experiment, bool(cfg.experiment), run_name=f"study {study_name}", run_id=parent_id
+        ) as parent:
+            joined = parent.info.run_id
+            if parent_id is None:  # the study's creator: every later worker joins this run
+                study.set_user_attr(PARENT_ATTR, parent.info.run_id)
+            mlflow.set_tags({"stocklab.study": study_name, "stocklab.role": "study", "stocklab.model": cfg.model})
+            view = _save_study_view(cfg, study_name, space, parent.info.experiment_id)
+            params = {**dataclasses.asdict(cfg), **model_overrides, "study_name_resolved": study_name}
+            params["storage"] = mask_secrets(cfg.storage)  # never a password in the tracking store
+            params["storage_resolved"] = mask_secrets(resolve_storage(cfg))
+            tracking.log_params_once(params)
+            remaining = max(cfg.n_trials - len(trials), 0)
+            print(
+                f"study {study_name}: {done} finished trials, {remaining} to start (target {cfg.n_trials}), "
+                f"{cfg.n_jobs} worker{'s' if cfg.n_jobs > 1 else ''}"
+            )
+            print(f"trials table in the MLflow UI: {tracking.ui_link(view)}")
+            experiment_id = parent.info.experiment_id
+            deadline = time.time() + cfg.timeout if cfg.timeout else None
+            if cfg.n_jobs > 1:
+                _run_workers(cfg, model_overrides, space, parent.info.run_id, experiment_id, deadline)
+            # alone, this process is the worker; after N workers it runs what a worker killed last
+            # left behind (a queued retry, an open slot), within the same deadline
+            work(cfg, model_overrides, space, parent.info.run_id, experiment_id, deadline)
+            summary = _log_study(study, cfg)
+            summary["parent_run_id"] = parent.info.run_id
+            best_run = summary.get("best_run_id")
+            if best_run and (busy := _trials_of_other_workers(study)):
+                # the best may still change: the last worker to end evaluates and registers it,
+                # once (a full evaluation per worker would log the same model several times)
+                print(
+                    "best trial's full evaluation and registration: left to the worker that ends "
+                    f"last (trial{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} still running)"
+                )
+                best_run = None
+            if best_run:
+                # trials log weights only; the model a study picks gets its model, plots, tear sheet
+                try:
+                    complete_run(best_run, cfg.cache_dir)
+                except Exception as e:  # noqa: BLE001 - never lose the study over the best run's extras
+                    mlflow.MlflowClient().set_tag(best_run, "stocklab.complete_error", describe(e, 400))
+                    print(f"best trial's full evaluation failed: {describe(e)}")
+            if cfg.register and best_run:
+                summary.update(register_best(study, cfg, best_run))
+    finally:
+        if joined is not None:
+            _hand_parent_to_other_workers(study, joined)
     return summary
+
+
+def _hand_parent_to_other_workers(study: optuna.Study, run_id: str) -> None:
+    """The study's parent run ends with its last worker. A worker that ends (done, failed or
+    stopped) while trials of other workers still run has just ended the shared parent: set it
+    back to RUNNING (MLflow cannot leave a run open for another process) so the UI does not show
+    a finished study; the last worker to end ends it for good. Each worker's trials end before
+    its run does, so a second look after the reopening closes the race with a worker that ended
+    in between: it is then this worker that ends the run again."""
+    try:
+        with warnings.catch_warnings():  # dead workers on an RDB storage (heartbeat); a no-op else
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        others = _trials_of_other_workers(study)
+        if not others:
+            return
+        client = mlflow.MlflowClient()
+        ended_as = client.get_run(run_id).info.status
+        client.update_run(run_id, status="RUNNING")
+        if not _trials_of_other_workers(study):
+            client.set_terminated(run_id, ended_as)  # they ended meanwhile: this is the last worker
+            return
+        print(
+            f"study {study.study_name}: trial{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} "
+            "of other workers still running; the last worker to end ends the parent run"
+        )
+    except Exception as e:  # noqa: BLE001 - the job's own outcome stands; say why the status may be early
+        print(f"study {study.study_name}: could not check for other workers ({one_line(e, 200)})")
+
+
+def _trials_of_other_workers(study: optuna.Study) -> list[int]:
+    """Numbers of the RUNNING trials of other live workers (another machine's count as live)."""
+    me, host = worker_id(), socket.gethostname()
+    numbers = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = str(t.user_attrs.get("worker", ""))  # unset for a moment after a trial starts
+        if owner == me or (owner.startswith(f"{host}:") and not _alive(int(owner.rsplit(":", 1)[1]))):
+            continue
+        numbers.append(t.number)
+    return numbers
 
 
 STUDY_VIEW_METRICS = ("test_mse", "rank_ic", "spread_q5_q1", "best_epoch", "train_time_s")

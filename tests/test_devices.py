@@ -50,13 +50,15 @@ def test_compile_flag_trains_the_same_parameters():
     assert hist.train_loss and not torch.equal(before, model.fc.weight.detach())
 
 
-def _steps(ws, name: str, batch: int, n_steps: int, graph: str):
+def _steps(ws, name: str, batch: int, n_steps: int, graph: str, dropout: float = 0.0):
     """Losses of `n_steps` training steps from one seed: graph='none' plain train_step,
-    'buffers' GraphStep without capture (its static buffers, any device), 'cuda' captured."""
+    'buffers' GraphStep without capture (its static buffers, any device), 'cuda' captured.
+    Dropout is off by default: eager and replayed steps need not draw the same masks, and
+    cuDNN's LSTM dropout keeps a random state of its own."""
     from stocklab.training import GraphStep, make_optimizer, train_step
 
     torch.manual_seed(0)
-    model = build_model(name, ws.n_features, 10, model_config(name, {"dropout": 0.0} if name == "lstm" else {}))
+    model = build_model(name, ws.n_features, 10, model_config(name, {"dropout": dropout}))
     model.to(ws.device).train()
     params = list(model.parameters())
     opt = make_optimizer(params, TrainConfig(lr=1e-3), ws.device, graph=graph == "cuda")
@@ -99,3 +101,16 @@ def test_cuda_graph_steps_match_eager_steps(name):
     graphed, _, step, _ = _steps(ws, name, 64, 20, "cuda")
     assert step.fallback is None and step.replays >= 10  # 3 warm-up steps, then replays
     torch.testing.assert_close(torch.tensor(graphed), torch.tensor(eager), rtol=2e-2, atol=1e-4)
+
+
+@cuda
+@pytest.mark.parametrize("name", ["cnn2d", "cnn1d"])
+def test_cuda_graph_captures_a_step_with_dropout(name):
+    # dropout draws from the CUDA generator inside the graph: capture must work and replays train
+    ws = _ws("cuda")
+    graphed, _, step, model = _steps(ws, name, 64, 20, "cuda", dropout=0.1)
+    assert step.fallback is None and step.replays >= 10
+    assert torch.isfinite(torch.tensor(graphed)).all()
+    torch.manual_seed(0)  # the same initial weights as _steps built
+    initial = build_model(name, ws.n_features, 10, model_config(name, {"dropout": 0.1})).to(ws.device)
+    assert any(not torch.equal(a, b) for a, b in zip(initial.parameters(), model.parameters()))

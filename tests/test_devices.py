@@ -93,6 +93,26 @@ def test_graph_step_buffers_feed_the_same_windows_as_eager_steps(name):
         assert torch.equal(a, b)
 
 
+def test_a_step_that_cannot_be_captured_falls_back_to_eager_without_losing_a_step(monkeypatch):
+    # e.g. a model that syncs with the host: capture raises, the step it was for and every later
+    # one run eagerly, and the reason is kept (fit logs it); on CPU the warm-up runs eagerly too
+    from stocklab.training import GraphStep, train_step
+
+    def refuse(self):
+        raise RuntimeError("operation not permitted when stream is capturing\nmore detail")
+
+    monkeypatch.setattr(GraphStep, "_capture", refuse)
+    monkeypatch.setattr(GraphStep, "_warm_step", lambda self: train_step(self.model, self.ws, self.opt, self.n, self.t))
+    ws = _ws("cpu")
+    eager, _, _, m_e = _steps(ws, "cnn1d", 64, 12, "none")
+    fallen, _, step, m_f = _steps(ws, "cnn1d", 64, 12, "cuda")  # capture=True, on the CPU
+    assert step.fallback == "RuntimeError: operation not permitted when stream is capturing"
+    assert step.replays == 0 and step.eager_steps == step.steps == 12
+    assert fallen == eager
+    for a, b in zip(m_e.parameters(), m_f.parameters()):
+        assert torch.equal(a, b)
+
+
 @cuda
 @pytest.mark.parametrize("name", ["lstm", "cnn2d", "cnn1d"])
 def test_cuda_graph_steps_match_eager_steps(name):

@@ -574,7 +574,9 @@ def write_models_report(cfg: BenchmarkConfig, records, device, started, elapsed:
         "the horizon) between the top and bottom fifth. MSE/zero and MSE/mean: test MSE over the MSE of the zero "
         "forecast and of the training-label mean (below 1 = better than that forecast). valid rank IC: on each "
         "fold's validation span. best epoch: the kept epoch, mean over folds and seeds. train s: fitting time "
-        "summed over folds, mean over seeds. Each entry is judged on its own label horizon (column h).",
+        "summed over folds, mean over seeds. Each entry is judged on its own label horizon (column h). "
+        "-: not applicable (a factor is a score, not a return forecast: no MSE; the naive forecasts rank "
+        "nothing: no IC).",
         "",
         f"![rank IC per model]({ic_png.name})",
         "",

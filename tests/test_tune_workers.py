@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from stocklab.config import TrainConfig, TuneConfig
 from stocklab.pipeline import InputCache, folds_of
+from stocklab.tracking import claim_run
 from stocklab.tune import (
     PARENT_ATTR,
     TrialSeededSampler,
@@ -151,6 +152,37 @@ def test_the_last_worker_to_end_ends_the_parent_and_completes_the_best_trial(tmp
     assert int(second["registered_version"]) == 1
     experiment = client.get_run(best).info.experiment_id
     assert len(mlflow.search_logged_models(experiment_ids=[experiment], output_format="list")) == 1
+
+
+def test_a_run_claim_goes_to_exactly_one_of_several_processes(tracking):
+    from concurrent.futures import ThreadPoolExecutor
+
+    client = mlflow.MlflowClient()
+    run = client.create_run(client.create_experiment("claims")).info.run_id
+    owners = [f"host:{i}" for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:  # at once, each with its own owner
+        holders = list(pool.map(lambda o: claim_run(run, "full_evaluation_by", o), owners))
+    winners = [o for o, h in zip(owners, holders) if h is None]
+    assert len(winners) == 1
+    assert all(h == winners[0] for h in holders if h is not None)
+    assert client.get_run(run).data.params["full_evaluation_by"] == winners[0]
+    assert claim_run(run, "full_evaluation_by", winners[0]) is None  # the holder may claim again
+
+
+def test_a_worker_that_loses_the_claim_leaves_the_best_trial_to_its_holder(tmp_path, tracking, small_data, monkeypatch):
+    import stocklab.tune as tune
+
+    real = tune.tracking.claim_run
+
+    def another_worker_first(run_id, key, owner):
+        assert real(run_id, key, "another-host:7") is None  # a worker ending at the same moment
+        return real(run_id, key, owner)
+
+    monkeypatch.setattr(tune.tracking, "claim_run", another_worker_first)
+    summary = run_tune(_tune_cfg(tmp_path, small_data, n_trials=1, pruner="none", register=True))
+    best = mlflow.MlflowClient().get_run(summary["best_run_id"])
+    assert best.data.params["full_evaluation_by"] == "another-host:7"
+    assert "stocklab.model_uri" not in best.data.tags and "registered_version" not in summary
 
 
 def test_a_joining_worker_stops_waiting_for_a_creator_that_never_made_a_parent(tmp_path):

@@ -289,6 +289,23 @@ def run_name(model: str, model_params: dict, seq_len: int, lr: float, prefix: st
     return " ".join(([prefix] if prefix else []) + parts)
 
 
+def claim_run(run_id: str, key: str, owner: str) -> str | None:
+    """An atomic first-come claim on a run: None if `owner` holds it, else the holder.
+
+    MLflow params are write-once (the params table's primary key, in a database store and
+    behind a tracking server alike): of several processes logging `key` with their own `owner`,
+    exactly one succeeds and the others get INVALID_PARAMETER_VALUE. The param stays on the run,
+    saying who did the work."""
+    client = mlflow.MlflowClient()
+    try:
+        client.log_param(run_id, key, owner)
+        return None
+    except mlflow.exceptions.MlflowException as e:
+        if e.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        return client.get_run(run_id).data.params.get(key, "another process")
+
+
 def log_params_once(params: dict) -> dict:
     """Log params, skipping keys the run already has (`mlflow run` logs the -P values itself,
     and MLflow refuses to change a param, e.g. '1e-3' vs '0.001'). Returns the keys whose

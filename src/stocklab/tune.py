@@ -60,12 +60,13 @@ from stocklab.config import (
 )
 from stocklab.errors import describe, mask_secrets, one_line
 from stocklab.models import MODELS
-from stocklab.pipeline import EpochInfo, InputCache, complete_run, train_in_run
+from stocklab.pipeline import EpochInfo, InputCache, complete_run, has_model, train_in_run
 from stocklab.spaces import load_space, suggest
 
 # what each study metric reads from a finished trial's results (both are validation-only)
 RESULT_KEY = {"valid_loss": "valid_loss_min", "valid_rank_ic": "valid_rank_ic"}
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the study's one parent run
+FULL_EVALUATION_PARAM = "full_evaluation_by"  # the best trial run's param: the worker that completed it
 
 
 def worker_id() -> str:
@@ -526,17 +527,27 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
             # alone, this process is the worker; after N workers it runs what a worker killed last
             # left behind (a queued retry, an open slot), within the same deadline
             work(cfg, model_overrides, space, parent.info.run_id, experiment_id, deadline)
+            busy = _trials_of_other_workers(study)  # looked at first: with none running, the best is final
             summary = _log_study(study, cfg)
             summary["parent_run_id"] = parent.info.run_id
             best_run = summary.get("best_run_id")
-            if best_run and (busy := _trials_of_other_workers(study)):
-                # the best may still change: the last worker to end evaluates and registers it,
-                # once (a full evaluation per worker would log the same model several times)
+            if best_run and busy:
+                # the best may still change: the last worker to end evaluates and registers it
                 print(
                     "best trial's full evaluation and registration: left to the worker that ends "
                     f"last (trial{'s' if len(busy) > 1 else ''} {', '.join(map(str, busy))} still running)"
                 )
                 best_run = None
+            if best_run and not has_model(best_run):
+                # workers ending together: exactly one claims the evaluation (a write-once param),
+                # so the best model is logged and registered once
+                holder = tracking.claim_run(best_run, FULL_EVALUATION_PARAM, worker_id())
+                if holder is not None:
+                    print(
+                        f"best trial's full evaluation and registration: done by worker {holder} "
+                        f"(should it have died: stocklab evaluate --run_id {best_run})"
+                    )
+                    best_run = None
             if best_run:
                 # trials log weights only; the model a study picks gets its model, plots, tear sheet
                 try:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 
 import mlflow
 import optuna
@@ -23,6 +24,7 @@ from stocklab.tracking import claim_run
 from stocklab.tune import (
     PARENT_ATTR,
     TrialSeededSampler,
+    _trials_of_other_workers,
     _wait_for_parent,
     budget_trials,
     claim_study,
@@ -183,6 +185,21 @@ def test_a_worker_that_loses_the_claim_leaves_the_best_trial_to_its_holder(tmp_p
     best = mlflow.MlflowClient().get_run(summary["best_run_id"])
     assert best.data.params["full_evaluation_by"] == "another-host:7"
     assert "stocklab.model_uri" not in best.data.tags and "registered_version" not in summary
+
+
+def test_a_dead_workers_trial_does_not_hold_back_the_best_trials_evaluation(tmp_path):
+    # on an RDB storage another machine's worker counts as live until its heartbeat stops;
+    # once stopped its trial must not count, or no worker would evaluate the best trial
+    study = optuna.create_study(study_name="hb", storage=make_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=1))
+    with warnings.catch_warnings():  # Optuna: heartbeat is meant for Study.optimize (this stands in for one)
+        warnings.simplefilter("ignore", UserWarning)
+        trial = study.ask()
+    trial.set_user_attr("worker", "another-host:7")
+    study._storage.record_heartbeat(trial._trial_id)
+    assert _trials_of_other_workers(study) == [trial.number]  # beating: a live worker's trial
+    time.sleep(2.5)  # past the grace period (2 heartbeats)
+    assert _trials_of_other_workers(study) == []
+    assert study.get_trials(deepcopy=False)[trial.number].state == TrialState.FAIL
 
 
 def test_a_joining_worker_stops_waiting_for_a_creator_that_never_made_a_parent(tmp_path):

@@ -571,9 +571,6 @@ def _hand_parent_to_other_workers(study: optuna.Study, run_id: str) -> None:
     its run does, so a second look after the reopening closes the race with a worker that ended
     in between: it is then this worker that ends the run again."""
     try:
-        with warnings.catch_warnings():  # dead workers on an RDB storage (heartbeat); a no-op else
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
         others = _trials_of_other_workers(study)
         if not others:
             return
@@ -592,7 +589,12 @@ def _hand_parent_to_other_workers(study: optuna.Study, run_id: str) -> None:
 
 
 def _trials_of_other_workers(study: optuna.Study) -> list[int]:
-    """Numbers of the RUNNING trials of other live workers (another machine's count as live)."""
+    """Numbers of the RUNNING trials of other live workers. On an RDB storage, trials whose
+    heartbeat stopped are failed (and queued for retry) first; on a journal file, a trial of this
+    machine whose process is gone does not count, another machine's counts as live."""
+    with warnings.catch_warnings():  # a no-op without heartbeat (a journal file)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     me, host = worker_id(), socket.gethostname()
     numbers = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

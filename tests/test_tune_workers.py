@@ -197,7 +197,9 @@ def test_a_dead_workers_trial_does_not_hold_back_the_best_trials_evaluation(tmp_
     trial.set_user_attr("worker", "another-host:7")
     study._storage.record_heartbeat(trial._trial_id)
     assert _trials_of_other_workers(study) == [trial.number]  # beating: a live worker's trial
-    time.sleep(2.5)  # past the grace period (2 heartbeats)
+    # past the grace period (2 heartbeats): SQLite stores CURRENT_TIMESTAMP in whole seconds and
+    # Optuna needs now - heartbeat > grace, so 2.5 s passed only when the beat fell late in its second
+    time.sleep(2 + 1 + 0.5)
     assert _trials_of_other_workers(study) == []
     assert study.get_trials(deepcopy=False)[trial.number].state == TrialState.FAIL
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from conftest import synthetic_bars, write_ticker_csvs
 
-from stocklab.benchmark import naive_windows, run_benchmark, train_flops_per_sample
+from stocklab.benchmarks.speed import naive_windows, train_flops_per_sample
 from stocklab.config import BenchmarkConfig, StockLabError
 from stocklab.features import build_panel
+from stocklab.jobs.benchmark import run_benchmark
 from stocklab.windows import WindowSet
 
 

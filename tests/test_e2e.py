@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from stocklab.pipeline import load_model_bundle
+from stocklab.pipeline.logged import load_model_bundle
 
 pytestmark = pytest.mark.e2e
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))

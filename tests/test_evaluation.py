@@ -13,8 +13,7 @@ from conftest import synthetic_bars, write_ticker_csvs
 from scipy import stats
 
 from stocklab.config import StockLabError, TrainConfig
-from stocklab.evaluate import EvaluateConfig, run_evaluate
-from stocklab.evaluation import (
+from stocklab.factor_eval import (
     daily_ic,
     daily_quintile_spread,
     factor_metrics,
@@ -23,7 +22,8 @@ from stocklab.evaluation import (
     tear_sheet,
     trading_calendar,
 )
-from stocklab.train import run_train
+from stocklab.jobs.evaluate import EvaluateConfig, run_evaluate
+from stocklab.jobs.train import run_train
 
 
 def _factor_frame(n_days=60, n_names=20, kind="perfect", seed=0) -> pd.DataFrame:
@@ -39,7 +39,7 @@ def _factor_frame(n_days=60, n_names=20, kind="perfect", seed=0) -> pd.DataFrame
 
 @pytest.mark.parametrize("kind, expected", [("perfect", 1.0), ("inverted", -1.0)])
 def test_perfect_and_inverted_factor(kind, expected):
-    m, skipped = factor_metrics(_factor_frame(kind=kind))
+    m, skipped = factor_metrics(_factor_frame(kind=kind), 1.0)
     assert skipped is None
     assert m["ic"] == pytest.approx(expected) and m["rank_ic"] == pytest.approx(expected)
     assert m["hit_rate"] == (1.0 if kind == "perfect" else 0.0)
@@ -48,7 +48,7 @@ def test_perfect_and_inverted_factor(kind, expected):
 
 def test_random_factor_is_near_zero_and_matches_scipy():
     df = _factor_frame(n_days=300, kind="random")
-    m, _ = factor_metrics(df)
+    m, _ = factor_metrics(df, 1.0)
     assert abs(m["ic"]) < 0.03 and abs(m["rank_ic"]) < 0.03 and abs(m["ic_tstat"]) < 3
     ic = daily_ic(df)
     for d in ic.index[:5]:
@@ -87,7 +87,7 @@ def test_quintile_spread_on_a_hand_made_case():
             "label": np.arange(10.0),
         }
     )
-    assert quintile_spread(df) == pytest.approx(8.0)
+    assert quintile_spread(df, label_scale=1.0) == pytest.approx(8.0)
     assert quintile_spread(df, label_scale=10.0) == pytest.approx(0.8)
 
 
@@ -131,7 +131,7 @@ def test_daily_quintile_spread_equals_a_per_date_qcut():
 
 def test_small_cross_section_skips_factor_metrics_with_a_reason():
     df = _factor_frame(n_names=1)
-    m, skipped = factor_metrics(df)
+    m, skipped = factor_metrics(df, 1.0)
     assert set(m) == {"hit_rate"} and "cross-section too small" in skipped
 
 

@@ -12,9 +12,9 @@ from scipy import stats
 
 from stocklab.config import TrainConfig
 from stocklab.data import load_panel
+from stocklab.jobs.train import run_train
 from stocklab.models import build_model, model_config
 from stocklab.models.factors import FACTORS, LOOKBACK
-from stocklab.train import run_train
 from stocklab.windows import split_bounds
 
 N_TICKERS, HORIZON = 40, 20

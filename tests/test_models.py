@@ -13,12 +13,13 @@ import torch
 from conftest import synthetic_bars
 
 from stocklab.config import StockLabError, TrainConfig
-from stocklab.evaluation import daily_ic
+from stocklab.factor_eval import daily_ic
 from stocklab.features import build_panel
+from stocklab.jobs.train import run_train
 from stocklab.models import BASELINES, MODELS, build_model, model_config
-from stocklab.pipeline import load_model_bundle, prepare
-from stocklab.train import run_train
-from stocklab.training import fit, mean_loss, predict
+from stocklab.pipeline.inputs import prepare
+from stocklab.pipeline.logged import load_model_bundle
+from stocklab.trainer import fit, mean_loss, predict
 from stocklab.windows import WindowSet
 
 
@@ -111,7 +112,7 @@ def test_lstm_batch_norm_and_layers_and_gru_cells():
 
 def test_attention_weights_are_a_distribution_over_days():
     m = build_model("attention", 3, 12, model_config("attention")).eval()
-    w = m.attention_weights(torch.randn(5, 12, 3))
+    w = m.attention(torch.randn(5, 12, 3))
     assert w.shape == (5, 12) and torch.allclose(w.sum(1), torch.ones(5))
 
 

@@ -71,7 +71,7 @@ def _tune(stack, tmp_path, data, study, *extra) -> list[str]:
 
 def _study(stack, name, monkeypatch):
     monkeypatch.setenv("PGPASSFILE", str(stack.pgpass))
-    from stocklab.tune import make_storage
+    from stocklab.study.storage import make_storage
 
     return optuna.load_study(study_name=name, storage=make_storage(stack.db_url("optuna")))
 

@@ -10,7 +10,7 @@ from conftest import SHARED_DATA
 
 from stocklab.config import TrainConfig
 from stocklab.data import load_panel
-from stocklab.train import run_train
+from stocklab.jobs.train import run_train
 
 pytestmark = [
     pytest.mark.shared,

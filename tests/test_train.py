@@ -13,8 +13,10 @@ import torch
 from conftest import ROOT
 
 from stocklab.config import TrainConfig
-from stocklab.pipeline import latest_windows, load_model_bundle, predict_windows, prepare
-from stocklab.train import run_train
+from stocklab.jobs.train import run_train
+from stocklab.pipeline.inputs import latest_windows, prepare
+from stocklab.pipeline.logged import load_model_bundle
+from stocklab.pipeline.scoring import predict_windows
 
 SUMMARY = ("test_mse", "valid_loss_min", "valid_mse_min", "best_epoch", "train_time_s", "naive_mse", "mse_skill")
 
@@ -121,7 +123,7 @@ def test_predict_is_bit_for_bit_the_training_pipeline(tracking, tmp_path, bars, 
     from conftest import write_ticker_csvs
 
     from stocklab.config import PredictConfig
-    from stocklab.predict import run_predict
+    from stocklab.jobs.predict import run_predict
 
     full = write_ticker_csvs(bars, tmp_path / "full")
     cfg = _cfg(full, features=features, scaler=scaler, seq_len=6, epochs=1)
@@ -155,7 +157,7 @@ def test_predict_on_a_subset_keeps_each_tickers_training_identity(tracking, tmp_
     from conftest import write_ticker_csvs
 
     from stocklab.config import PredictConfig
-    from stocklab.predict import run_predict
+    from stocklab.jobs.predict import run_predict
 
     full = write_ticker_csvs(bars, tmp_path / "full")
     cfg = _cfg(full, features="ohlcv", scaler="standard_ticker", seq_len=6, epochs=1)

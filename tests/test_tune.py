@@ -14,10 +14,11 @@ from conftest import synthetic_bars, write_ticker_csvs
 from test_e2e import mlflow_run
 
 from stocklab.config import PromoteConfig, TuneConfig
+from stocklab.jobs.promote import direction_for, run_promote
+from stocklab.jobs.tune import run_tune
 from stocklab.models import BASELINES, MODELS
-from stocklab.promote import direction_for, run_promote
 from stocklab.spaces import builtin_models, load_space, suggest
-from stocklab.tune import make_storage, run_tune
+from stocklab.study.storage import make_storage
 
 SPACE = """
 hidden_size: {type: int, low: 4, high: 8}

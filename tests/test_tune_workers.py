@@ -19,19 +19,12 @@ from conftest import ROOT, synthetic_bars, write_ticker_csvs
 from optuna.trial import TrialState
 
 from stocklab.config import TrainConfig, TuneConfig
-from stocklab.pipeline import InputCache, folds_of
+from stocklab.jobs.tune import run_tune
+from stocklab.pipeline.inputs import InputCache, folds_of
+from stocklab.study.budget import budget_trials, open_budget, trials_of_other_workers
+from stocklab.study.storage import TrialSeededSampler, claim_study, make_storage
+from stocklab.study.workers import PARENT_ATTR, wait_for_parent
 from stocklab.tracking import claim_run
-from stocklab.tune import (
-    PARENT_ATTR,
-    TrialSeededSampler,
-    _trials_of_other_workers,
-    _wait_for_parent,
-    budget_trials,
-    claim_study,
-    make_storage,
-    open_budget,
-    run_tune,
-)
 
 SPACE = """
 hidden_size: {type: int, low: 4, high: 16}
@@ -172,15 +165,15 @@ def test_a_run_claim_goes_to_exactly_one_of_several_processes(tracking):
 
 
 def test_a_worker_that_loses_the_claim_leaves_the_best_trial_to_its_holder(tmp_path, tracking, small_data, monkeypatch):
-    import stocklab.tune as tune
+    import stocklab.study.report as report
 
-    real = tune.tracking.claim_run
+    real = report.tracking.claim_run
 
     def another_worker_first(run_id, key, owner):
         assert real(run_id, key, "another-host:7") is None  # a worker ending at the same moment
         return real(run_id, key, owner)
 
-    monkeypatch.setattr(tune.tracking, "claim_run", another_worker_first)
+    monkeypatch.setattr(report.tracking, "claim_run", another_worker_first)
     summary = run_tune(_tune_cfg(tmp_path, small_data, n_trials=1, pruner="none", register=True))
     best = mlflow.MlflowClient().get_run(summary["best_run_id"])
     assert best.data.params["full_evaluation_by"] == "another-host:7"
@@ -196,18 +189,18 @@ def test_a_dead_workers_trial_does_not_hold_back_the_best_trials_evaluation(tmp_
         trial = study.ask()
     trial.set_user_attr("worker", "another-host:7")
     study._storage.record_heartbeat(trial._trial_id)
-    assert _trials_of_other_workers(study) == [trial.number]  # beating: a live worker's trial
+    assert trials_of_other_workers(study) == [trial.number]  # beating: a live worker's trial
     # past the grace period (2 heartbeats): SQLite stores CURRENT_TIMESTAMP in whole seconds and
     # Optuna needs now - heartbeat > grace, so 2.5 s passed only when the beat fell late in its second
     time.sleep(2 + 1 + 0.5)
-    assert _trials_of_other_workers(study) == []
+    assert trials_of_other_workers(study) == []
     assert study.get_trials(deepcopy=False)[trial.number].state == TrialState.FAIL
 
 
 def test_a_joining_worker_stops_waiting_for_a_creator_that_never_made_a_parent(tmp_path):
     study = optuna.create_study(study_name="orphan", storage=make_storage(str(tmp_path / "j.log")))
     start = time.monotonic()
-    assert _wait_for_parent(study, wait_s=0.5, poll_s=0.05) is None
+    assert wait_for_parent(study, wait_s=0.5, poll_s=0.05) is None
     assert 0.5 <= time.monotonic() - start < 5
 
 

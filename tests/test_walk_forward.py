@@ -13,10 +13,11 @@ import torch
 from conftest import synthetic_bars, write_ticker_csvs
 
 from stocklab.config import EvaluateConfig, StockLabError, TrainConfig
-from stocklab.evaluate import run_evaluate
+from stocklab.jobs.evaluate import run_evaluate
+from stocklab.jobs.train import run_train
 from stocklab.models import model_config
-from stocklab.pipeline import _fit_fold, folds_of, load_inputs, with_windows
-from stocklab.train import run_train
+from stocklab.pipeline.fitting import fit_fold
+from stocklab.pipeline.inputs import folds_of, load_inputs, with_windows
 from stocklab.windows import end_day_ranges, split_bounds, walk_forward_folds
 
 FR = (0.5, 0.2, 0.3)
@@ -64,7 +65,7 @@ def _fit_every_fold(tmp_path, bars, name, cfg):
     base = load_inputs(dataclasses.replace(cfg, data=str(write_ticker_csvs(bars, tmp_path / name))))
     mcfg = model_config(cfg.model)
     return base, [
-        _fit_fold(cfg, mcfg, with_windows(base, cfg, "cpu", fold), None, f"{name}/")
+        fit_fold(cfg, mcfg, with_windows(base, cfg, "cpu", fold), None, f"{name}/")
         for fold in folds_of(cfg, len(base.panel.dates))
     ]
 

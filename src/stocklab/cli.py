@@ -23,6 +23,7 @@ from stocklab.config import (
     StockLabError,
     TrainConfig,
     add_arguments,
+    split_params,
     with_values,
 )
 from stocklab.errors import one_line
@@ -122,13 +123,12 @@ def parse_model_job(job: str, argv: list[str], cls=TrainConfig):
     if unknown:
         raise _unknown(job, unknown[0], model)
     explicit = vars(ns)
-    own = {f.name for f in dataclasses.fields(cls)}
-    values = {k: v for k, v in preset.items() if k in own}
-    model_args = {k: v for k, v in preset.items() if k not in own} if preset.get("model", model) == model else {}
-    values.update({k: v for k, v in explicit.items() if k in own})
-    model_args.update({k: v for k, v in explicit.items() if k not in own})
-    values["model"] = model
-    return with_values(cls(), values), model_args, set(explicit)
+    from_preset, preset_model = split_params(preset, cls)
+    if preset.get("model", model) != model:
+        preset_model = {}  # another model's hyper-parameters
+    values, model_args = split_params(explicit, cls)
+    values = {**from_preset, **values, "model": model}
+    return with_values(cls(), values), {**preset_model, **model_args}, set(explicit)
 
 
 def parse_job(job: str, argv: list[str]):
@@ -142,7 +142,7 @@ def parse_job(job: str, argv: list[str]):
 
 def cmd_train(argv: list[str]) -> int:
     cfg, model_args, _ = parse_model_job("train", argv)
-    from stocklab.train import run_train  # heavy imports (torch, mlflow) only when needed
+    from stocklab.jobs.train import run_train  # heavy imports (torch, mlflow) only when needed
 
     result = run_train(cfg, model_args)
     print(
@@ -157,7 +157,7 @@ def cmd_tune(argv: list[str]) -> int:
     from stocklab.config import TuneConfig
 
     cfg, model_args, explicit = parse_model_job("tune", argv, TuneConfig)
-    from stocklab.tune import run_tune
+    from stocklab.jobs.tune import run_tune
 
     res = run_tune(cfg, model_args, fixed=explicit)
     print(f"study done: best value {res['best_value']} (trial {res.get('best_trial')}), trials {res['states']}")
@@ -165,7 +165,7 @@ def cmd_tune(argv: list[str]) -> int:
 
 
 def cmd_evaluate(argv: list[str]) -> int:
-    from stocklab.evaluate import run_evaluate
+    from stocklab.jobs.evaluate import run_evaluate
 
     res = run_evaluate(parse_job("evaluate", argv))
     shown = {k: v for k, v in res.items() if isinstance(v, float)}
@@ -176,7 +176,7 @@ def cmd_evaluate(argv: list[str]) -> int:
 def cmd_promote(argv: list[str]) -> int:
     import mlflow
 
-    from stocklab.promote import run_promote
+    from stocklab.jobs.promote import run_promote
     from stocklab.tracking import job_run
 
     cfg: PromoteConfig = parse_job("promote", argv)
@@ -189,14 +189,14 @@ def cmd_promote(argv: list[str]) -> int:
 
 
 def cmd_predict(argv: list[str]) -> int:
-    from stocklab.predict import run_predict
+    from stocklab.jobs.predict import run_predict
 
     run_predict(parse_job("predict", argv))
     return 0
 
 
 def cmd_benchmark(argv: list[str]) -> int:
-    from stocklab.benchmark import run_benchmark
+    from stocklab.jobs.benchmark import run_benchmark
 
     run_benchmark(parse_job("benchmark", argv))
     return 0
@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from mlflow.exceptions import MlflowException
 
-    from stocklab.tracking import check_tracking_server, install_signal_handlers
+    from stocklab.interrupts import install_signal_handlers
+    from stocklab.tracking import check_tracking_server
 
     install_signal_handlers()  # SIGTERM ends the job's runs KILLED, like Ctrl-C
     try:

@@ -33,13 +33,26 @@ TUNE_METRICS = {
 DIRECTIONS = {"valid_loss": "minimize", "valid_rank_ic": "maximize"}
 PRUNERS = ("median", "hyperband", "none")
 DEFAULT_JOURNAL = "optuna-journal.log"
+# defaults shared by several jobs' configs (scoring passes, the parsed-panel cache)
+EVAL_BATCH_SIZE = 8192
+CACHE_DIR = ".stocklab_cache"
+
+# what a TrainConfig field does to a model's inputs (the `role` of `opt`):
+#   panel:    changes the loaded, featurised panel (a study's InputCache reloads for a new value)
+#   windows:  changes the scaled windows built from that panel (one WindowSet per value and fold)
+#   recorded: changes no input, but is kept with the model to rebuild its run (the seed of plots)
+# A logged model's Bundle keeps every field with a role and rebuilds its TrainConfig from them.
+INPUT_ROLES = ("panel", "windows", "recorded")
 
 
-def opt(default, help: str = "", choices: tuple | None = None):  # noqa: A002 - argparse's word
-    """A dataclass field with its CLI help text and, optionally, its allowed values."""
+def opt(default, help: str = "", choices: tuple | None = None, role: str | None = None):  # noqa: A002
+    """A dataclass field with its CLI help text and, optionally, its allowed values and its
+    input role (INPUT_ROLES)."""
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = tuple(choices)
+    if role is not None:
+        meta["role"] = role
     return field(default=default, metadata=meta)
 
 
@@ -47,31 +60,35 @@ def opt(default, help: str = "", choices: tuple | None = None):  # noqa: A002 - 
 class TrainConfig:
     """Everything one `train` run needs except the model's own hyper-parameters."""
 
-    data: str = opt("sample", "'sample', a folder of per-ticker CSVs, or one CSV/Parquet file")
-    model: str = opt("lstm", "a name from stocklab.models.MODELS")
+    data: str = opt("sample", "'sample', a folder of per-ticker CSVs, or one CSV/Parquet file", role="panel")
+    model: str = opt("lstm", "a name from stocklab.models.MODELS", role="panel")
     preset: str = opt("", "a source study's configuration (see presets.py); explicit values override it")
-    features: str = opt("auto", "feature set", FEATURE_SETS)
-    horizon: int = opt(20, "label = forward return over N trading days")
-    seq_len: int = opt(20, "steps per input window")
-    window_stride: int = opt(1, "days between window steps (21: monthly)")
-    return_period: int = opt(1, "look-back of `returns` features in days")
+    features: str = opt("auto", "feature set", FEATURE_SETS, role="panel")
+    horizon: int = opt(20, "label = forward return over N trading days", role="panel")
+    seq_len: int = opt(20, "steps per input window", role="panel")
+    window_stride: int = opt(1, "days between window steps (21: monthly)", role="panel")
+    return_period: int = opt(1, "look-back of `returns` features in days", role="panel")
     epochs: int = opt(10, "maximum training epochs")
     batch_size: int = opt(256, "training batch size")
     lr: float = opt(1e-3, "Adam learning rate")
     weight_decay: float = opt(0.0, "Adam weight decay")
     patience: int = opt(3, "early-stopping patience (epochs without a better validation loss)")
-    seed: int = opt(0, "seed of model init, shuffling and plots")
-    label_scale: float = opt(1.0, "multiplies the label (the 2D CNN study tried 1 and 10)")
-    split: str = opt("0.6,0.2,0.2", "train,valid,test fractions of the calendar")
-    folds: int = opt(1, "walk-forward: the test fraction cut into K out-of-sample periods, a refit per fold")
-    walk: str = opt("expanding", "walk-forward training span: all earlier days or the initial length", WALKS)
-    scaler: str = opt("standard", "feature scaling, fit on the training days only", SCALERS)
-    max_tickers: int = opt(0, "use the first N tickers in name order (0 = all)")
+    seed: int = opt(0, "seed of model init, shuffling and plots", role="recorded")
+    label_scale: float = opt(1.0, "multiplies the label (the 2D CNN study tried 1 and 10)", role="panel")
+    split: str = opt("0.6,0.2,0.2", "train,valid,test fractions of the calendar", role="panel")
+    folds: int = opt(
+        1, "walk-forward: the test fraction cut into K out-of-sample periods, a refit per fold", role="windows"
+    )
+    walk: str = opt(
+        "expanding", "walk-forward training span: all earlier days or the initial length", WALKS, role="windows"
+    )
+    scaler: str = opt("standard", "feature scaling, fit on the training days only", SCALERS, role="windows")
+    max_tickers: int = opt(0, "use the first N tickers in name order (0 = all)", role="panel")
     device: str = opt("auto", "where to train", DEVICES)
     compile: bool = opt(False, "torch.compile the model for training")
     cuda_graph: bool = opt(True, "CUDA: replay the training step from a CUDA graph (false: eager steps)")
-    eval_batch_size: int = opt(8192, "batch size for validation/test passes")
-    cache_dir: str = opt(".stocklab_cache", "parsed-panel cache folder ('' = no cache)")
+    eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size for validation/test passes")
+    cache_dir: str = opt(CACHE_DIR, "parsed-panel cache folder ('' = no cache)")
     experiment: str = opt("", "MLflow experiment (default: stocklab-train; for tune: stocklab-tune-<study>)")
 
     def split_fractions(self) -> tuple[float, float, float]:
@@ -112,6 +129,12 @@ class TrainConfig:
     def train_config(self) -> TrainConfig:
         """The TrainConfig part of this config (itself for a TrainConfig)."""
         return TrainConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)})
+
+    def input_values(self, roles: tuple[str, ...] = INPUT_ROLES) -> dict:
+        """The values of the fields with one of these input roles (see INPUT_ROLES)."""
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig) if f.metadata.get("role") in roles
+        }
 
 
 @dataclass
@@ -162,8 +185,8 @@ class EvaluateConfig:
     model_uri: str = opt("", "or any model URI (models:/stocklab-lstm@champion)")
     split: str = opt("test", "the split to score", ("valid", "test"))
     data: str = opt("", "data to score (default: the data the model was trained on)")
-    cache_dir: str = opt(".stocklab_cache", "parsed-panel cache folder ('' = no cache)")
-    eval_batch_size: int = opt(8192, "batch size of the scoring pass")
+    cache_dir: str = opt(CACHE_DIR, "parsed-panel cache folder ('' = no cache)")
+    eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size of the scoring pass")
     folds: int = opt(1, "K > 1: walk-forward evaluation of the model's configuration (a refit per fold)")
     walk: str = opt("expanding", "walk-forward training span (with folds > 1)", WALKS)
 
@@ -184,8 +207,8 @@ class PredictConfig:
     data: str = opt("sample", "bars to score: 'sample', a CSV folder or a file")
     output: str = opt("predictions.csv", "where to write (date, ticker, prediction): .csv or .parquet")
     model_uri: str = opt("", "any model URI instead of the champion")
-    cache_dir: str = opt(".stocklab_cache", "parsed-panel cache folder ('' = no cache)")
-    eval_batch_size: int = opt(8192, "batch size of the scoring pass")
+    cache_dir: str = opt(CACHE_DIR, "parsed-panel cache folder ('' = no cache)")
+    eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size of the scoring pass")
 
     def validate(self):
         if Path(self.output).suffix.lower() not in (".csv", ".parquet"):
@@ -248,6 +271,13 @@ JOB_CONFIGS = {
     "promote": PromoteConfig,
     "benchmark": BenchmarkConfig,
 }
+
+
+def split_params(values: dict, cls=TrainConfig) -> tuple[dict, dict]:
+    """A flat mapping of parameters (a preset, a logged config.json, a trial's draw) as
+    (the fields of `cls`, the rest: model hyper-parameters)."""
+    own = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in own}, {k: v for k, v in values.items() if k not in own}
 
 
 # --- typed values: one converter per field type, used by argparse and by programmatic updates ---

@@ -1,4 +1,4 @@
-"""MLflow helpers: params, dataset fingerprint, the model bundle (weights + scaler + features), plots."""
+"""MLflow helpers: experiments and job runs, saved UI views, params, the logged model."""
 
 from __future__ import annotations
 
@@ -8,24 +8,19 @@ import json
 import os
 import platform
 import shlex
-import signal
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
 
-import matplotlib
+import mlflow
+import numpy as np
+import torch
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
 
-matplotlib.use("Agg")  # headless: figures are files, never windows
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from mlflow.models.signature import ModelSignature  # noqa: E402
-from mlflow.types.schema import Schema, TensorSpec  # noqa: E402
-
-from stocklab.errors import StockLabError, describe, mask_secrets  # noqa: E402,F401 - tags: `Type: first line`
+from stocklab.errors import StockLabError, describe, mask_secrets
+from stocklab.models import fixed_values
 
 
 def unquote_param(logged: str) -> str:
@@ -155,7 +150,7 @@ def job_run(
     used as it is. One in "Default" (or anywhere, when `-P experiment=` names another, or when
     `run_id` is reopened) stays behind as a small launcher record pointing to the job's run, which
     opens in `experiment`: so train runs, each study and evaluations get experiments of their own.
-    The run ends FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM (see cli.py).
+    The run ends FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM (interrupts.py).
     """
     launcher = os.environ.get("MLFLOW_RUN_ID")
     if launcher and run_id is None:
@@ -211,38 +206,6 @@ def check_tracking_server(timeout: float = 5.0) -> None:
         ) from None
 
 
-def install_signal_handlers() -> None:
-    """SIGTERM (`timeout`, a scheduler, `kill`) unwinds like Ctrl-C, so the runs a job opened end
-    KILLED instead of staying RUNNING forever (SIGKILL cannot be caught: see tune's stale trials)."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"stopped by signal {signum}")
-
-    if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
-        if os.environ.get("MLFLOW_RUN_ID"):
-            _term_when_parent_dies()
-
-
-def _term_when_parent_dies() -> None:
-    """Under `mlflow run` the job is a child of the `mlflow` CLI, and `timeout`/a scheduler
-    signals only that CLI, which dies at once and leaves the job running and every run RUNNING.
-    Linux can send the job SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere
-    this is a no-op."""
-    import ctypes
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    except OSError:
-        return
-    if os.getppid() == 1:  # the parent died before the call: act now
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 @contextlib.contextmanager
 def _ending(run, launcher: str | None = None):
     """End `run` FINISHED, FAILED (an error) or KILLED (KeyboardInterrupt, SystemExit: Ctrl-C,
@@ -278,7 +241,9 @@ _SHORT = {"variant": "", "hidden_size": "h", "d_model": "d", "num_layers": "L", 
 
 def run_name(model: str, model_params: dict, seq_len: int, lr: float, prefix: str = "") -> str:
     """A readable run name: model, its key sizes, window length, learning rate
-    (e.g. `lstm h32 L2 T20 lr1e-03`, `cnn2d deep T96 lr1e-05`)."""
+    (e.g. `lstm h32 L2 T20 lr1e-03`, `cnn2d deep T96 lr1e-05`, `cnn_ta T1 lr1e-03`): the window
+    length the model trains on, which its definition may fix (models.fixed_values)."""
+    seq_len = fixed_values(model, {k: v for k, v in model_params.items() if k != "seq_len"}).get("seq_len", seq_len)
     parts = [model]
     for key, short in _SHORT.items():
         if key in model_params:
@@ -392,38 +357,3 @@ def log_model(model: torch.nn.Module, example: np.ndarray, bundle: dict, bundle_
             fmt = "pickle"
     mlflow.set_tags({"model_serialization": fmt, "stocklab.model_uri": info.model_uri})
     return info
-
-
-def loss_curve(train_loss: list[float], valid_loss: list[float], best_epoch: int, objective: str = "MSE"):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    epochs = np.arange(1, len(train_loss) + 1)
-    ax.plot(epochs, train_loss, marker="o", label="train")
-    ax.plot(epochs, valid_loss, marker="o", label="valid")
-    if best_epoch:
-        ax.axvline(best_epoch, color="grey", ls="--", label=f"best epoch {best_epoch}")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(objective)
-    ax.set_yscale("log")
-    ax.legend()
-    ax.set_title("Loss curves")
-    fig.tight_layout()
-    return fig
-
-
-def attention_heatmap(weights: np.ndarray, labels: list[str]):
-    """Attention weights (windows x days in the window) as a heatmap."""
-    fig, ax = plt.subplots(figsize=(8, 0.4 * len(labels) + 1.5))
-    im = ax.imshow(weights, aspect="auto", cmap="viridis")
-    T = weights.shape[1]
-    ax.set_xticks(range(0, T, max(T // 10, 1)), [str(d - T + 1) for d in range(0, T, max(T // 10, 1))])
-    ax.set_xlabel("day in window (0 = last)")
-    ax.set_yticks(range(len(labels)), labels, fontsize=7)
-    fig.colorbar(im, ax=ax, label="attention weight")
-    ax.set_title("Attention over the window, test windows")
-    fig.tight_layout()
-    return fig
-
-
-def log_figure(fig, artifact_file: str) -> None:
-    mlflow.log_figure(fig, artifact_file)
-    plt.close(fig)

@@ -7,6 +7,7 @@ No window is ever materialised in advance: the panel stays one (tickers, days, f
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass, replace
 
@@ -267,6 +268,13 @@ class WindowSet:
     @property
     def n_features(self) -> int:
         return int(self.X.shape[-1])
+
+    def head(self, **sizes: int) -> WindowSet:
+        """A view of this set whose named splits keep only their first windows
+        (`head(train=4096, valid=256)`: the benchmark's short timed epochs); tensors are shared."""
+        sub = copy.copy(self)
+        sub.index = {k: tuple(a[: sizes[k]] for a in v) if k in sizes else v for k, v in self.index.items()}
+        return sub
 
     def size(self, split: str) -> int:
         return int(self.index[split][0].numel())

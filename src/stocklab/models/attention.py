@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from stocklab.config import opt
+from stocklab.models.base import StockModel, check_ranges
 
 
 @dataclass
@@ -19,8 +20,11 @@ class AttentionConfig:
     dropout: float = opt(0.1, "dropout rate")
     batch_norm: bool = opt(False, "BatchNorm1d on [context, query] before the head")
 
+    def validate(self):
+        check_ranges(self, at_least_1=("hidden_size", "num_layers"))
 
-class Attention(nn.Module):
+
+class Attention(StockModel):
     def __init__(self, n_features: int, seq_len: int, cfg: AttentionConfig):
         super().__init__()
         self.encoder = nn.LSTM(
@@ -42,7 +46,7 @@ class Attention(nn.Module):
         context = torch.einsum("bt,bth->bh", weights, out)  # (B, H)
         return torch.cat([context, query], dim=1), weights
 
-    def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T) attention over the window's days (for the heatmap artifact)."""
         return self.attend(x)[1]
 

@@ -13,14 +13,18 @@ import torch
 from torch import nn
 
 from stocklab.config import opt
+from stocklab.models.base import StockModel, check_ranges
 
 
 @dataclass
 class LinearConfig:
     alpha: float = opt(1e-3, "ridge penalty on the weights")
 
+    def validate(self):
+        check_ranges(self, at_least_0=("alpha",))
 
-class Linear(nn.Module):
+
+class Linear(StockModel):
     def __init__(self, n_features: int, seq_len: int, cfg: LinearConfig):
         super().__init__()
         self.fc = nn.Linear(seq_len * n_features, 1)
@@ -37,8 +41,11 @@ class Linear(nn.Module):
 class NaiveConfig:
     mode: str = opt("zero", "naive forecast", ("zero", "mean"))
 
+    def validate(self):
+        pass  # `mode` is checked against its choices
 
-class Naive(nn.Module):
+
+class Naive(StockModel):
     def __init__(self, n_features: int, seq_len: int, cfg: NaiveConfig):
         super().__init__()
         self.mode = cfg.mode

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from stocklab.config import opt
+from stocklab.models.base import StockModel, check_ranges
 
 
 @dataclass
@@ -18,8 +19,11 @@ class CNN1DConfig:
     dropout: float = opt(0.1, "dropout rate")
     batch_norm: bool = opt(False, "BatchNorm1d after the convolution")
 
+    def validate(self):
+        check_ranges(self, at_least_1=("kernel", "channels"))
 
-class CNN1D(nn.Module):
+
+class CNN1D(StockModel):
     def __init__(self, n_features: int, seq_len: int, cfg: CNN1DConfig):
         super().__init__()
         k = min(cfg.kernel, seq_len)

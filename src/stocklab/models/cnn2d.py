@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from stocklab.config import opt
+from stocklab.models.base import StockModel, check_ranges
 
 VARIANTS = {"baseline": (2, 4), "deep": (8, 16), "custom": (0, 0)}
 
@@ -29,8 +30,11 @@ class CNN2DConfig:
     dropout: float = opt(0.1, "dropout rate")
     batch_norm: bool = opt(False, "BatchNorm before the head")
 
+    def validate(self):
+        check_ranges(self, at_least_1=("kernel",), at_least_0=("channels1", "channels2"))
 
-class CNN2D(nn.Module):
+
+class CNN2D(StockModel):
     def __init__(self, n_features: int, seq_len: int, cfg: CNN2DConfig):
         super().__init__()
         c1, c2 = VARIANTS[cfg.variant]

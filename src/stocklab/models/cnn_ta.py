@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from stocklab.config import opt
+from stocklab.losses import CLASSES
+from stocklab.models.base import StockModel, check_ranges
 
 
 @dataclass
@@ -20,9 +22,17 @@ class CNNTAConfig:
     dropout: float = opt(0.25, "dropout rate")
     batch_norm: bool = opt(False, "BatchNorm2d after each convolution")
 
+    def validate(self):
+        check_ranges(self, at_least_1=("dense",), at_least_0=("channels1", "channels2"))
 
-class CNNTA(nn.Module):
-    target = "classes"  # the trainer uses cross-entropy on sell/hold/buy terciles
+
+class CNNTA(StockModel):
+    output = CLASSES  # cross-entropy on sell/hold/buy terciles of the training labels
+
+    @classmethod
+    def fixed_inputs(cls, cfg: CNNTAConfig) -> dict:
+        # it reads only the last day's indicator image: a longer window would only cost memory
+        return {"seq_len": 1, "window_stride": 1}
 
     def __init__(self, n_features: int, seq_len: int, cfg: CNNTAConfig):
         super().__init__()
@@ -50,10 +60,10 @@ class CNNTA(nn.Module):
             nn.Linear(cfg.dense, 3),
         )
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, 225): the last day's image
+    def train_outputs(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, 225): the last day's image
         img = x[:, -1].reshape(-1, 1, self.side, self.side)  # (B, 1, 15, 15)
         return self.net(img)  # (B, 3): sell, hold, buy
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = torch.softmax(self.logits(x), dim=-1)  # (B, 3)
+        p = torch.softmax(self.train_outputs(x), dim=-1)  # (B, 3)
         return p[:, 2] - p[:, 0]  # (B,) score in [-1, 1]

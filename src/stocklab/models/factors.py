@@ -3,7 +3,7 @@
 `-P model=factor -P factor=<name>` runs a factor through the same harness as every network:
 same calendar split or walk-forward folds, same label, same factor metrics and tear sheet, so
 its numbers are computed by the same code as the models'. A factor reads raw OHLCV bars: its
-inputs are fixed by `FACTOR_INPUTS` (unscaled `ohlcv` features, a window just long enough).
+inputs are fixed by `Factor.fixed_inputs` (unscaled `ohlcv` features, a window just long enough).
 
     momentum_12_1     close 21 days ago / close 252 days ago - 1 (12-month return, skip a month)
     reversal_1m       -(close / close 21 days ago - 1): last month's losers are bought
@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from stocklab.config import opt
+from stocklab.models.base import StockModel
 
 CLOSE, VOLUME = 3, 4  # columns of the `ohlcv` feature set (features.build_panel)
 LOOKBACK = {"momentum_12_1": 253, "reversal_1m": 22, "low_volatility": 61, "volume_change": 80}
@@ -29,16 +29,17 @@ FACTORS = tuple(LOOKBACK)
 class FactorConfig:
     factor: str = opt("momentum_12_1", "which classic factor", FACTORS)
 
-
-def factor_inputs(cfg: FactorConfig) -> dict:
-    """The TrainConfig values a factor's formula fixes (raw OHLCV bars, its look-back window)."""
-    return {"features": "ohlcv", "scaler": "none", "seq_len": LOOKBACK[cfg.factor], "window_stride": 1, "epochs": 1}
+    def validate(self):
+        pass  # `factor` is checked against its choices
 
 
-class Factor(nn.Module):
+class Factor(StockModel):
     """x (B, T, F) raw ohlcv bars, T >= the factor's look-back -> (B,) factor value."""
 
-    target = "regression"
+    @classmethod
+    def fixed_inputs(cls, cfg: FactorConfig) -> dict:
+        """Its formula fixes the inputs: raw OHLCV bars and a window of its look-back."""
+        return {"features": "ohlcv", "scaler": "none", "seq_len": LOOKBACK[cfg.factor], "window_stride": 1, "epochs": 1}
 
     def __init__(self, n_features: int, seq_len: int, cfg: FactorConfig):
         super().__init__()

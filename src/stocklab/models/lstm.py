@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from stocklab.config import opt
+from stocklab.models.base import StockModel, check_ranges
 
 
 @dataclass
@@ -18,8 +19,11 @@ class LSTMConfig:
     dropout: float = opt(0.1, "between recurrent layers and before the head")
     batch_norm: bool = opt(False, "BatchNorm1d on the last hidden state")
 
+    def validate(self):
+        check_ranges(self, at_least_1=("hidden_size", "num_layers"))
 
-class LSTM(nn.Module):
+
+class LSTM(StockModel):
     cell = nn.LSTM
 
     def __init__(self, n_features: int, seq_len: int, cfg: LSTMConfig):

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from stocklab.config import opt
+from stocklab.models.base import StockModel, check_ranges
 
 
 @dataclass
@@ -18,8 +19,11 @@ class RNNConfig:
     batch_norm: bool = opt(False, "BatchNorm1d on the flattened step outputs before the head")
     sigmoid: bool = opt(False, "squash the output to (0, 1) for min-max scaled targets")
 
+    def validate(self):
+        check_ranges(self, at_least_1=("hidden_size", "num_layers"))
 
-class RNN(nn.Module):
+
+class RNN(StockModel):
     def __init__(self, n_features: int, seq_len: int, cfg: RNNConfig):
         super().__init__()
         self.rnn = nn.RNN(

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from stocklab.config import opt
+from stocklab.losses import STEPS
+from stocklab.models.base import StockModel, check_ranges
 
 
 @dataclass
@@ -20,9 +22,12 @@ class Seq2SeqConfig:
     dropout: float = opt(0.0, "dropout rate")
     batch_norm: bool = opt(False, "BatchNorm1d over the hidden units of every step, before the per-step head")
 
+    def validate(self):
+        check_ranges(self, at_least_1=("hidden_size", "num_layers"))
 
-class Seq2Seq(nn.Module):
-    target = "sequence"  # the trainer feeds per-step targets (B, T) to forward_steps
+
+class Seq2Seq(StockModel):
+    output = STEPS  # trained on per-step forecasts (B, T) vs every day's label
 
     def __init__(self, n_features: int, seq_len: int, cfg: Seq2SeqConfig):
         super().__init__()
@@ -37,10 +42,10 @@ class Seq2Seq(nn.Module):
         self.norm = nn.BatchNorm1d(cfg.hidden_size) if cfg.batch_norm else nn.Identity()
         self.head = nn.Linear(cfg.hidden_size, 1)  # applied at every step
 
-    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
+    def train_outputs(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
         out, _ = self.rnn(x)  # (B, T, H)
         out = self.norm(out.transpose(1, 2)).transpose(1, 2)  # BatchNorm1d wants (B, H, T)
         return self.head(out).squeeze(-1)  # (B, T)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_steps(x)[:, -1]  # (B,)
+        return self.train_outputs(x)[:, -1]  # (B,)

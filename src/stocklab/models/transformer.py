@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from stocklab.config import opt
+from stocklab.config import StockLabError, opt
+from stocklab.models.base import StockModel, check_ranges
 
 
 @dataclass
@@ -20,8 +21,13 @@ class TransformerConfig:
     dropout: float = opt(0.1, "dropout rate")
     batch_norm: bool = opt(False, "BatchNorm1d on the last token before the head (the encoder keeps its LayerNorms)")
 
+    def validate(self):
+        check_ranges(self, at_least_1=("num_layers", "d_model", "nhead", "dim_feedforward"))
+        if self.d_model % self.nhead:
+            raise StockLabError(f"d_model: {self.d_model} must be divisible by nhead={self.nhead}")
 
-class Transformer(nn.Module):
+
+class Transformer(StockModel):
     def __init__(self, n_features: int, seq_len: int, cfg: TransformerConfig):
         super().__init__()
         self.embed = nn.Linear(n_features, cfg.d_model)

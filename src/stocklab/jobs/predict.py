@@ -3,7 +3,7 @@
     mlflow run . -e predict --env-manager local -P model=lstm -P data=path/to/csvs -P output=preds.csv
 
 Loads `models:/stocklab-<model>@champion` (or `model_uri`) with its Bundle and builds its inputs
-through the same `pipeline.prepare` as training (features, column order, train-fitted scaler;
+through the same `pipeline.inputs.prepare` as training (features, column order, train-fitted scaler;
 no labels needed), then writes (date, ticker, prediction) for the latest date on which each
 ticker has a complete window.
 """
@@ -17,7 +17,9 @@ import pandas as pd
 
 from stocklab.config import PredictConfig, StockLabError
 from stocklab.errors import one_line
-from stocklab.pipeline import latest_windows, load_model_bundle, predict_windows, prepare
+from stocklab.pipeline.inputs import latest_windows, prepare
+from stocklab.pipeline.logged import load_model_bundle
+from stocklab.pipeline.scoring import predict_windows
 from stocklab.registry import champion_uri
 
 

@@ -1,4 +1,4 @@
-"""The `benchmark` job, `suite=speed`: the project's pipeline side by side with the source one.
+"""The speed suite of the `benchmark` job: the project's pipeline side by side with the source one.
 
     mlflow run . -e benchmark --env-manager local -P suite=speed
 
@@ -21,7 +21,6 @@ Measured in one process on one machine, and written to `speed.json` (also logged
 
 from __future__ import annotations
 
-import datetime
 import gc
 import json
 import os
@@ -29,7 +28,7 @@ import platform
 import time
 import tracemalloc
 import warnings
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +40,16 @@ from stocklab.data import load_panel
 from stocklab.features import Panel, build_panel
 from stocklab.models import build_model, model_config
 from stocklab.tracking import job_run, log_params_once
-from stocklab.training import configure_cpu_threads, fit, resolve_device
+from stocklab.trainer import configure_cpu_threads, fit, resolve_device
 from stocklab.windows import WindowSet
+
+DEFAULTS = TrainConfig()  # the label, split and scaler the suite measures with: train's defaults
 
 
 def _panel(cfg: BenchmarkConfig) -> Panel:
     raw, _ = load_panel(cfg.data)
     keep = sorted(raw["ticker"].unique())[: cfg.n_tickers]
-    return build_panel(raw[raw["ticker"].isin(keep)], "ohlcv", horizon=20, label_scale=1.0)
+    return build_panel(raw[raw["ticker"].isin(keep)], "ohlcv", DEFAULTS.horizon, DEFAULTS.label_scale)
 
 
 def naive_windows(X: np.ndarray, seq_len: int) -> np.ndarray:
@@ -185,7 +186,7 @@ def bench_trainer(name: str, ws: WindowSet, seq_len: int, steps: int, batch_size
     """Samples/s of the project's trainer (one short epoch over `steps` batches)."""
     m = min(ws.size("train"), steps * batch_size)
     sub = _subset(ws, m)
-    cfg = TrainConfig(epochs=1, batch_size=batch_size, lr=1e-4, patience=1, eval_batch_size=8192)
+    cfg = TrainConfig(epochs=1, batch_size=batch_size, lr=1e-4, patience=1)
     model = _model(name, ws, seq_len)
     fit(model, sub, TrainConfig(epochs=1, batch_size=batch_size, lr=1e-4))  # warm-up (allocator, kernels)
     hist = fit(model, sub, cfg)
@@ -194,12 +195,7 @@ def bench_trainer(name: str, ws: WindowSet, seq_len: int, steps: int, batch_size
 
 def _subset(ws: WindowSet, m: int) -> WindowSet:
     """The same WindowSet with the first `m` training windows and a tiny validation split."""
-    sub = object.__new__(WindowSet)
-    sub.__dict__.update(ws.__dict__)
-    sub.index = dict(ws.index)
-    sub.index["train"] = tuple(a[:m] for a in ws.index["train"])
-    sub.index["valid"] = tuple(a[:256] for a in ws.index["valid"])
-    return sub
+    return ws.head(train=m, valid=256)
 
 
 def synthetic_seed000(n_tickers=514, n_days=3500, n_features=7, seed=0) -> Panel:
@@ -229,7 +225,7 @@ def bench_seed000(cfg: BenchmarkConfig, device) -> dict:
     study) and an lstm on the same windows, at batch 64 and 1024, projected to 200 epochs. A GPU
     runs full epochs (the trainer's CUDA-graph step included); a CPU `seed000_steps` steps."""
     panel = synthetic_seed000(cfg.seed000_tickers, cfg.seed000_days)
-    ws = WindowSet(panel, 96, 20, (0.6, 0.2, 0.2), "standard", device)
+    ws = WindowSet(panel, 96, 20, DEFAULTS.split_fractions(), DEFAULTS.scaler, device)  # the study's 96 -> 20
     n_train = ws.size("train")
     full = device.type == "cuda"
     out: dict = {"seed000_train_windows": n_train}
@@ -279,7 +275,7 @@ def bench_study(cfg: BenchmarkConfig, n_jobs: int, workdir: Path) -> dict:
     cmd += ["--max_tickers", str(cfg.study_tickers), "--epochs", "1", "--n_trials", str(cfg.study_trials)]
     cmd += ["--study_name", name, "--storage", str(journal), "--n_jobs", str(n_jobs), "--register", "false"]
     cmd += ["--pruner", "none", "--device", cfg.device, "--cache_dir", str(workdir / "cache")]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     env.pop("MLFLOW_RUN_ID", None)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -311,10 +307,8 @@ def bench_study(cfg: BenchmarkConfig, n_jobs: int, workdir: Path) -> dict:
     }
 
 
-def run_benchmark(cfg: BenchmarkConfig) -> dict:
-    cfg.validate()
-    if cfg.suite == "models":
-        return run_models_suite(cfg)
+def run_speed_suite(cfg: BenchmarkConfig) -> dict:
+    """(a)-(d) on this machine; the results go to `cfg.output`, the benchmark run and stdout."""
     import mlflow
 
     configure_cpu_threads()
@@ -330,7 +324,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     panel = _panel(cfg)
     print(f"(a) windows: {len(panel.tickers)} tickers x {len(panel.dates)} days, seq_len={cfg.seq_len}")
     results.update(bench_windows(panel, cfg.seq_len, device))
-    ws = WindowSet(panel, cfg.seq_len, 20, (0.6, 0.2, 0.2), "standard", device)
+    ws = WindowSet(panel, cfg.seq_len, DEFAULTS.horizon, DEFAULTS.split_fractions(), DEFAULTS.scaler, device)
     peak = results["peak_gemm_gflops"] = peak_gemm_gflops(device)
     for name in ("cnn2d", "lstm"):
         print(f"(b) training throughput: {name}")
@@ -405,188 +399,3 @@ def format_table(r: dict) -> str:
             f"{r[f'{key}_trial_overhead_s_median']:.1f} s (max {r[f'{key}_trial_overhead_s_max']:.1f} s)"
         )
     return "\n".join(lines)
-
-
-# --- suite=models: every model and baseline through the same walk-forward harness ---
-
-Entry = tuple[str, str, dict, dict, bool]  # (name, kind, train values, model overrides, deterministic)
-
-
-def model_entries() -> list[Entry]:
-    """Every source-study preset, every catalogue model at its defaults, and every baseline."""
-    from stocklab.models import BASELINES, MODELS
-    from stocklab.models.factors import FACTORS
-    from stocklab.presets import PRESETS
-
-    own = {f.name for f in fields(TrainConfig)}
-    out: list[Entry] = []
-    for name, values in PRESETS.items():
-        train = {k: v for k, v in values.items() if k in own}
-        model_args = {k: v for k, v in values.items() if k not in own}
-        out.append((f"preset:{name}", "preset", {**train, "preset": name}, model_args, False))
-    for name in MODELS:
-        if name not in ("naive", "factor"):
-            out.append((name, "baseline" if name in BASELINES else "model", {"model": name}, {}, False))
-    out.append(("naive:zero", "baseline", {"model": "naive"}, {"mode": "zero"}, True))
-    out.append(("naive:mean", "baseline", {"model": "naive"}, {"mode": "mean"}, False))
-    for factor in FACTORS:
-        out.append((f"factor:{factor}", "baseline", {"model": "factor"}, {"factor": factor}, True))
-    return out
-
-
-def _selected(cfg: BenchmarkConfig) -> list[Entry]:
-    entries = model_entries()
-    if not cfg.models:
-        return entries
-    wanted = [m.strip() for m in cfg.models.split(",") if m.strip()]
-    names = [e[0] for e in entries]
-    unknown = [w for w in wanted if w not in names]
-    if unknown:
-        raise StockLabError(f"models: unknown entry {unknown[0]!r} (choose from {', '.join(names)})")
-    return [e for e in entries if e[0] in wanted]
-
-
-def _command(cfg: BenchmarkConfig) -> str:
-    """The `mlflow run` command that reproduces this benchmark (non-default values only)."""
-    default = BenchmarkConfig(suite="models")
-    parts = ["mlflow run . -e benchmark --env-manager local -P suite=models"]
-    for f in fields(cfg):
-        if f.name not in ("suite", "experiment") and getattr(cfg, f.name) != getattr(default, f.name):
-            parts.append(f"-P {f.name}={getattr(cfg, f.name)}")
-    return " ".join(parts)
-
-
-def _machine(device) -> str:
-    try:
-        import psutil
-
-        ram = f", {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
-    except ImportError:  # pragma: no cover - psutil comes with mlflow
-        ram = ""
-    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "none (CPU)"
-    threads = torch.get_num_threads()
-    cores = f"{os.cpu_count()} CPU cores{ram}"
-    return f"{platform.platform()}, {cores}; device: {gpu}; torch {torch.__version__} ({threads} threads)"
-
-
-def run_models_suite(cfg: BenchmarkConfig) -> dict:
-    """Fit every entry with `seeds` seeds on walk-forward folds, each fit an MLflow run nested
-    under one `benchmark models` run, then write the report and its plots."""
-    import mlflow
-    from tqdm.auto import tqdm
-
-    from stocklab import model_report
-    from stocklab.config import with_values
-    from stocklab.errors import describe
-    from stocklab.pipeline import train_in_run
-
-    entries = _selected(cfg)
-    configure_cpu_threads()
-    device = resolve_device(cfg.device)
-    base = TrainConfig(data=cfg.data, max_tickers=cfg.model_tickers, folds=cfg.folds, walk=cfg.walk, split=cfg.split,
-                       device=cfg.device, epochs=cfg.epochs)  # fmt: skip
-    base.validate()
-    started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
-    records: list[model_report.RunRecord] = []
-    client = mlflow.MlflowClient()
-    jobs = [(e, seed) for e in entries for seed in range(1 if e[4] else cfg.seeds)]
-    experiment = cfg.experiment or "stocklab-benchmark-models"
-    with job_run(experiment, bool(cfg.experiment), run_name="benchmark models") as parent:
-        log_params_once({f"benchmark_{k}": v for k, v in asdict(cfg).items() if k not in ("output",)})
-        for (entry, kind, values, overrides, _), seed in tqdm(jobs, desc="benchmark models", unit="fit"):
-            epochs = min(int(values.get("epochs", cfg.epochs)), cfg.epochs)
-            tcfg = with_values(base, {**values, "seed": seed, "epochs": epochs})
-            tags = {"stocklab.benchmark_entry": entry, "stocklab.benchmark_kind": kind, "stocklab.role": "benchmark"}
-            run = mlflow.start_run(nested=True, run_name=f"{entry} s{seed}", tags=tags,
-                                   experiment_id=parent.info.experiment_id)  # fmt: skip
-            rec = model_report.RunRecord(entry, kind, seed, run.info.run_id, {})
-            try:
-                res = train_in_run(tcfg, overrides)
-            except Exception as e:  # noqa: BLE001 - one failing model must not lose the others
-                rec.error = describe(e)
-                mlflow.set_tag("stocklab.error", rec.error)
-                mlflow.end_run("FAILED")
-                print(f"{entry} seed {seed} failed: {rec.error}")
-                records.append(rec)
-                continue
-            mlflow.end_run("FINISHED")
-            rec.metrics = {k: v for k, v in res.items() if isinstance(v, (int, float))}
-            rec.metrics["horizon"] = tcfg.horizon
-            history = client.get_metric_history(run.info.run_id, "fold/rank_ic")
-            rec.fold_rank_ic = [m.value for m in sorted(history, key=lambda m: m.step)] or [res.get("rank_ic")]
-            local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="predictions.parquet")
-            rec.predictions = pd.read_parquet(local)
-            records.append(rec)
-        elapsed = time.perf_counter() - t0
-        out = write_models_report(cfg, records, device, started, elapsed)
-        mlflow.log_artifacts(str(Path(cfg.report).parent), "report")
-        mlflow.log_metric("wall_time_s", elapsed)
-    return out
-
-
-def write_models_report(cfg: BenchmarkConfig, records, device, started, elapsed: float) -> dict:
-    """reports/models.md + models_rank_ic.png + models_long_short.png from the runs' records."""
-    from stocklab import model_report
-
-    path = Path(cfg.report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = model_report.summary_table(records)
-    horizons = {r.entry: r.metrics.get("horizon") for r in records if r.metrics}
-    table.insert(2, "horizon", [horizons.get(e, float("nan")) for e in table["entry"]])
-    raw, _ = load_panel(cfg.data)
-    close = raw.pivot(index="date", columns="ticker", values="close").sort_index()
-    curves = {}
-    for entry in table["entry"]:
-        preds = [r.predictions for r in records if r.entry == entry and r.predictions is not None]
-        if preds:
-            daily = [model_report.long_short_returns(p, close) for p in preds]
-            curves[entry] = pd.concat(daily, axis=1).mean(axis=1)  # the seeds' portfolios, averaged
-    stem = path.with_suffix("")
-    ic_png, ls_png = Path(f"{stem}_rank_ic.png"), Path(f"{stem}_long_short.png")
-    model_report.plot_rank_ic(table, ic_png)
-    model_report.plot_long_short(curves, ls_png)
-    cumulative = {e: float((1 + c).prod() - 1) for e, c in curves.items()}
-    table["cum_long_short"] = [cumulative.get(e, float("nan")) for e in table["entry"]]
-    failed = [r for r in records if r.error]
-    lines = [
-        "# Model comparison: walk-forward out-of-sample results",
-        "",
-        f"Command: `{_command(cfg)}`  ",
-        f"Date: {started:%Y-%m-%d %H:%M} UTC; wall time {elapsed / 60:.1f} min  ",
-        f"Machine: {_machine(device)}  ",
-        f"Data: `{cfg.data}`, first {cfg.model_tickers or 'all'} tickers by name; split {cfg.split} "
-        f"(initial train, valid, out-of-sample), {cfg.folds} {cfg.walk} walk-forward folds with the horizon "
-        f"embargo, a refit and a train-only scaler per fold; at most {cfg.epochs} epochs per fit (presets' "
-        f"own epoch counts are capped to it); {cfg.seeds} seeds per trained model, one run for deterministic "
-        "baselines (zero forecast, factors).",
-        "",
-        "## Findings (computed from the runs)",
-        "",
-        *[f"- {f}" for f in model_report.findings(table, records)],
-        "",
-        "## Results",
-        "",
-        model_report.markdown_table(table),
-        "",
-        "rank IC: mean daily Spearman IC of each fold's test period, mean ± std over every (seed, fold). "
-        "ICIR and t-stat: of the daily Pearson IC over the concatenated out-of-sample days (mean over seeds). "
-        "hit rate: share of same-sign forecasts. q5-q1: mean daily spread of the label (forward return over "
-        "the horizon) between the top and bottom fifth. MSE/zero and MSE/mean: test MSE over the MSE of the zero "
-        "forecast and of the training-label mean (below 1 = better than that forecast). valid rank IC: on each "
-        "fold's validation span. best epoch: the kept epoch, mean over folds and seeds. train s: fitting time "
-        "summed over folds, mean over seeds. Each entry is judged on its own label horizon (column h). "
-        "-: not applicable (a factor is a score, not a return forecast: no MSE; the naive forecasts rank "
-        "nothing: no IC).",
-        "",
-        f"![rank IC per model]({ic_png.name})",
-        "",
-        f"![cumulative long-short return]({ls_png.name})",
-        "",
-        "Long-short: every day, long the top fifth and short the bottom fifth by prediction, equal weights, "
-        "next-day close-to-close returns, averaged over seeds; no costs.",
-    ]
-    if failed:
-        lines += ["", "## Failed runs", ""] + [f"- {r.entry} seed {r.seed}: {r.error}" for r in failed]
-    path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {path}, {ic_png}, {ls_png}")
-    return {"report": str(path), "table": table, "records": records}

@@ -5,21 +5,22 @@
     mlflow run . -e evaluate --env-manager local -P run_id=<id> -P folds=3    # walk-forward, refit per fold
 
 The model's own Bundle (feature recipe, column order, train-fitted scaler, window shape) rebuilds
-its inputs through the same `pipeline.prepare` as training, on the data it was trained on unless
+its inputs through the same `pipeline.inputs.prepare` as training, on the data it was trained on unless
 `data` is given. Results go to a new run tagged `stocklab.source_run_id` (and
 `stocklab.source_model_uri`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import mlflow
 
 from stocklab import tracking
-from stocklab.config import EvaluateConfig, StockLabError, TrainConfig, with_values
+from stocklab.config import EvaluateConfig, StockLabError, TrainConfig, split_params, with_values
 from stocklab.errors import describe, one_line
-from stocklab.pipeline import evaluate_split, load_model_bundle, prepare, train_in_run
+from stocklab.pipeline.artifacts import evaluate_split
+from stocklab.pipeline.fitting import train_in_run
+from stocklab.pipeline.inputs import prepare
+from stocklab.pipeline.logged import load_model_bundle
 
 
 def _source(cfg: EvaluateConfig) -> tuple[str, str]:
@@ -82,13 +83,13 @@ def _walk_forward(cfg: EvaluateConfig, model_uri: str, source_run_id: str) -> di
         logged = mlflow.artifacts.load_dict(f"runs:/{source_run_id}/config.json")
     except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing artifact
         raise StockLabError(f"run_id: run '{source_run_id}' has no config.json to refit ({one_line(e)})") from None
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in logged.items() if k in train_fields and k not in ("experiment", "device")}
+    values, overrides = split_params(logged)
+    for key in ("experiment", "device"):  # this job's own, not the source run's
+        values.pop(key, None)
     values.update(folds=cfg.folds, walk=cfg.walk, cache_dir=cfg.cache_dir, eval_batch_size=cfg.eval_batch_size)
     if cfg.data:
         values["data"] = cfg.data
     tcfg = with_values(TrainConfig(), values)
-    overrides = {k: v for k, v in logged.items() if k not in train_fields}
     name = f"evaluate {tcfg.model} walk-forward {cfg.folds} folds"
     with tracking.job_run(cfg.experiment or "stocklab-evaluate", bool(cfg.experiment), run_name=name) as run:
         mlflow.set_tags({"stocklab.source_run_id": source_run_id or "", "stocklab.source_model_uri": model_uri})

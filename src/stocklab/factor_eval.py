@@ -167,13 +167,13 @@ def daily_quintile_spread(df: pd.DataFrame, outcome: str = "label") -> pd.Series
     return spread.dropna().sort_index()
 
 
-def quintile_spread(df: pd.DataFrame, label_scale: float = 1.0) -> float:
+def quintile_spread(df: pd.DataFrame, label_scale: float) -> float:
     """Mean over dates of (mean forward return of the top fifth - bottom fifth by prediction)."""
     spreads = daily_quintile_spread(df)
     return float(spreads.mean() / label_scale) if len(spreads) else float("nan")
 
 
-def factor_metrics(df: pd.DataFrame, label_scale: float = 1.0) -> tuple[dict, str | None]:
+def factor_metrics(df: pd.DataFrame, label_scale: float) -> tuple[dict, str | None]:
     """The factor metrics, or ({hit_rate}, reason) when the cross-section is too small."""
     hit = float((np.sign(df["prediction"]) == np.sign(df["label"])).mean()) if len(df) else float("nan")
     names_per_day = df.groupby("date")["ticker"].nunique()

@@ -1,8 +1,9 @@
-"""One trainer for every model: Adam + MSE, early stopping, best state restored.
+"""One trainer for every model: Adam on the model's output loss, early stopping, best state restored.
 
 The loop is deliberately short (nanoGPT style). Batches are gathered from the resident panel
 tensor (windows.WindowSet), so there is no DataLoader and no per-step host synchronisation:
-the epoch loss is accumulated on the device and read once per epoch.
+the epoch loss is accumulated on the device and read once per epoch. What a batch's loss is
+comes from the model's declared output (losses.py); the trainer never asks which model it is.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from stocklab.allocator import release_free_memory
-from stocklab.config import StockLabError, TrainConfig
+from stocklab.config import EVAL_BATCH_SIZE, StockLabError, TrainConfig
+from stocklab.models.base import StockModel
 from stocklab.windows import WindowSet
 
 
@@ -95,7 +96,7 @@ def eval_mode(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 8192):
+def predict(model: nn.Module, ws: WindowSet, split: str, batch_size: int = EVAL_BATCH_SIZE):
     """Predictions for every window of a split -> (pred, label, ticker_idx, day_idx) numpy arrays."""
     eval_mode(model)
     preds, ys, ns, ts = [], [], [], []
@@ -111,30 +112,18 @@ def predict(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 8192)
     return tuple(torch.cat(a).cpu().numpy() for a in (preds, ys, ns, ts))
 
 
-def batch_loss(model: nn.Module, ws: WindowSet, x, y, n, t, train: bool = False) -> torch.Tensor:
-    """The model's training objective on one batch.
-
-    Regression models: MSE of forward(x) (B,) vs the label. `target = "sequence"` models:
-    masked MSE of forward_steps(x) (B, T) vs every day's label in the window.
-    `target = "classes"` models: cross-entropy of logits(x) (B, 3) vs sell/hold/buy terciles
-    whose cut points come from the training labels. A `penalty()` (e.g. ridge) is added in training.
-    """
-    target = getattr(model, "target", "regression")
-    if target == "sequence":
-        pred = model.forward_steps(x).float()  # (B, T)
-        ys, ok = ws.label_steps(n, t)  # (B, T) labels and their availability
-        loss = (((pred - ys) ** 2) * ok).sum() / ok.sum().clamp(min=1)
-    elif target == "classes":
-        loss = F.cross_entropy(model.logits(x).float(), torch.bucketize(y, ws.class_cuts))
-    else:
-        loss = torch.mean((model(x).float() - y) ** 2)
-    if train and hasattr(model, "penalty"):
-        loss = loss + model.penalty()
-    return loss
+def batch_loss(model: StockModel, ws: WindowSet, x, y, n, t, train: bool = False, outputs=None) -> torch.Tensor:
+    """The model's training objective on one batch: its output's loss (losses.py) on
+    `model.train_outputs(x)`, plus its `penalty()` (e.g. ridge) in training. `outputs` replaces
+    `model.train_outputs` (a torch.compile'd one)."""
+    out = (outputs or model.train_outputs)(x).float()  # (B,), (B, T) or (B, 3) by the output kind
+    loss = model.output.loss(out, y, ws, n, t)
+    penalty = model.penalty() if train else None
+    return loss if penalty is None else loss + penalty
 
 
 @torch.no_grad()
-def mean_loss(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 8192) -> float:
+def mean_loss(model: StockModel, ws: WindowSet, split: str, batch_size: int = EVAL_BATCH_SIZE) -> float:
     """The objective averaged over a split (MSE for regressors: the early-stopping criterion)."""
     eval_mode(model)
     total = torch.zeros((), device=ws.device)
@@ -147,12 +136,14 @@ def mean_loss(model: nn.Module, ws: WindowSet, split: str, batch_size: int = 819
 EpochCallback = Callable[[int, float, float, History], None]
 
 
-def train_step(model: nn.Module, ws: WindowSet, opt, n: torch.Tensor, t: torch.Tensor, cache: bool = True):
+def train_step(
+    model: StockModel, ws: WindowSet, opt, n: torch.Tensor, t: torch.Tensor, cache: bool = True, outputs=None
+):
     """One optimisation step on the windows (n, t): gather -> forward -> loss -> backward -> Adam.
     Returns the batch's loss (a device tensor: no host sync)."""
     x, y = ws.gather(n, t), ws.y[n, t]  # (B, T, F), (B,)
     with _autocast(ws.device, cache):
-        loss = batch_loss(model, ws, x, y, n, t, train=True)
+        loss = batch_loss(model, ws, x, y, n, t, train=True, outputs=outputs)
     if opt is not None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -253,14 +244,14 @@ def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallba
     hist, best_state = History(), copy.deepcopy(model.state_dict())
     start = time.perf_counter()
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {type(model).__name__}", unit="epoch")
-    step_model = torch.compile(model) if cfg.compile else model  # shares the parameters
+    outputs = torch.compile(model.train_outputs) if cfg.compile else None  # shares the parameters
     step = GraphStep(model, ws, opt, cfg.batch_size) if graph else None
     for epoch in bar:
         model.train()
         t0 = time.perf_counter()
         total = torch.zeros((), device=ws.device)
         for n, t in ws.index_batches("train", cfg.batch_size, gen):  # (B,) ticker, end-day indices
-            loss = step(n, t) if step is not None else train_step(step_model, ws, opt, n, t)
+            loss = step(n, t) if step is not None else train_step(model, ws, opt, n, t, outputs=outputs)
             total += loss * n.numel()  # stays on the device: no sync per step
         train_loss = float(total) / n_train  # the epoch's one host sync
         hist.train_only_s += time.perf_counter() - t0

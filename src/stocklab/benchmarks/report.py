@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from stocklab.evaluation import daily_quintile_spread  # noqa: E402
+from stocklab.factor_eval import daily_quintile_spread  # noqa: E402
 
 
 @dataclass

@@ -5,21 +5,19 @@ Run it as an MLflow Project entry point::
     mlflow run . -e train --env-manager local -P data=../shared/data/sp500_5yr -P model=lstm
 
 or directly: ``stocklab train --data sample --model cnn2d --variant deep``.
-Flow (pipeline.py): load -> validate -> features -> split -> scale (train only) -> windows ->
+Flow (pipeline/): load -> validate -> features -> split -> scale (train only) -> windows ->
 fit -> score -> log.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import mlflow
 
 from stocklab import tracking
 from stocklab.config import TrainConfig
 from stocklab.errors import describe
-from stocklab.models import MODELS
-from stocklab.pipeline import train_in_run
+from stocklab.models import model_defaults
+from stocklab.pipeline.fitting import train_in_run
 
 EXPERIMENT = "stocklab-train"
 VIEW_METRICS = ("valid_loss_min", "test_mse", "mse_skill", "rank_ic", "spread_q5_q1", "best_epoch", "train_time_s")
@@ -29,8 +27,7 @@ VIEW_PARAMS = ("model", "preset", "features", "horizon", "seq_len", "lr", "batch
 def run_train(cfg: TrainConfig, model_overrides: dict | None = None) -> dict:
     """Train in a run of the experiment `stocklab-train` (or `cfg.experiment`); a failure ends
     it FAILED with the reason as the tag `stocklab.error`, keeping whatever was already logged."""
-    defaults = dataclasses.asdict(MODELS[cfg.model][1]) if cfg.model in MODELS else {}
-    name = tracking.run_name(cfg.model, {**defaults, **(model_overrides or {})}, cfg.seq_len, cfg.lr)
+    name = tracking.run_name(cfg.model, {**model_defaults(cfg.model), **(model_overrides or {})}, cfg.seq_len, cfg.lr)
     with tracking.job_run(cfg.experiment or EXPERIMENT, bool(cfg.experiment), run_name=name) as run:
         # the UI's runs table shows no metric until one is picked: a saved view picks them
         tracking.save_runs_view(

@@ -1,0 +1,42 @@
+"""Signals: a job stopped by SIGTERM (`timeout`, a scheduler, `kill`) or by the death of the
+`mlflow run` that launched it unwinds like Ctrl-C, so every run it opened ends KILLED
+(tracking.job_run) instead of staying RUNNING for good. SIGKILL cannot be caught: a study
+fails such a worker's trials from outside (study/workers.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+
+def install_signal_handlers() -> None:
+    """SIGTERM (`timeout`, a scheduler, `kill`) unwinds like Ctrl-C, so the runs a job opened end
+    KILLED instead of staying RUNNING forever (SIGKILL cannot be caught: see tune's stale trials)."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+        if os.environ.get("MLFLOW_RUN_ID"):
+            _term_when_parent_dies()
+
+
+def _term_when_parent_dies() -> None:
+    """Under `mlflow run` the job is a child of the `mlflow` CLI, and `timeout`/a scheduler
+    signals only that CLI, which dies at once and leaves the job running and every run RUNNING.
+    Linux can send the job SIGTERM when its parent dies (prctl PR_SET_PDEATHSIG); elsewhere
+    this is a no-op."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if os.getppid() == 1:  # the parent died before the call: act now
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,20 @@
+"""The `benchmark` job: one of two suites, each in its own module.
+
+mlflow run . -e benchmark --env-manager local -P suite=speed     # benchmarks/speed.py
+mlflow run . -e benchmark --env-manager local -P suite=models    # benchmarks/models.py
+"""
+
+from __future__ import annotations
+
+from stocklab.config import BenchmarkConfig
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> dict:
+    cfg.validate()
+    if cfg.suite == "models":
+        from stocklab.benchmarks.models import run_models_suite
+
+        return run_models_suite(cfg)
+    from stocklab.benchmarks.speed import run_speed_suite
+
+    return run_speed_suite(cfg)

@@ -1,0 +1,56 @@
+"""The contract every model family keeps; the trainer and the pipeline rely on nothing else.
+
+A model is a small `nn.Module` built as ``cls(n_features, seq_len, cfg)``; ``forward(x)`` maps
+windows x (B, T, F) to one score per window (B,): what every job scores, ranks and serves. What
+the model trains on and needs is declared here, never sniffed with `hasattr`:
+
+    output            the kind of output it is trained through (losses.py: RETURN, STEPS, CLASSES)
+    train_outputs(x)  the tensor that output's loss reads (forward(x) unless the output differs)
+    penalty()         a term added to the training loss (None: no penalty)
+    fixed_inputs(cfg) TrainConfig values its definition fixes (cnn_ta's one-day image, a factor's
+                      look-back): applied before anything is built or named
+    attention(x)      (B, T) attention over the window for the heatmap, or None
+
+Each model's config dataclass checks its own values (`validate`, with `check_ranges`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from stocklab.config import StockLabError
+from stocklab.losses import RETURN, Output
+
+
+class StockModel(nn.Module):
+    output: Output = RETURN
+
+    def train_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        return self(x)  # (B,)
+
+    def penalty(self) -> torch.Tensor | None:
+        return None
+
+    @classmethod
+    def fixed_inputs(cls, cfg) -> dict:
+        return {}
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+
+def check_ranges(cfg, at_least_1: tuple[str, ...] = (), at_least_0: tuple[str, ...] = ()) -> None:
+    """The shared range rules of model hyper-parameters: `dropout` in [0, 1), sizes >= 1, and
+    channel counts or penalties >= 0 (0 meaning "from the variant" or "none")."""
+    values = dataclasses.asdict(cfg)
+    if "dropout" in values and not 0.0 <= values["dropout"] < 1.0:
+        raise StockLabError(f"dropout: {values['dropout']!r} must be in [0, 1)")
+    for key in at_least_1:
+        if values[key] < 1:
+            raise StockLabError(f"{key}: {values[key]!r} must be >= 1")
+    for key in at_least_0:
+        if values[key] < 0:
+            raise StockLabError(f"{key}: {values[key]!r} must be >= 0")

@@ -1,0 +1,108 @@
+"""What a run logs beyond its metrics: predictions, plots, the tear sheet, the input dataset,
+the weights of a trial and, for a model that may be used, the model itself with its Bundle.
+
+    evaluate_split:      score one split into the active run (the `evaluate` job)
+    log_full_evaluation: plots, tear sheet, attention heatmap and the logged model
+    log_weights:         a trial's weights only (logged.complete_run turns them into a model)
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+
+from stocklab import factor_eval, plots, tracking
+from stocklab.config import TrainConfig
+from stocklab.errors import describe
+from stocklab.pipeline.inputs import Prepared
+from stocklab.pipeline.scoring import predictions_frame, split_metrics
+
+BUNDLE_FILE = "preprocess.json"  # inside the logged model's directory (extra_files)
+BUNDLE_ARTIFACT = "model_bundle/preprocess.json"  # the same, as a run artifact for the UI
+WEIGHTS_ARTIFACT = "model_state/state_dict.pt"  # a trial's weights until complete_run logs its model
+SKIPPED_TAG = "factor_metrics_skipped"  # why a run has no factor metrics (too few stocks a day)
+
+
+def log_predictions(df: pd.DataFrame, skipped: str | None) -> None:
+    """predictions.parquet, and the reason its factor metrics were skipped, if they were."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "predictions.parquet"
+        df.to_parquet(path, index=False)
+        mlflow.log_artifact(str(path))
+    if skipped:
+        mlflow.set_tag(SKIPPED_TAG, skipped)
+
+
+def log_evaluation_plots(df: pd.DataFrame, prep: Prepared, cfg: TrainConfig, skipped, tear_sheet: bool = True) -> None:
+    """Prediction-vs-actual plots and (unless the cross-section is too small) the tear sheet."""
+    with tempfile.TemporaryDirectory() as tmp:
+        factor_eval.prediction_plots(df, Path(tmp), seed=cfg.seed)
+        mlflow.log_artifacts(tmp, "plots")
+    if tear_sheet and not skipped:
+        try:
+            close = pd.DataFrame(prep.panel.close.T, index=prep.panel.dates, columns=prep.panel.tickers)
+            with tempfile.TemporaryDirectory() as tmp:
+                factor_eval.tear_sheet(df, close, (1, 5, cfg.horizon), Path(tmp))
+                mlflow.log_artifacts(tmp, "tearsheet")
+        except Exception as e:  # noqa: BLE001 - a tear sheet must never lose the run
+            mlflow.set_tag("tearsheet_error", describe(e, 400))
+
+
+def evaluate_split(model, prep: Prepared, cfg: TrainConfig, split: str, tear_sheet: bool = True) -> dict:
+    """Score one split and log it to the active run: MSE skill vs the zero and the training-mean
+    forecasts, factor metrics, predictions.parquet, plots and the alphalens tear sheet."""
+    df = predictions_frame(model, prep.ws, split, cfg.eval_batch_size)
+    metrics, skipped = split_metrics(df, prep.ws, cfg.label_scale)
+    metrics[f"{split}_mse"] = metrics.pop("test_mse")
+    log_predictions(df, skipped)
+    log_evaluation_plots(df, prep, cfg, skipped, tear_sheet)
+    mlflow.log_metrics(metrics)
+    return metrics
+
+
+def log_full_evaluation(
+    model, prep: Prepared, test: pd.DataFrame, cfg: TrainConfig, bundle: dict, skipped: str | None
+) -> None:
+    """What a model that may be used gets, in the active run: prediction plots and the tear sheet
+    of its out-of-sample predictions, the attention heatmap, and the model itself (torch.export
+    pt2, with its Bundle) that evaluate/predict/the registry load."""
+    log_evaluation_plots(test, prep, cfg, skipped)
+    ws = prep.ws
+    n, t = (a[:8] for a in ws.index["test"])
+    with torch.no_grad():
+        weights = model.attention(ws.gather(n, t))  # (8, T), or None for a model without attention
+    if weights is not None:
+        labels = [f"{prep.panel.tickers[i]} {prep.panel.dates[d].date()}" for i, d in zip(n.tolist(), t.tolist())]
+        heatmap = plots.attention_heatmap(weights.float().cpu().numpy(), labels)
+        plots.log_figure(heatmap, "plots/attention_heatmap.png")
+    n, t = (a[:2] for a in ws.index["test"])
+    example = ws.gather(n, t).cpu().numpy()  # (2, T, F): batch > 1 keeps the batch dim dynamic
+    tracking.log_model(model, example, bundle, BUNDLE_FILE)
+
+
+def log_weights(model: torch.nn.Module) -> None:
+    """A trial's weights (KBs): enough for complete_run to log its model if the trial is picked."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(WEIGHTS_ARTIFACT).name
+        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
+        mlflow.log_artifact(str(path), str(Path(WEIGHTS_ARTIFACT).parent))
+
+
+def log_dataset(dataset) -> None:
+    """log_input, safe for concurrent workers: MLflow's store checks for the dataset and then
+    inserts it, so two trials starting together can collide on its unique key. The retry finds
+    the row the other wrote; the input record is never worth a trial."""
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context="training")
+            return
+        except mlflow.exceptions.MlflowException as e:
+            if attempt == 2:
+                mlflow.set_tag("stocklab.log_input_error", describe(e, 400))
+                return
+            time.sleep(0.2 * (attempt + 1))

@@ -1,0 +1,65 @@
+"""Logged models: load one with its Bundle, and complete a trial's run into one.
+
+A tune trial logs its weights only (artifacts.log_weights); `complete_run` gives the run its
+model, plots and tear sheet when the study picks it (or when `evaluate` asks for it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+
+from stocklab.config import CACHE_DIR, StockLabError
+from stocklab.models import build_model, model_config
+from stocklab.pipeline.artifacts import BUNDLE_ARTIFACT, BUNDLE_FILE, SKIPPED_TAG, WEIGHTS_ARTIFACT, log_full_evaluation
+from stocklab.pipeline.inputs import Bundle, prepare
+from stocklab.trainer import eval_mode
+
+
+def has_model(run_id: str) -> bool:
+    return "stocklab.model_uri" in mlflow.get_run(run_id).data.tags
+
+
+def complete_run(run_id: str, cache_dir: str = CACHE_DIR) -> bool:
+    """Give a finished light run (a tune trial: metrics, predictions, Bundle and weights only)
+    the full evaluation of `log_full_evaluation`: its model, tear sheet and plots. The weights
+    are loaded into a fresh model and the inputs rebuilt from the Bundle through `prepare`, as
+    `evaluate` does, so the logged model is exactly the trial's. False if it already had one."""
+    run = mlflow.get_run(run_id)
+    if "stocklab.model_uri" in run.data.tags:
+        return False
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BUNDLE_ARTIFACT))
+    bundle = json.loads(local.read_text())
+    b = Bundle.from_dict(bundle)
+    tcfg = b.train_config(cache_dir=cache_dir)
+    prep = prepare(tcfg, "cpu", b)
+    model = build_model(b.model, prep.ws.n_features, b.seq_len, model_config(b.model, b.model_config))
+    weights = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=WEIGHTS_ARTIFACT)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    eval_mode(model)
+    test = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet"))
+    skipped = run.data.tags.get(SKIPPED_TAG) or (None if len(test) else "no test predictions")
+    # the run ended FINISHED; reopened to add artifacts, it ends FINISHED again
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+        log_full_evaluation(model, prep, test, tcfg, bundle, skipped)
+    return True
+
+
+def load_model_bundle(model_uri: str):
+    """(callable model, Bundle) from a logged model URI (runs:/..., models:/...). A tune trial
+    that logged weights only gets its model logged first (`complete_run`), on request."""
+    if model_uri.startswith("runs:/"):
+        run_id = model_uri[len("runs:/") :].split("/")[0]
+        client = mlflow.MlflowClient()
+        if not has_model(run_id) and client.list_artifacts(run_id, Path(WEIGHTS_ARTIFACT).parent.as_posix()):
+            complete_run(run_id)
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    model = mlflow.pytorch.load_model(str(local))
+    found = list(local.rglob(BUNDLE_FILE))
+    if not found:
+        raise StockLabError(f"model: {model_uri} has no {BUNDLE_FILE} (not logged by stocklab)")
+    return model, Bundle.from_dict(json.loads(found[0].read_text()))

@@ -1,0 +1,60 @@
+"""Scoring: a model's predictions on a split as a long frame, and the metrics of that frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from stocklab import factor_eval
+from stocklab.config import EVAL_BATCH_SIZE
+from stocklab.trainer import eval_mode, predict
+from stocklab.windows import WindowSet
+
+
+@torch.no_grad()
+def predict_windows(model, windows: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
+    """Model outputs for (B, T, F) windows, in order, `batch_size` at a time."""
+    eval_mode(model)
+    out = [model(windows[i : i + batch_size].float()).float().cpu() for i in range(0, len(windows), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+
+def predictions_frame(model, ws: WindowSet, split: str, batch_size: int) -> pd.DataFrame:
+    """One split's predictions as a long frame (date, ticker, prediction, label)."""
+    pred, y, n, t = predict(model, ws, split, batch_size)
+    return pd.DataFrame(
+        {"date": ws.panel.dates[t], "ticker": np.asarray(ws.panel.tickers)[n], "prediction": pred, "label": y}
+    )
+
+
+def rank_ic_of(df: pd.DataFrame) -> float:
+    """Mean daily rank IC of a predictions frame (NaN when no date has a cross-section)."""
+    ic = factor_eval.daily_ic(df)
+    return float(ic["rank_ic"].mean()) if len(ic) else float("nan")
+
+
+def mse_of(df: pd.DataFrame) -> float:
+    err = df["prediction"].to_numpy(np.float64) - df["label"].to_numpy(np.float64)
+    return float(np.mean(err**2)) if len(err) else float("nan")
+
+
+def split_metrics(df: pd.DataFrame, ws: WindowSet, label_scale: float) -> tuple[dict, str | None]:
+    """A scored split's metrics: MSE against the zero forecast (`mse_skill`) and against the
+    training-mean forecast (`mse_skill_mean`: the mean of the fold's training labels), and the
+    factor metrics. Returns (metrics, why the factor metrics were skipped or None)."""
+    split_mse = mse_of(df)
+    label = df["label"].to_numpy(np.float64)
+    naive_mse = float(np.mean(label**2)) if len(label) else float("nan")  # the zero forecast
+    train = ws.index.get("train")
+    train_mean = float(ws.y[train].double().mean()) if train is not None and train[0].numel() else 0.0
+    mean_mse = float(np.mean((label - train_mean) ** 2)) if len(label) else float("nan")
+    metrics = {
+        "test_mse": split_mse,
+        "naive_mse": naive_mse,
+        "mse_skill": split_mse / naive_mse if naive_mse > 0 else float("nan"),
+        "mse_skill_mean": split_mse / mean_mse if mean_mse > 0 else float("nan"),
+    }
+    factor, skipped = factor_eval.factor_metrics(df, label_scale)
+    metrics.update(factor)
+    return metrics, skipped

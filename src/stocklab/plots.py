@@ -1,0 +1,45 @@
+"""Figures a run logs: loss curves and the attention heatmap (tear sheets: factor_eval.py)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files, never windows
+import matplotlib.pyplot as plt  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def loss_curve(train_loss: list[float], valid_loss: list[float], best_epoch: int, objective: str = "MSE"):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = np.arange(1, len(train_loss) + 1)
+    ax.plot(epochs, train_loss, marker="o", label="train")
+    ax.plot(epochs, valid_loss, marker="o", label="valid")
+    if best_epoch:
+        ax.axvline(best_epoch, color="grey", ls="--", label=f"best epoch {best_epoch}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(objective)
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("Loss curves")
+    fig.tight_layout()
+    return fig
+
+
+def attention_heatmap(weights: np.ndarray, labels: list[str]):
+    """Attention weights (windows x days in the window) as a heatmap."""
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(labels) + 1.5))
+    im = ax.imshow(weights, aspect="auto", cmap="viridis")
+    T = weights.shape[1]
+    ax.set_xticks(range(0, T, max(T // 10, 1)), [str(d - T + 1) for d in range(0, T, max(T // 10, 1))])
+    ax.set_xlabel("day in window (0 = last)")
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    fig.colorbar(im, ax=ax, label="attention weight")
+    ax.set_title("Attention over the window, test windows")
+    fig.tight_layout()
+    return fig
+
+
+def log_figure(fig, artifact_file: str) -> None:
+    mlflow.log_figure(fig, artifact_file)
+    plt.close(fig)

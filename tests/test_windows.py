@@ -41,9 +41,9 @@ def test_close_only_data_rejects_ohlcv_and_auto_adapts():
         resolve_feature_set("ohlcv", report.columns)
     assert resolve_feature_set("auto", report.columns) == "returns"
     assert resolve_feature_set("auto", ["open", "high", "low", "close", "volume"]) == "ohlcv"
-    assert resolve_feature_set("auto", ["open", "high", "low", "close", "volume"], "cnn_ta") == "technical"
+    assert resolve_feature_set("auto", ["open", "high", "low", "close", "volume"], "technical") == "technical"
     with pytest.raises(StockLabError, match="features: 'technical' needs columns"):
-        resolve_feature_set("auto", report.columns, "cnn_ta")
+        resolve_feature_set("auto", report.columns, "technical")
 
 
 def test_embargo_keeps_every_label_window_inside_its_split(bars):

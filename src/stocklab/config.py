@@ -17,7 +17,7 @@ from pathlib import Path
 
 from stocklab.errors import StockLabError
 
-__all__ = ["StockLabError"]  # re-exported: older imports read it from here
+__all__ = ["StockLabError"]  # re-exported: config users need not import errors too
 
 FEATURE_SETS = ("auto", "ohlcv", "returns", "relative", "technical")
 SCALERS = ("standard", "minmax", "standard_ticker", "minmax_ticker", "none")

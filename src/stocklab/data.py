@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stocklab.config import StockLabError
+from stocklab.config import CACHE_DIR, StockLabError
 from stocklab.errors import one_line
 
 PRICE_COLS = ("open", "high", "low", "close")
@@ -170,7 +170,7 @@ def _load_sample() -> tuple[pd.DataFrame, str]:
     return long, hashlib.sha256(f"skfolio-sp500-{skfolio.__version__}".encode()).hexdigest()
 
 
-def load_panel(data: str, cache_dir: str | None = ".stocklab_cache") -> tuple[pd.DataFrame, DataReport]:
+def load_panel(data: str, cache_dir: str | None = CACHE_DIR) -> tuple[pd.DataFrame, DataReport]:
     """Return the clean long panel (date, ticker, close[, open, high, low, volume, vwap]) and report.
 
     The clean panel is cached as Parquet under `cache_dir`, keyed by a fingerprint of the
@@ -182,17 +182,7 @@ def load_panel(data: str, cache_dir: str | None = ".stocklab_cache") -> tuple[pd
         return _finish(raw, report), report
 
     path = Path(data).expanduser()
-    if path.is_dir():
-        files = sorted(
-            p for p in path.iterdir() if p.is_file() and re.search(r"\.(csv|csv\.gz|parquet)$", p.name, re.I)
-        )
-        if not files:
-            raise StockLabError(f"data: folder '{data}' contains no .csv or .parquet files")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise StockLabError(f"data: '{data}' is not 'sample', an existing folder or a file")
-
+    files = _input_files(path, data)
     fp = _files_fingerprint(files)
     cache = Path(cache_dir) if cache_dir else None
     if cache is not None:
@@ -204,6 +194,30 @@ def load_panel(data: str, cache_dir: str | None = ".stocklab_cache") -> tuple[pd
             return pd.read_parquet(cached), report
 
     report = DataReport(source=str(path.resolve()), fingerprint=fp, files=len(files))
+    panel = _finish(_read_files(files, path, data, report), report)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        # concurrent workers may build the same entry: each writes a private file and renames it
+        # into place (atomic), the report last, so a reader never sees a half-written panel
+        _write_atomic(cached, lambda tmp: panel.to_parquet(tmp))
+        _write_atomic(meta, lambda tmp: tmp.write_text(json.dumps(report.to_dict())))
+    return panel, report
+
+
+def _input_files(path: Path, data: str) -> list[Path]:
+    """The CSV/Parquet files behind `data` (a folder's, or the one file)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise StockLabError(f"data: '{data}' is not 'sample', an existing folder or a file")
+    files = sorted(p for p in path.iterdir() if p.is_file() and re.search(r"\.(csv|csv\.gz|parquet)$", p.name, re.I))
+    if not files:
+        raise StockLabError(f"data: folder '{data}' contains no .csv or .parquet files")
+    return files
+
+
+def _read_files(files: list[Path], path: Path, data: str, report: DataReport) -> pd.DataFrame:
+    """Every file normalised into one long frame of the columns all files have."""
     frames, frame_files, source_of = [], [], {}
     for f in files:
         table = _read_table(f)
@@ -238,14 +252,7 @@ def load_panel(data: str, cache_dir: str | None = ".stocklab_cache") -> tuple[pd
             file=sys.stderr,
         )
         report.repaired["columns_not_in_every_file"] = len(lost)
-    panel = _finish(pd.concat([f[cols] for f in frames], ignore_index=True), report)
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        # concurrent workers may build the same entry: each writes a private file and renames it
-        # into place (atomic), the report last, so a reader never sees a half-written panel
-        _write_atomic(cached, lambda tmp: panel.to_parquet(tmp))
-        _write_atomic(meta, lambda tmp: tmp.write_text(json.dumps(report.to_dict())))
-    return panel, report
+    return pd.concat([f[cols] for f in frames], ignore_index=True)
 
 
 def _write_atomic(path: Path, write) -> None:

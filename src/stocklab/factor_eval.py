@@ -271,28 +271,33 @@ def tear_sheet(df: pd.DataFrame, close: pd.DataFrame, periods, outdir: Path) -> 
             plt.show = show
             plt.close("all")
         (outdir / "summary.txt").write_text(printed.getvalue())
-
-        # the tables behind the sheets, from alphalens' own computations
-        perf, plotting = al.performance, al.plotting
-        ic = perf.factor_information_coefficient(fd)
-        plotting.plot_information_table(ic, return_df=True).to_csv(outdir / "information_table.csv")
-        ic.to_csv(outdir / "daily_ic.csv")
-        mean_q, _ = perf.mean_return_by_quantile(fd)
-        mean_q_date, std_q_date = perf.mean_return_by_quantile(fd, by_date=True)
-        spread, _ = perf.compute_mean_returns_spread(mean_q_date, 5, 1, std_q_date)
-        alpha_beta = perf.factor_alpha_beta(fd)
-        plotting.plot_returns_table(alpha_beta, mean_q, spread, return_df=True).to_csv(outdir / "returns_table.csv")
-        mean_q.to_csv(outdir / "mean_return_by_quantile.csv")
-        quantiles = sorted(fd["factor_quantile"].unique())
-        turnover = {
-            p: pd.concat({q: perf.quantile_turnover(fd["factor_quantile"], q, p) for q in quantiles}, axis=1)
-            for p in periods
-        }
-        autocorr = pd.concat({p: perf.factor_rank_autocorrelation(fd, p) for p in periods}, axis=1)
-        turn_table, auto_table = plotting.plot_turnover_table(autocorr, turnover, return_df=True)
-        pd.concat([turn_table, auto_table]).to_csv(outdir / "turnover_table.csv")
-        plotting.plot_quantile_statistics_table(fd, return_df=True).to_csv(outdir / "quantile_statistics.csv")
+        _sheet_tables(fd, periods, outdir)
     return written + sorted(outdir.glob("*.csv"))
+
+
+def _sheet_tables(fd: pd.DataFrame, periods: tuple[int, ...], outdir: Path) -> None:
+    """The tables behind the tear sheets, as CSVs, from alphalens' own computations."""
+    import alphalens as al
+
+    perf, plotting = al.performance, al.plotting
+    ic = perf.factor_information_coefficient(fd)
+    plotting.plot_information_table(ic, return_df=True).to_csv(outdir / "information_table.csv")
+    ic.to_csv(outdir / "daily_ic.csv")
+    mean_q, _ = perf.mean_return_by_quantile(fd)
+    mean_q_date, std_q_date = perf.mean_return_by_quantile(fd, by_date=True)
+    spread, _ = perf.compute_mean_returns_spread(mean_q_date, 5, 1, std_q_date)
+    alpha_beta = perf.factor_alpha_beta(fd)
+    plotting.plot_returns_table(alpha_beta, mean_q, spread, return_df=True).to_csv(outdir / "returns_table.csv")
+    mean_q.to_csv(outdir / "mean_return_by_quantile.csv")
+    quantiles = sorted(fd["factor_quantile"].unique())
+    turnover = {
+        p: pd.concat({q: perf.quantile_turnover(fd["factor_quantile"], q, p) for q in quantiles}, axis=1)
+        for p in periods
+    }
+    autocorr = pd.concat({p: perf.factor_rank_autocorrelation(fd, p) for p in periods}, axis=1)
+    turn_table, auto_table = plotting.plot_turnover_table(autocorr, turnover, return_df=True)
+    pd.concat([turn_table, auto_table]).to_csv(outdir / "turnover_table.csv")
+    plotting.plot_quantile_statistics_table(fd, return_df=True).to_csv(outdir / "quantile_statistics.csv")
 
 
 def prediction_plots(df: pd.DataFrame, outdir: Path, seed: int = 0, n_tickers: int = 3, seg_days: int = 60):

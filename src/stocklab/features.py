@@ -7,7 +7,7 @@ window or label touching a NaN is simply never indexed (see windows.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -31,11 +31,11 @@ class Panel:
     relative_ref: list[int]  # for each relative column, the column it is divided by
 
 
-def resolve_feature_set(features: str, columns: list[str], model: str = "") -> str:
-    """`auto` -> `technical` for cnn_ta (its indicator image), else `ohlcv` when the data has
-    full OHLCV bars and `returns` on close-only data."""
-    if features == "auto" and model == "cnn_ta":
-        features = "technical"
+def resolve_feature_set(features: str, columns: list[str], auto: str | None = None) -> str:
+    """`auto` -> the model's own feature set when it declares one (`auto`; cnn_ta: its indicator
+    image), else `ohlcv` when the data has full OHLCV bars and `returns` on close-only data."""
+    if features == "auto" and auto is not None:
+        features = auto
     if features == "auto":
         return "ohlcv" if all(c in columns for c in OHLCV_NEEDS) else "returns"
     if features in ("ohlcv", "relative", "technical"):
@@ -69,62 +69,20 @@ def build_panel(
     position among them (NaN for a ticker the model never saw), so scoring another set of
     tickers gives each known ticker the id it was trained with."""
     features = resolve_feature_set(features, list(panel.columns))
+    if features not in _BUILDERS:
+        raise StockLabError(f"features: unknown feature set '{features}'")
     tickers = sorted(panel["ticker"].unique())
     dates = pd.DatetimeIndex(sorted(panel["date"].unique()))
-    close = _wide(panel, "close", tickers, dates)
-    N, D = close.shape
-    rel_cols: list[int] = []
-    rel_ref: list[int] = []
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if features == "ohlcv":
-            o, h, lo = (_wide(panel, c, tickers, dates) for c in ("open", "high", "low"))
-            vol = _wide(panel, "volume", tickers, dates)
-            if "vwap" in panel.columns:
-                vwap, vname = _wide(panel, "vwap", tickers, dates), "vwap"
-            else:
-                vwap, vname = (h + lo + close) / 3.0, "typical_price"
-            universe = list(tickers) if universe is None else list(universe)
-            pos = {t: i for i, t in enumerate(universe)}
-            ids = np.array([pos.get(t, np.nan) for t in tickers], dtype=np.float64)
-            tid = np.broadcast_to((ids / max(len(universe) - 1, 1))[:, None], (N, D))
-            tid = np.where(np.isfinite(close), tid, np.nan)
-            cols, names = (
-                [o, h, lo, close, vol, vwap, tid],
-                ["open", "high", "low", "close", "volume", vname, "ticker_id"],
-            )
-        elif features == "returns":
-            p = return_period
-            lc = np.log(close)
-            ret = np.full_like(lc, np.nan)
-            ret[:, p:] = lc[:, p:] - lc[:, :-p]
-            cols, names = [ret], [f"log_return_{p}d"]
-            if "volume" in panel.columns:
-                lv = np.log1p(_wide(panel, "volume", tickers, dates))
-                dv = np.full_like(lv, np.nan)
-                dv[:, p:] = lv[:, p:] - lv[:, :-p]
-                cols.append(dv)
-                names.append(f"log_volume_change_{p}d")
-        elif features == "technical":
-            from stocklab import indicators
 
-            o, h, lo, v = (_wide(panel, c, tickers, dates) for c in ("open", "high", "low", "volume"))
-            X = np.empty((N, D, len(indicators.feature_names())), np.float32)  # ~1 GB for 405 x 1259 x 225
-            for i in range(N):
-                X[i] = indicators.technical_image(o[i], h[i], lo[i], close[i], v[i])
-            cols, names = None, indicators.feature_names()
-        elif features == "relative":
-            # log levels here; windows.py subtracts the window's last-day log close (prices) and
-            # log volume (volume), giving log(x / x_ref on the window's last day)
-            cols = [np.log(_wide(panel, c, tickers, dates)) for c in ("open", "high", "low")]
-            cols += [np.log(close), np.log1p(_wide(panel, "volume", tickers, dates))]
-            names = ["rel_open", "rel_high", "rel_low", "rel_close", "rel_volume"]
-            rel_cols, rel_ref = [0, 1, 2, 3, 4], [3, 3, 3, 3, 4]
-        else:
-            raise StockLabError(f"features: unknown feature set '{features}'")
-        y = np.full((N, D), np.nan)
+    def wide(col: str) -> np.ndarray:  # (N, D) of one column
+        return _wide(panel, col, tickers, dates)
+
+    close = wide("close")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        built = _BUILDERS[features](wide, close, _Options(tickers, universe, return_period, set(panel.columns)))
+        y = np.full(close.shape, np.nan)
         y[:, :-horizon] = close[:, horizon:] / close[:, :-horizon] - 1.0
-    if cols is not None:
-        X = np.stack(cols, axis=-1).astype(np.float32)
+    X = built.X
     X[~np.isfinite(X)] = np.nan
     return Panel(
         tickers=list(tickers),
@@ -132,7 +90,80 @@ def build_panel(
         X=X,
         y=(y * label_scale).astype(np.float32),
         close=close,
-        feature_names=names,
-        relative_cols=rel_cols,
-        relative_ref=rel_ref,
+        feature_names=built.names,
+        relative_cols=built.relative_cols,
+        relative_ref=built.relative_ref,
     )
+
+
+@dataclass
+class _Options:
+    tickers: list[str]
+    universe: list[str] | None
+    return_period: int
+    columns: set[str]
+
+
+@dataclass
+class _Built:
+    X: np.ndarray  # (N, D, F) float32
+    names: list[str]
+    relative_cols: list[int] = field(default_factory=list)
+    relative_ref: list[int] = field(default_factory=list)
+
+
+def _stack(cols: list[np.ndarray]) -> np.ndarray:
+    return np.stack(cols, axis=-1).astype(np.float32)
+
+
+def _ohlcv(wide, close: np.ndarray, opt: _Options) -> _Built:
+    o, h, lo, vol = (wide(c) for c in ("open", "high", "low", "volume"))
+    if "vwap" in opt.columns:
+        vwap, vname = wide("vwap"), "vwap"
+    else:
+        vwap, vname = (h + lo + close) / 3.0, "typical_price"
+    universe = list(opt.tickers) if opt.universe is None else list(opt.universe)
+    pos = {t: i for i, t in enumerate(universe)}
+    ids = np.array([pos.get(t, np.nan) for t in opt.tickers], dtype=np.float64)
+    tid = np.broadcast_to((ids / max(len(universe) - 1, 1))[:, None], close.shape)
+    tid = np.where(np.isfinite(close), tid, np.nan)
+    names = ["open", "high", "low", "close", "volume", vname, "ticker_id"]
+    return _Built(_stack([o, h, lo, close, vol, vwap, tid]), names)
+
+
+def _returns(wide, close: np.ndarray, opt: _Options) -> _Built:
+    p = opt.return_period
+    lc = np.log(close)
+    ret = np.full_like(lc, np.nan)
+    ret[:, p:] = lc[:, p:] - lc[:, :-p]
+    cols, names = [ret], [f"log_return_{p}d"]
+    if "volume" in opt.columns:
+        lv = np.log1p(wide("volume"))
+        dv = np.full_like(lv, np.nan)
+        dv[:, p:] = lv[:, p:] - lv[:, :-p]
+        cols.append(dv)
+        names.append(f"log_volume_change_{p}d")
+    return _Built(_stack(cols), names)
+
+
+def _technical(wide, close: np.ndarray, opt: _Options) -> _Built:
+    from stocklab import indicators
+
+    o, h, lo, v = (wide(c) for c in ("open", "high", "low", "volume"))
+    N, D = close.shape
+    X = np.empty((N, D, len(indicators.feature_names())), np.float32)  # ~1 GB for 405 x 1259 x 225
+    for i in range(N):
+        X[i] = indicators.technical_image(o[i], h[i], lo[i], close[i], v[i])
+    return _Built(X, indicators.feature_names())
+
+
+def _relative(wide, close: np.ndarray, opt: _Options) -> _Built:
+    # log levels here; windows.py subtracts the window's last-day log close (prices) and
+    # log volume (volume), giving log(x / x_ref on the window's last day)
+    cols = [np.log(wide(c)) for c in ("open", "high", "low")]
+    cols += [np.log(close), np.log1p(wide("volume"))]
+    names = ["rel_open", "rel_high", "rel_low", "rel_close", "rel_volume"]
+    return _Built(_stack(cols), names, [0, 1, 2, 3, 4], [3, 3, 3, 3, 4])
+
+
+_BUILDERS = {"ohlcv": _ohlcv, "returns": _returns, "technical": _technical, "relative": _relative}

@@ -1,7 +1,9 @@
 """The source studies' configurations, selectable with `-P preset=<name>`.
 
-A preset sets train and model parameters; any parameter given explicitly with a value other
-than its built-in default overrides it.
+A preset sets train and model parameters underneath: any parameter given explicitly overrides
+it, also when the value given equals the built-in default. A preset names only what the study
+changed (the split, label scale and scaler are the defaults' unless it says otherwise), and
+nothing a model's definition fixes (cnn_ta's one-day window: models/cnn_ta.py).
 """
 
 from __future__ import annotations
@@ -9,8 +11,7 @@ from __future__ import annotations
 from stocklab.config import StockLabError
 
 _CNN2D = dict(
-    model="cnn2d", features="ohlcv", seq_len=96, horizon=20, batch_size=64, lr=1e-5, epochs=200,
-    patience=20, split="0.6,0.2,0.2", scaler="standard", label_scale=1.0,
+    model="cnn2d", features="ohlcv", seq_len=96, horizon=20, batch_size=64, lr=1e-5, epochs=200, patience=20,
 )  # fmt: skip
 
 PRESETS: dict[str, dict] = {
@@ -53,7 +54,6 @@ PRESETS: dict[str, dict] = {
     "seed004-cnn-ta": dict(
         model="cnn_ta",
         features="technical",
-        seq_len=1,
         horizon=10,
         batch_size=128,
         lr=1e-3,

@@ -247,16 +247,7 @@ class WindowSet:
         self.offsets = torch.from_numpy(window_offsets(seq_len, stride)).to(self.device)  # (T,)
         self.rel_cols = torch.tensor(panel.relative_cols, dtype=torch.long, device=self.device)
         self.rel_ref = torch.tensor(panel.relative_ref, dtype=torch.long, device=self.device)
-        self.index: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for name, (lo, hi) in self.ranges.items():
-            m = np.zeros_like(labelled)
-            m[:, max(lo, 0) : max(hi, 0)] = True
-            n, t = np.nonzero(labelled & m)
-            order = np.lexsort((n, t))  # by date, then ticker: stable, readable order
-            self.index[name] = (
-                torch.from_numpy(n[order]).to(self.device),
-                torch.from_numpy(t[order]).to(self.device),
-            )
+        self.index = self._split_index(labelled)  # {split: (ticker idx (W,), end-day idx (W,))}
         # sell/hold/buy cut points for classifiers: terciles of the *training* labels only
         y_train = self.y[self.index["train"]].float() if "train" in self.index else self.y[:0, 0]
         self.class_cuts = (
@@ -264,6 +255,17 @@ class WindowSet:
             if y_train.numel()
             else torch.zeros(2, device=self.device)
         )
+
+    def _split_index(self, labelled: np.ndarray) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The labelled, complete windows ending in each split's day range, by date then ticker."""
+        index = {}
+        for name, (lo, hi) in self.ranges.items():
+            m = np.zeros_like(labelled)
+            m[:, max(lo, 0) : max(hi, 0)] = True
+            n, t = np.nonzero(labelled & m)
+            order = np.lexsort((n, t))  # by date, then ticker: stable, readable order
+            index[name] = (torch.from_numpy(n[order]).to(self.device), torch.from_numpy(t[order]).to(self.device))
+        return index
 
     @property
     def n_features(self) -> int:

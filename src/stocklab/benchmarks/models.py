@@ -130,6 +130,24 @@ def run_models_suite(cfg: BenchmarkConfig) -> dict:
     return out
 
 
+# the report's fixed text: what each column means
+LEGEND = (
+    "rank IC: mean daily Spearman IC of each fold's test period, mean ± std over every (seed, fold). "
+    "ICIR and t-stat: of the daily Pearson IC over the concatenated out-of-sample days (mean over seeds). "
+    "hit rate: share of same-sign forecasts. q5-q1: mean daily spread of the label (forward return over "
+    "the horizon) between the top and bottom fifth. MSE/zero and MSE/mean: test MSE over the MSE of the zero "
+    "forecast and of the training-label mean (below 1 = better than that forecast). valid rank IC: on each "
+    "fold's validation span. best epoch: the kept epoch, mean over folds and seeds. train s: fitting time "
+    "summed over folds, mean over seeds. Each entry is judged on its own label horizon (column h). "
+    "-: not applicable (a factor is a score, not a return forecast: no MSE; the naive forecasts rank "
+    "nothing: no IC)."
+)
+LONG_SHORT_NOTE = (
+    "Long-short: every day, long the top fifth and short the bottom fifth by prediction, equal weights, "
+    "next-day close-to-close returns, averaged over seeds; no costs."
+)
+
+
 def write_models_report(cfg: BenchmarkConfig, records, device, started, elapsed: float) -> dict:
     """reports/models.md + models_rank_ic.png + models_long_short.png from the runs' records."""
     path = Path(cfg.report)
@@ -172,22 +190,13 @@ def write_models_report(cfg: BenchmarkConfig, records, device, started, elapsed:
         "",
         model_report.markdown_table(table),
         "",
-        "rank IC: mean daily Spearman IC of each fold's test period, mean ± std over every (seed, fold). "
-        "ICIR and t-stat: of the daily Pearson IC over the concatenated out-of-sample days (mean over seeds). "
-        "hit rate: share of same-sign forecasts. q5-q1: mean daily spread of the label (forward return over "
-        "the horizon) between the top and bottom fifth. MSE/zero and MSE/mean: test MSE over the MSE of the zero "
-        "forecast and of the training-label mean (below 1 = better than that forecast). valid rank IC: on each "
-        "fold's validation span. best epoch: the kept epoch, mean over folds and seeds. train s: fitting time "
-        "summed over folds, mean over seeds. Each entry is judged on its own label horizon (column h). "
-        "-: not applicable (a factor is a score, not a return forecast: no MSE; the naive forecasts rank "
-        "nothing: no IC).",
+        LEGEND,
         "",
         f"![rank IC per model]({ic_png.name})",
         "",
         f"![cumulative long-short return]({ls_png.name})",
         "",
-        "Long-short: every day, long the top fifth and short the bottom fifth by prediction, equal weights, "
-        "next-day close-to-close returns, averaged over seeds; no costs.",
+        LONG_SHORT_NOTE,
     ]
     if failed:
         lines += ["", "## Failed runs", ""] + [f"- {r.entry} seed {r.seed}: {r.error}" for r in failed]

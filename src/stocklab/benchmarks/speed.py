@@ -250,7 +250,7 @@ def bench_seed000(cfg: BenchmarkConfig, device) -> dict:
             )
             print(f"    {name} batch {batch}: {epoch_s:.1f} s/epoch, {out[f'{key}_step_ms']:.2f} ms/step")
     out["seed000_epoch_measured"] = "full epoch" if full else f"{cfg.seed000_steps} steps per setting"
-    # the names earlier reports used: cnn2d deep at the benchmark's batch size
+    # the summary keys of speed.json: cnn2d deep at the benchmark's batch size
     b = cfg.batch_size if cfg.batch_size in SEED000_BATCHES else 1024
     out["seed000_samples_per_s"] = out[f"seed000_cnn2d_b{b}_samples_per_s"]
     out["seed000_epoch_s"] = out[f"seed000_cnn2d_b{b}_epoch_s"]

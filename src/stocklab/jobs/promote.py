@@ -77,36 +77,45 @@ def run_promote(cfg: PromoteConfig) -> dict:
         return {"action": "none", "champion": int(champ.version), "candidate": None}
     best_score, best = min(candidates, key=lambda sv: (sign * sv[0], -int(sv[1].version)))
     if champ is not None and not cfg.force:
-        differ = {k: (a, b) for k, (a, b) in ((k, (key(champ)[k], key(best)[k])) for k in COMPARABLE) if a != b}
-        if differ:
-            what = ", ".join(f"{k} {a} vs {b}" for k, (a, b) in differ.items())
-            raise StockLabError(
-                f"metric: champion v{champ.version} and candidate v{best.version} were trained on different "
-                f"data or labels ({what}); their {cfg.metric} values are not comparable (-P force=true to compare)"
-            )
-    beats = not math.isfinite(champ_score) or sign * best_score < sign * champ_score
+        _check_comparable(cfg, champ, best, key(champ), key(best))
     if champ is not None:  # test metrics side by side, for the reader only
         print(f"{name}: champion {_describe(champ, cfg.metric, champ_score, runs[champ.version])}")
     print(f"{name}: candidate {_describe(best, cfg.metric, best_score, runs[best.version])}")
-
-    if beats:
-        registry.set_alias(name, registry.CHAMPION, best.version)
-        challenger = registry.alias_version(name, registry.CHALLENGER)
-        if challenger is not None and challenger.version == best.version:
-            registry.clear_alias(name, registry.CHALLENGER)  # one version, one role
-        if champ is None:
-            action = f"{name}: champion -> v{best.version} ({cfg.metric}={best_score:.6g}; there was no champion)"
-        else:
-            action = (
-                f"{name}: champion v{champ.version} -> v{best.version} "
-                f"({cfg.metric} {champ_score:.6g} -> {best_score:.6g}, {direction})"
-            )
-    else:
-        registry.set_alias(name, registry.CHALLENGER, best.version)
-        action = (
-            f"{name}: champion stays v{champ.version} ({cfg.metric}={champ_score:.6g}); "
-            f"challenger -> v{best.version} ({best_score:.6g} does not beat it, {direction})"
-        )
+    beats = not math.isfinite(champ_score) or sign * best_score < sign * champ_score
+    action = _move_aliases(name, cfg.metric, direction, beats, (champ, champ_score), (best, best_score))
     print(action)
     final = registry.alias_version(name, registry.CHAMPION)
     return {"action": action, "champion": int(final.version), "candidate": int(best.version)}
+
+
+def _check_comparable(cfg: PromoteConfig, champ, best, champ_key: dict, best_key: dict) -> None:
+    """Versions trained on different data or labels have incomparable validation metrics."""
+    differ = {k: (champ_key[k], best_key[k]) for k in COMPARABLE if champ_key[k] != best_key[k]}
+    if differ:
+        what = ", ".join(f"{k} {a} vs {b}" for k, (a, b) in differ.items())
+        raise StockLabError(
+            f"metric: champion v{champ.version} and candidate v{best.version} were trained on different "
+            f"data or labels ({what}); their {cfg.metric} values are not comparable (-P force=true to compare)"
+        )
+
+
+def _move_aliases(name: str, metric: str, direction: str, beats: bool, champion: tuple, candidate: tuple) -> str:
+    """champion -> the candidate when it beats the champion, else challenger -> the candidate;
+    returns what changed, in words. `champion`/`candidate`: (version or None, score)."""
+    (champ, champ_score), (best, best_score) = champion, candidate
+    if not beats:
+        registry.set_alias(name, registry.CHALLENGER, best.version)
+        return (
+            f"{name}: champion stays v{champ.version} ({metric}={champ_score:.6g}); "
+            f"challenger -> v{best.version} ({best_score:.6g} does not beat it, {direction})"
+        )
+    registry.set_alias(name, registry.CHAMPION, best.version)
+    challenger = registry.alias_version(name, registry.CHALLENGER)
+    if challenger is not None and challenger.version == best.version:
+        registry.clear_alias(name, registry.CHALLENGER)  # one version, one role
+    if champ is None:
+        return f"{name}: champion -> v{best.version} ({metric}={best_score:.6g}; there was no champion)"
+    return (
+        f"{name}: champion v{champ.version} -> v{best.version} "
+        f"({metric} {champ_score:.6g} -> {best_score:.6g}, {direction})"
+    )

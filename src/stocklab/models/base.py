@@ -5,6 +5,7 @@ windows x (B, T, F) to one score per window (B,): what every job scores, ranks a
 the model trains on and needs is declared here, never sniffed with `hasattr`:
 
     output            the kind of output it is trained through (losses.py: RETURN, STEPS, CLASSES)
+    auto_features     the feature set `features=auto` picks for it (cnn_ta: its indicator image)
     train_outputs(x)  the tensor that output's loss reads (forward(x) unless the output differs)
     penalty()         a term added to the training loss (None: no penalty)
     fixed_inputs(cfg) TrainConfig values its definition fixes (cnn_ta's one-day image, a factor's
@@ -27,6 +28,7 @@ from stocklab.losses import RETURN, Output
 
 class StockModel(nn.Module):
     output: Output = RETURN
+    auto_features: str | None = None  # the feature set `features=auto` means for it (None: by the data)
 
     def train_outputs(self, x: torch.Tensor) -> torch.Tensor:
         return self(x)  # (B,)

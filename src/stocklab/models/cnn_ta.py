@@ -28,6 +28,7 @@ class CNNTAConfig:
 
 class CNNTA(StockModel):
     output = CLASSES  # cross-entropy on sell/hold/buy terciles of the training labels
+    auto_features = "technical"
 
     @classmethod
     def fixed_inputs(cls, cfg: CNNTAConfig) -> dict:

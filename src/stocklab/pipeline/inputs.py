@@ -29,6 +29,7 @@ from stocklab import indicators
 from stocklab.config import StockLabError, TrainConfig, with_values
 from stocklab.data import DataReport, load_panel
 from stocklab.features import Panel, build_panel, resolve_feature_set
+from stocklab.models import MODELS
 from stocklab.windows import (
     Fold,
     Scaler,
@@ -147,7 +148,7 @@ def load_inputs(cfg: TrainConfig, bundle: Bundle | None = None, *, labels: bool 
     The returned Prepared has no WindowSet yet (`with_windows` adds one per fold)."""
     raw, report = load_panel(cfg.data, cfg.cache_dir)
     if bundle is None:
-        features = resolve_feature_set(cfg.features, report.columns, cfg.model)
+        features = resolve_feature_set(cfg.features, report.columns, MODELS[cfg.model][0].auto_features)
     else:
         features = resolve_feature_set(bundle.features, report.columns)  # errors if columns are missing
     if cfg.max_tickers:

@@ -55,9 +55,8 @@ class TrialSeededSampler(BaseSampler):
     """TPE whose random draws for a trial come from (seed, trial number) alone.
 
     Trial numbers are handed out by the storage, unique across workers, so concurrent workers
-    never repeat each other's draws (one shared seed made two workers train the same three
-    configurations twice); and a study's configurations depend on its seed and history, not on
-    which worker ran what. `constant_liar` lets TPE treat running trials as bad ones, so
+    never repeat each other's draws (with one shared seed they would draw the same ones), and a
+    study's configurations depend on its seed and history, not on which worker ran what. `constant_liar` lets TPE treat running trials as bad ones, so
     concurrent workers also steer away from each other's open trials.
     """
 

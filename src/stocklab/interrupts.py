@@ -15,6 +15,10 @@ def install_signal_handlers() -> None:
     KILLED instead of staying RUNNING forever (SIGKILL cannot be caught: see tune's stale trials)."""
 
     def handler(signum, frame):
+        # a raw write: the interrupted code may be inside a print to stderr (tqdm), and a
+        # buffered write from here would raise "reentrant call" instead of stopping the job
+        note = f"\nstocklab: received signal {signum} (pid {os.getpid()}); ending the job's runs KILLED\n"
+        os.write(2, note.encode())
         raise KeyboardInterrupt(f"stopped by signal {signum}")
 
     if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():

@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shlex
+import sys
 import tempfile
 import time
 import warnings
@@ -220,6 +221,7 @@ def _ending(run, launcher: str | None = None):
                 mlflow.MlflowClient().set_terminated(launcher, "KILLED")
             except mlflow.exceptions.MlflowException:
                 pass
+        print(f"stocklab: run {run.info.run_id} ended KILLED", file=sys.stderr, flush=True)
         raise
     except BaseException:
         _end_if_active(run, "FAILED")
@@ -243,7 +245,7 @@ def run_name(model: str, model_params: dict, seq_len: int, lr: float, prefix: st
     """A readable run name: model, its key sizes, window length, learning rate
     (e.g. `lstm h32 L2 T20 lr1e-03`, `cnn2d deep T96 lr1e-05`, `cnn_ta T1 lr1e-03`): the window
     length the model trains on, which its definition may fix (models.fixed_values)."""
-    seq_len = fixed_values(model, {k: v for k, v in model_params.items() if k != "seq_len"}).get("seq_len", seq_len)
+    seq_len = fixed_values(model, model_params).get("seq_len", seq_len)
     parts = [model]
     for key, short in _SHORT.items():
         if key in model_params:

@@ -65,11 +65,13 @@ def effective_config(cfg: TrainConfig, mcfg) -> TrainConfig:
     return dataclasses.replace(cfg, **MODELS[cfg.model][0].fixed_inputs(mcfg))
 
 
-def fixed_values(name: str, overrides: dict) -> dict:
-    """The TrainConfig values model `name` fixes with these hyper-parameters, for naming a run
-    before it starts ({} for an unknown model or invalid values: their error comes in the run)."""
+def fixed_values(name: str, values: dict) -> dict:
+    """The TrainConfig values model `name` fixes with the hyper-parameters among `values`, for
+    naming a run before it starts ({} for an unknown model or invalid values: their error comes
+    in the run)."""
+    own = model_defaults(name)
     try:
-        return MODELS[name][0].fixed_inputs(model_config(name, overrides))
+        return MODELS[name][0].fixed_inputs(model_config(name, {k: v for k, v in values.items() if k in own}))
     except (KeyError, StockLabError):
         return {}
 

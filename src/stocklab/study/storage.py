@@ -56,8 +56,9 @@ class TrialSeededSampler(BaseSampler):
 
     Trial numbers are handed out by the storage, unique across workers, so concurrent workers
     never repeat each other's draws (with one shared seed they would draw the same ones), and a
-    study's configurations depend on its seed and history, not on which worker ran what. `constant_liar` lets TPE treat running trials as bad ones, so
-    concurrent workers also steer away from each other's open trials.
+    study's configurations depend on its seed and history, not on which worker ran what.
+    `constant_liar` lets TPE treat running trials as bad ones, so concurrent workers also steer
+    away from each other's open trials.
     """
 
     def __init__(self, seed: int, multi_objective: bool = False):

@@ -5,6 +5,7 @@ fails such a worker's trials from outside (study/workers.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -18,7 +19,8 @@ def install_signal_handlers() -> None:
         # a raw write: the interrupted code may be inside a print to stderr (tqdm), and a
         # buffered write from here would raise "reentrant call" instead of stopping the job
         note = f"\nstocklab: received signal {signum} (pid {os.getpid()}); ending the job's runs KILLED\n"
-        os.write(2, note.encode())
+        with contextlib.suppress(OSError):  # no stderr (a closed pipe) must not stop the stop
+            os.write(2, note.encode())
         raise KeyboardInterrupt(f"stopped by signal {signum}")
 
     if hasattr(signal, "SIGTERM") and threading.current_thread() is threading.main_thread():

@@ -221,7 +221,8 @@ def _ending(run, launcher: str | None = None):
                 mlflow.MlflowClient().set_terminated(launcher, "KILLED")
             except mlflow.exceptions.MlflowException:
                 pass
-        print(f"stocklab: run {run.info.run_id} ended KILLED", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):  # a closed stderr must not replace the interrupt
+            print(f"stocklab: run {run.info.run_id} ended KILLED", file=sys.stderr, flush=True)
         raise
     except BaseException:
         _end_if_active(run, "FAILED")

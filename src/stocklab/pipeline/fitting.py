@@ -148,7 +148,7 @@ def train_in_run(
     _log_setup(cfg, mcfg, base, device)
 
     results = _fit_folds(cfg, mcfg, base, device, on_epoch, cache)
-    metrics, test, skipped = _combine_folds(cfg, results)
+    metrics, test, skipped, sheet_skipped = _combine_folds(cfg, results)
 
     last = results[-1]
     log_predictions(test, skipped)
@@ -156,7 +156,7 @@ def train_in_run(
     bundle = Bundle.from_training(cfg, mcfg, last.prep).to_dict()
     tracking.log_json(bundle, BUNDLE_ARTIFACT)
     if full:
-        log_full_evaluation(last.model, last.prep, test, cfg, bundle, skipped)
+        log_full_evaluation(last.model, last.prep, test, cfg, bundle, sheet_skipped)
     else:
         log_weights(last.model)
     return {"run_id": run.info.run_id, **metrics, "n_params": last.n_params}
@@ -199,12 +199,11 @@ def _fit_folds(cfg, mcfg, base: Prepared, device, on_epoch, cache: InputCache | 
         res = fit_fold(cfg, mcfg, prep, on_epoch, f"fold_{fold.index + 1}/" if walk else "")
         if fold.index == 0:
             mlflow.log_param("n_params", res.n_params)
-        suffix = f"_fold_{fold.index + 1}" if walk else ""
-        _log_loss_curve(res, f"plots/loss_curve{suffix}.png")
         if walk:
             fold_metrics = {f"fold/{k}": v for k, v in res.metrics.items() if np.isfinite(v)}
             fold_metrics["fold/test_start_ordinal"] = float(prep.panel.dates[fold.test_start].toordinal())
             mlflow.log_metrics(fold_metrics, step=fold.index + 1)
+        _log_loss_curve(res, f"plots/loss_curve_fold_{fold.index + 1}.png" if walk else "plots/loss_curve.png")
         if fold is not folds[-1]:
             res.prep = res.model = None  # a fold's scaled panel copy is not kept once it is scored
         results.append(res)
@@ -220,17 +219,20 @@ def _log_loss_curve(res: FoldResult, artifact_file: str) -> None:
     plots.log_figure(curve, artifact_file)
 
 
-def _combine_folds(cfg: TrainConfig, results: list[FoldResult]) -> tuple[dict, pd.DataFrame, str | None]:
-    """(the run's metrics, its out-of-sample predictions, why factor metrics were skipped)."""
+def _combine_folds(cfg: TrainConfig, results: list[FoldResult]) -> tuple[dict, pd.DataFrame, str | None, str | None]:
+    """(the run's metrics, its out-of-sample predictions, why factor metrics were skipped, why
+    the tear sheet of those predictions is skipped): one fold's reasons are the same; with
+    walk-forward folds the first is any fold's, the second the concatenated periods'."""
     if len(results) == 1:
         only = results[0]
-        return dict(only.metrics), only.test, only.skipped
+        return dict(only.metrics), only.test, only.skipped, only.skipped
     metrics = summarise_folds([r.metrics for r in results])
     test = pd.concat([r.test for r in results], ignore_index=True)
     skipped = next((r.skipped for r in results if r.skipped), None)
+    # the concatenated out-of-sample periods judged as one factor (what the tear sheet shows)
+    oos, sheet_skipped = factor_eval.factor_metrics(test, cfg.label_scale)
     if not skipped:
-        # the concatenated out-of-sample periods judged as one factor (what the tear sheet shows)
-        oos, skipped = factor_eval.factor_metrics(test, cfg.label_scale)
         keep = ("rank_ic", "icir", "ic_tstat", "spread_q5_q1")
         metrics.update({f"oos_{k}": v for k, v in oos.items() if k in keep})
-    return metrics, test, skipped
+        skipped = sheet_skipped
+    return metrics, test, skipped, sheet_skipped

@@ -71,7 +71,7 @@ class Bundle:
     model = property(lambda self: self.inputs["model"])
     features = property(lambda self: self.inputs["features"])
     seq_len = property(lambda self: self.inputs["seq_len"])
-    data = property(lambda self: self.inputs["data"])
+    data = property(lambda self: self.inputs.get("data", ""))
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -91,8 +91,10 @@ class Bundle:
         return cls(**values)
 
     def train_config(self, **overrides) -> TrainConfig:
-        """The TrainConfig that rebuilds this model's inputs (data etc. overridable)."""
-        return with_values(TrainConfig(), {**self.inputs, "device": "cpu", **overrides})
+        """The TrainConfig that rebuilds this model's inputs (data etc. overridable); keys a
+        newer version added are ignored."""
+        known = {k: v for k, v in self.inputs.items() if k in TrainConfig().input_values()}
+        return with_values(TrainConfig(), {**known, "device": "cpu", **overrides})
 
 
 @dataclass

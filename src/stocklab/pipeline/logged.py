@@ -13,9 +13,10 @@ import mlflow
 import pandas as pd
 import torch
 
+from stocklab import factor_eval
 from stocklab.config import CACHE_DIR, StockLabError
 from stocklab.models import build_model, model_config
-from stocklab.pipeline.artifacts import BUNDLE_ARTIFACT, BUNDLE_FILE, SKIPPED_TAG, WEIGHTS_ARTIFACT, log_full_evaluation
+from stocklab.pipeline.artifacts import BUNDLE_ARTIFACT, BUNDLE_FILE, WEIGHTS_ARTIFACT, log_full_evaluation
 from stocklab.pipeline.inputs import Bundle, prepare
 from stocklab.trainer import eval_mode
 
@@ -29,8 +30,7 @@ def complete_run(run_id: str, cache_dir: str = CACHE_DIR) -> bool:
     the full evaluation of `log_full_evaluation`: its model, tear sheet and plots. The weights
     are loaded into a fresh model and the inputs rebuilt from the Bundle through `prepare`, as
     `evaluate` does, so the logged model is exactly the trial's. False if it already had one."""
-    run = mlflow.get_run(run_id)
-    if "stocklab.model_uri" in run.data.tags:
+    if has_model(run_id):
         return False
     local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BUNDLE_ARTIFACT))
     bundle = json.loads(local.read_text())
@@ -42,7 +42,10 @@ def complete_run(run_id: str, cache_dir: str = CACHE_DIR) -> bool:
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     eval_mode(model)
     test = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet"))
-    skipped = run.data.tags.get(SKIPPED_TAG) or (None if len(test) else "no test predictions")
+    # the tear sheet's own condition on these predictions (for walk-forward folds it differs
+    # from the run's tag, which says whether any one fold's cross-section was too small)
+    label_scale = b.inputs.get("label_scale", 1.0)
+    skipped = factor_eval.factor_metrics(test, label_scale)[1] if len(test) else "no test predictions"
     # the run ended FINISHED; reopened to add artifacts, it ends FINISHED again
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
         log_full_evaluation(model, prep, test, tcfg, bundle, skipped)

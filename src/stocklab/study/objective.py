@@ -5,8 +5,8 @@
     the validation metric.
 
 `trial_run` opens and ends that run exactly once: FINISHED, KILLED (pruned, or interrupted by
-Ctrl-C/SIGTERM) or FAILED with the reason. A failed trial returns NaN (Optuna records FAIL)
-with one line as its `fail_reason`, never a traceback.
+Ctrl-C/SIGTERM) or FAILED with the reason. A trial that failed in training returns NaN (Optuna
+records FAIL) with one line as its `fail_reason`, never a traceback.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ from stocklab.study.budget import worker_id
 
 # what each study metric reads from a finished trial's results (both are validation-only)
 RESULT_KEY = {"valid_loss": "valid_loss_min", "valid_rank_ic": "valid_rank_ic"}
+
+
+class TrialFailed(Exception):
+    """Training failed inside the trial's run; the run is ended FAILED and the reason recorded."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ def trial_run(trial: optuna.Trial, setup: StudySetup, name: str):
         tags = {"stocklab.trial_state": "FAILED", "stocklab.fail_reason": reason}
         mlflow.set_tags({**tags, "mlflow.runName": f"{name} [failed]"})
         mlflow.end_run("FAILED")
-        raise
+        raise TrialFailed(reason) from e
     except BaseException:  # KeyboardInterrupt, SystemExit (SIGTERM): the trial did not finish
         trial.set_user_attr("interrupted", True)
         mlflow.set_tag("stocklab.trial_state", "KILLED")
@@ -132,9 +136,7 @@ def make_objective(setup: StudySetup, cache: InputCache):
                 tcfg = with_values(base, train_values)
                 full = cfg.trial_artifacts == "all"
                 res = train_in_run(tcfg, overrides, epoch_reporter(trial, cfg), full=full, cache=cache)
-        except optuna.TrialPruned:
-            raise
-        except Exception:
+        except TrialFailed:
             return setup.failed_value()  # the reason is the trial's `fail_reason`
         values = tuple(res[RESULT_KEY[o]] for o in TUNE_METRICS[cfg.metric])
         return values if len(values) > 1 else values[0]

@@ -1,5 +1,9 @@
-"""Shared fixtures: synthetic OHLCV panels written in the supported file formats, and an
-isolated MLflow tracking store per test."""
+"""Shared fixtures: synthetic OHLCV panels written in the supported file formats, an isolated
+MLflow tracking store per test, the CLI's one-line errors, and a stand-in for the run that
+`mlflow run` opens before its job starts.
+
+Markers say what a test costs (pyproject.toml): tests marked `e2e`, `shared` or `postgres` are
+`slow` too (added here), so `-m "not slow"` is the inner-loop tier."""
 
 from __future__ import annotations
 
@@ -63,14 +67,77 @@ def write_ticker_csvs(df: pd.DataFrame, folder: Path, style: str = "data") -> Pa
     return folder
 
 
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.get_closest_marker(m) for m in ("e2e", "shared", "postgres")):
+            item.add_marker(pytest.mark.slow)
+
+
+def long_bars(df: pd.DataFrame) -> pd.DataFrame:
+    """`synthetic_bars` as the long frame `build_panel` reads (ticker column, datetime dates)."""
+    out = df.rename(columns={"Name": "ticker"})
+    out["date"] = out["date"].astype("datetime64[ns]")
+    return out
+
+
 @pytest.fixture
 def bars() -> pd.DataFrame:
     return synthetic_bars()
 
 
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> str:
+    """One parsed-panel cache for every test on ../shared/data: its 405 files are parsed once
+    per session, not once per test (what a cache hit returns is data.py's own test)."""
+    return str(tmp_path_factory.mktemp("panel-cache"))
+
+
 @pytest.fixture
 def csv_dir(tmp_path, bars) -> Path:
     return write_ticker_csvs(bars, tmp_path / "csvs")
+
+
+def cli_error(capsys, argv: list[str], code: int = 2) -> str:
+    """Run `stocklab <argv>` in-process; it must exit `code` with exactly one error line and no
+    traceback. Returns that line."""
+    from stocklab.cli import main
+
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("stocklab: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def launched(job: str, params: dict, monkeypatch, experiment: str | None = None) -> tuple[int, str]:
+    """`mlflow run . -e <job> -P k=v ... [--experiment-name X]` in-process: what MLflow does
+    around its job (a run in X, else "Default", holding every -P value as a param, shell-quoted
+    as MLflow puts it in the command; MLFLOW_RUN_ID and MLFLOW_EXPERIMENT_ID set for the job;
+    that run ended FINISHED or FAILED once the job exits), with the job as `stocklab <job>`.
+    Returns (exit code, the launcher run's id). The real `mlflow run` is exercised once per
+    entry point in test_e2e.py and test_tune.py."""
+    import shlex
+
+    import mlflow
+
+    from stocklab.cli import main
+
+    client = mlflow.MlflowClient()
+    exp_id = "0"  # MLflow's "Default"
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run = client.create_run(exp_id)
+    for k, v in params.items():
+        client.log_param(run.info.run_id, k, shlex.quote(str(v)))
+    monkeypatch.setenv("MLFLOW_RUN_ID", run.info.run_id)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", exp_id)
+    code = main([job, *(x for k, v in params.items() for x in (f"--{k}", str(v)))])
+    client.set_terminated(run.info.run_id, "FINISHED" if code == 0 else "FAILED")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    return code, run.info.run_id
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""End to end through `mlflow run . -e train --env-manager local`, as a user runs it."""
+"""End to end through `mlflow run . -e <entry> --env-manager local`, as a user runs it (train,
+evaluate, benchmark here; tune, promote and predict in test_tune.py). What only depends on the
+run `mlflow run` opens for its job (params already logged, the experiment it chose) is proven
+in-process with conftest.launched."""
 
 from __future__ import annotations
 
@@ -11,11 +14,10 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, launched
 
 from stocklab.pipeline.logged import load_model_bundle
 
-pytestmark = pytest.mark.e2e
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
 
@@ -34,6 +36,7 @@ def job_runs():
     return runs if role is None else runs[role != "launcher"].reset_index(drop=True)
 
 
+@pytest.mark.e2e
 def test_mlflow_run_train_end_to_end(tmp_path, csv_dir, tracking):
     r = mlflow_run(
         "train",
@@ -80,30 +83,41 @@ def test_mlflow_run_train_end_to_end(tmp_path, csv_dir, tracking):
     assert math.isfinite(ev.loc[0, "metrics.rank_ic"])
 
 
-@pytest.mark.parametrize(
-    "params, message",
-    [({"data": "/no/such/dir"}, "data: '/no/such/dir' is not"), ({"model": "nope"}, "model: unknown model")],
-)
-def test_mlflow_run_bad_input_fails_cleanly(tmp_path, tracking, params, message):
-    r = mlflow_run("train", params, tracking, tmp_path)
+@pytest.mark.e2e
+def test_mlflow_run_bad_input_fails_cleanly(tmp_path, tracking):
+    """The one subprocess case of a bad parameter: `mlflow run` exits non-zero with one line,
+    and both runs (the launcher's, the job's) are recorded FAILED (the other error cases are
+    in-process: test_config, test_reliability, test_train)."""
+    r = mlflow_run("train", {"data": "/no/such/dir"}, tracking, tmp_path)
     assert r.returncode != 0
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("stocklab: error:")]
-    assert len(errors) == 1 and message in errors[0]
+    assert len(errors) == 1 and "data: '/no/such/dir' is not" in errors[0]
+    _all_failed_and_linked("data")
+
+
+def test_a_bad_model_under_mlflow_run_fails_its_run_and_the_launcher(tracking, monkeypatch, capsys):
+    code, _ = launched("train", {"model": "nope"}, monkeypatch)
+    assert code == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("stocklab: error:")]
+    assert len(errors) == 1 and "model: unknown model" in errors[0]
+    _all_failed_and_linked("model")
+
+
+def _all_failed_and_linked(param: str) -> None:
     runs = mlflow.search_runs(search_all_experiments=True)
     assert set(runs["status"]) == {"FAILED"}  # recorded, marked failed, nothing lost
     if len(runs) == 2:  # failed inside the job's run: the launcher points to it
         launcher = runs[runs["tags.stocklab.role"] == "launcher"].iloc[0]
         assert launcher["tags.stocklab.launched_run_id"] in set(runs["run_id"])
         failed = mlflow.get_run(launcher["tags.stocklab.launched_run_id"])
-        assert message.split(":")[0] in failed.data.tags["stocklab.error"]
+        assert param in failed.data.tags["stocklab.error"]
 
 
-def test_preset_run_params_are_what_was_trained(tmp_path, csv_dir, tracking):
+def test_preset_run_params_are_what_was_trained(csv_dir, tracking, monkeypatch):
     """MLflow logs every -P value itself: the run's params must still be the effective
     configuration, and an explicit value equal to the built-in default beats the preset."""
     params = {"data": csv_dir, "preset": "seed000-deep", "epochs": 1, "batch_size": 256, "lr": "0.001"}
-    r = mlflow_run("train", params, tracking, tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert launched("train", params, monkeypatch)[0] == 0
     run = mlflow.get_run(job_runs().loc[0, "run_id"])
     p = run.data.params
     assert (p["model"], p["variant"], p["seq_len"], p["features"]) == ("cnn2d", "deep", "96", "ohlcv")
@@ -113,21 +127,20 @@ def test_preset_run_params_are_what_was_trained(tmp_path, csv_dir, tracking):
     assert config["lr"] == 1e-3 and config["seq_len"] == 96 and config["variant"] == "deep"
 
 
-def test_experiment_chosen_by_the_user_is_used_as_is(tmp_path, csv_dir, tracking):
+def test_experiment_chosen_by_the_user_is_used_as_is(csv_dir, tracking, monkeypatch):
     common = {"data": csv_dir, "epochs": 1, "seq_len": 5, "horizon": 5, "hidden_size": 4}
-    r = mlflow_run("train", common, tracking, tmp_path, "--experiment-name", "mine")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert launched("train", common, monkeypatch, experiment="mine")[0] == 0  # --experiment-name mine
     runs = mlflow.search_runs(search_all_experiments=True)
     assert len(runs) == 1 and mlflow.get_experiment(runs.loc[0, "experiment_id"]).name == "mine"
     assert runs.loc[0, "params.model"] == "lstm"  # the projects run is the train run itself
-    r = mlflow_run("train", {**common, "experiment": "elsewhere"}, tracking, tmp_path, "--experiment-name", "mine")
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert launched("train", {**common, "experiment": "elsewhere"}, monkeypatch, experiment="mine")[0] == 0
     other = mlflow.get_experiment_by_name("elsewhere")
     moved = mlflow.search_runs([other.experiment_id])
     assert len(moved) == 1 and moved.loc[0, "status"] == "FINISHED"
     assert other.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+@pytest.mark.e2e
 def test_mlflow_run_benchmark_models_suite_end_to_end(tmp_path, csv_dir, tracking):
     """`-e benchmark -P suite=models` with walk-forward folds, through MLflow Projects (the
     suite's own parameters pass through MLproject as `--name value`)."""

@@ -46,10 +46,10 @@ def test_factor_models_compute_their_formula():
 
 
 @pytest.fixture(scope="module")
-def reference():
+def reference(shared_cache):
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
-    raw, _ = load_panel(str(SHARED_DATA), cache_dir=None)
+    raw, _ = load_panel(str(SHARED_DATA), cache_dir=shared_cache)
     raw = raw[raw["ticker"].isin(sorted(raw["ticker"].unique())[:N_TICKERS])]
     wide = {
         c: raw.pivot(index="date", columns="ticker", values=c).sort_index()
@@ -60,8 +60,9 @@ def reference():
 
 @pytest.mark.shared
 @pytest.mark.parametrize("factor", FACTORS)
-def test_factor_rank_ic_matches_an_independent_pandas_computation(tracking, tmp_path, reference, factor):
-    cfg = TrainConfig(data=str(SHARED_DATA), model="factor", max_tickers=N_TICKERS, horizon=HORIZON, cache_dir="")
+def test_factor_rank_ic_matches_an_independent_pandas_computation(tracking, reference, shared_cache, factor):
+    data = str(SHARED_DATA)
+    cfg = TrainConfig(data=data, model="factor", max_tickers=N_TICKERS, horizon=HORIZON, cache_dir=shared_cache)
     res = run_train(cfg, {"factor": factor})
     logged = mlflow.get_run(res["run_id"]).data.metrics["rank_ic"]
 

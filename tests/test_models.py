@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import synthetic_bars
+from conftest import long_bars, synthetic_bars
 
 from stocklab.config import StockLabError, TrainConfig
 from stocklab.factor_eval import daily_ic
@@ -41,9 +41,7 @@ def test_output_shape(name):
 @pytest.fixture(scope="module")
 def planted():
     """A panel whose next-day return is 0.5 x today's return + noise (learnable)."""
-    bars = synthetic_bars(n_tickers=10, n_days=500, signal=0.5).rename(columns={"Name": "ticker"})
-    bars["date"] = pd.to_datetime(bars["date"])
-    return bars
+    return long_bars(synthetic_bars(n_tickers=10, n_days=500, signal=0.5))
 
 
 @pytest.mark.parametrize("name", sorted(set(MODELS) - set(BASELINES)))

@@ -9,20 +9,10 @@ import time
 
 import mlflow
 import pytest
-from conftest import synthetic_bars, write_ticker_csvs
+from conftest import cli_error, synthetic_bars, write_ticker_csvs
 
-from stocklab.cli import main
 from stocklab.data import load_panel
 from stocklab.errors import mask_secrets, one_line
-
-
-def _fails(capsys, argv, code=2) -> str:
-    assert main(argv) == code
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("stocklab: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _train(data, *extra):
@@ -34,12 +24,12 @@ def test_truncated_gzip_and_corrupt_parquet_name_the_file(tmp_path, tracking, ca
     raw = (folder / "T00_data.csv").read_bytes()
     (folder / "T00_data.csv").unlink()
     (folder / "T00_data.csv.gz").write_bytes(gzip.compress(raw)[:-40])  # cut before the end marker
-    line = _fails(capsys, _train(folder))
+    line = cli_error(capsys, _train(folder))
     assert "T00_data.csv.gz" in line and "cannot be read" in line
 
     bad = tmp_path / "bars.parquet"
     bad.write_bytes(b"PAR1 this is not parquet")
-    line = _fails(capsys, _train(bad))
+    line = cli_error(capsys, _train(bad))
     assert "bars.parquet" in line and "cannot be read" in line
 
 
@@ -48,7 +38,7 @@ def test_a_folder_with_two_sources_for_one_ticker_is_an_error_naming_both(tmp_pa
     folder = write_ticker_csvs(bars, tmp_path / "mixed")
     long = bars[bars["Name"] == "T01"].drop(columns=["open", "high", "low"])
     long.assign(close=long["close"] * 100).to_csv(folder / "all_stocks.csv", index=False)
-    line = _fails(capsys, _train(folder))
+    line = cli_error(capsys, _train(folder))
     assert "'T01'" in line and "T01_data.csv" in line and "all_stocks.csv" in line
 
 
@@ -67,17 +57,17 @@ def test_no_valid_rows_says_why(tmp_path, tracking, capsys):
     bars = synthetic_bars(n_tickers=2, n_days=60)
     bars["close"] = -1.0
     folder = write_ticker_csvs(bars, tmp_path / "neg")
-    line = _fails(capsys, _train(folder))
+    line = cli_error(capsys, _train(folder))
     assert "no valid rows after cleaning" in line and "nonpositive_price: 120" in line
     bars["close"] = "n/a"
     folder = write_ticker_csvs(bars, tmp_path / "text")
-    line = _fails(capsys, _train(folder))
+    line = cli_error(capsys, _train(folder))
     assert "missing_price: 120" in line and "positive numbers" in line
 
 
 def test_a_diverging_train_is_one_line_and_its_run_ends_failed(tmp_path, tracking, capsys):
     data = write_ticker_csvs(synthetic_bars(n_tickers=3, n_days=200), tmp_path / "csvs")
-    line = _fails(capsys, _train(data, "--lr", "1e20", "--model", "linear"))
+    line = cli_error(capsys, _train(data, "--lr", "1e20", "--model", "linear"))
     assert line.startswith("stocklab: error: lr: training diverged at epoch 1 with lr=1e+20")
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.info.status == "FAILED" and "diverged" in run.data.tags["stocklab.error"]
@@ -105,7 +95,7 @@ def test_an_unreachable_or_driverless_study_database_fails_fast_without_the_pass
     tmp_path, tracking, capsys, url, expect
 ):
     t0 = time.monotonic()
-    line = _fails(capsys, ["tune", "--storage", url, "--n_trials", "1"])
+    line = cli_error(capsys, ["tune", "--storage", url, "--n_trials", "1"])
     assert time.monotonic() - t0 < 10
     assert expect in line and "s3cret-pw" not in line and "bob:***@127.0.0.1" in line
     assert not mlflow.search_runs(search_all_experiments=True, output_format="list")  # nothing half-written
@@ -132,7 +122,7 @@ def test_an_unreachable_tracking_server_fails_at_once_naming_host_and_port(tmp_p
     mlflow.set_tracking_uri(uri)
     try:
         t0 = time.monotonic()
-        line = _fails(capsys, ["train", "--data", "sample", "--epochs", "1"])
+        line = cli_error(capsys, ["train", "--data", "sample", "--epochs", "1"])
         assert time.monotonic() - t0 < 10
     finally:
         mlflow.set_tracking_uri(None)

@@ -20,10 +20,13 @@ import pytest
 from conftest import ROOT, synthetic_bars, write_ticker_csvs
 from optuna.trial import TrialState
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("pg_ctl") is None or shutil.which("initdb") is None,
-    reason="PostgreSQL server binaries (pg_ctl, initdb) are not installed on this machine",
-)
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.skipif(
+        shutil.which("pg_ctl") is None or shutil.which("initdb") is None,
+        reason="PostgreSQL server binaries (pg_ctl, initdb) are not installed on this machine",
+    ),
+]
 
 SPACE = """
 hidden_size: {type: int, low: 4, high: 16}

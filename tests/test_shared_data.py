@@ -18,8 +18,8 @@ pytestmark = [
 ]
 
 
-def test_real_data_is_cleaned_and_counted():
-    panel, report = load_panel(str(SHARED_DATA), cache_dir=None)
+def test_real_data_is_cleaned_and_counted(shared_cache):
+    panel, report = load_panel(str(SHARED_DATA), cache_dir=shared_cache)
     assert report.files == 405 and report.tickers == 405
     # the dirt in the real files: missing opens/highs/lows, a high < low, a negative volume,
     # opens/closes outside the day's range
@@ -30,8 +30,8 @@ def test_real_data_is_cleaned_and_counted():
 
 
 @pytest.mark.parametrize("model", ["lstm", "cnn2d"])
-def test_train_on_real_subset(tracking, model):
-    cfg = TrainConfig(data=str(SHARED_DATA), model=model, epochs=1, max_tickers=60, seq_len=30, cache_dir="cache")
+def test_train_on_real_subset(tracking, shared_cache, model):
+    cfg = TrainConfig(data=str(SHARED_DATA), model=model, epochs=1, max_tickers=60, seq_len=30, cache_dir=shared_cache)
     res = run_train(cfg)
     m = mlflow.get_run(res["run_id"]).data.metrics
     assert all(math.isfinite(m[k]) for k in ("test_mse", "naive_mse", "mse_skill", "valid_mse_min"))

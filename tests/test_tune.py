@@ -1,16 +1,18 @@
-"""The tune -> promote -> predict workflow, through `mlflow run` as users run it."""
+"""The tune -> promote -> predict workflow (through `mlflow run` as users run it, once per entry
+point), studies of every model, search spaces and the promotion rules."""
 
 from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import mlflow
 import optuna
 import pandas as pd
 import pytest
 import torch
-from conftest import synthetic_bars, write_ticker_csvs
+from conftest import launched, synthetic_bars, write_ticker_csvs
 from test_e2e import mlflow_run
 
 from stocklab.config import PromoteConfig, TuneConfig
@@ -28,44 +30,60 @@ batch_size: {type: categorical, choices: [32]}
 """
 
 
-@pytest.mark.e2e
-def test_tune_study_end_to_end_then_promote_and_predict(tmp_path, tracking):
-    data = write_ticker_csvs(synthetic_bars(n_tickers=8, n_days=400, signal=0.5), tmp_path / "csvs")
-    space = tmp_path / "space.yaml"
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """One study through `mlflow run . -e tune`, run once for the tests that read it: four
+    pinned trials whose outcomes are certain (two good ones, one that cannot learn (lr 1e-7,
+    pruned after epoch 1 by the median rule), one with an invalid dropout). What the study
+    looked like right after that run is kept, since later tests resume it."""
+    tmp = tmp_path_factory.mktemp("study")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    data = write_ticker_csvs(synthetic_bars(n_tickers=8, n_days=400, signal=0.5), tmp / "csvs")
+    space = tmp / "space.yaml"
     space.write_text(SPACE)
-    journal = tmp_path / "study.log"
-    # pin the first four trials so each outcome is certain: two good ones, one that cannot
-    # learn (lr 1e-7, pruned after epoch 1 by the median rule), one with an invalid dropout
-    study = optuna.create_study(study_name="s1", storage=make_storage(str(journal)), direction="minimize")
+    journal = tmp / "study.log"
+    pinned = optuna.create_study(study_name="s1", storage=make_storage(str(journal)), direction="minimize")
     for p in (
         {"hidden_size": 8, "lr": 0.02, "dropout": 0.0},
         {"hidden_size": 8, "lr": 0.01, "dropout": 0.0},
         {"hidden_size": 4, "lr": 1e-7, "dropout": 0.0},
         {"hidden_size": 4, "lr": 0.01, "dropout": 1.5},
     ):
-        study.enqueue_trial({**p, "batch_size": 32})
-    params = {
-        "data": data,
-        "n_trials": 4,
-        "epochs": 2,
-        "study_name": "s1",
-        "storage": journal,
-        "space": space,
-        "horizon": 1,
-        "features": "returns",
-        "seed": 0,
-    }
-    r = mlflow_run("tune", params, tracking, tmp_path)
+        pinned.enqueue_trial({**p, "batch_size": 32})
+    params = {"data": data, "n_trials": 4, "epochs": 2, "study_name": "s1", "storage": journal, "space": space,
+              "horizon": 1, "features": "returns", "seed": 0}  # fmt: skip
+    r = mlflow_run("tune", params, uri, tmp)
+    mlflow.set_tracking_uri(uri)
+    try:
+        runs = mlflow.search_runs(search_all_experiments=True)
+        versions = mlflow.MlflowClient().search_model_versions("name='stocklab-lstm'")
+    finally:
+        mlflow.set_tracking_uri(None)
+    trials = optuna.load_study(study_name="s1", storage=make_storage(str(journal))).trials
+    return SimpleNamespace(tmp=tmp, uri=uri, data=data, journal=journal, params=params, result=r, runs=runs,
+                           versions=versions, trials=trials)  # fmt: skip
+
+
+@pytest.fixture
+def study_store(study, monkeypatch):
+    """The study's tracking store as the current one (what `mlflow ui` in its folder shows)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", study.uri)
+    monkeypatch.chdir(study.tmp)
+    mlflow.set_tracking_uri(study.uri)
+    yield study
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.e2e
+def test_mlflow_run_tune_records_every_trial_its_parent_and_the_best_model(study_store):
+    r, runs, trials = study_store.result, study_store.runs, study_store.trials
     assert r.returncode == 0, r.stderr[-4000:]
     # the failed trial is one line (number, state, reason), not an Optuna traceback
     assert "Traceback" not in r.stderr + r.stdout
     assert any(line.startswith("trial   3 FAIL") and "dropout: 1.5" in line for line in r.stdout.splitlines())
 
-    study = optuna.load_study(study_name="s1", storage=make_storage(str(journal)))
-    states = [t.state.name for t in study.trials]
-    assert states == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
-    assert "dropout: 1.5 must be in [0, 1)" in study.trials[3].user_attrs["fail_reason"]
-    runs = mlflow.search_runs(search_all_experiments=True)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
+    assert "dropout: 1.5 must be in [0, 1)" in trials[3].user_attrs["fail_reason"]
     parent = runs[runs["tags.stocklab.role"] == "study"]
     assert len(parent) == 1
     parent_id = parent["run_id"].iloc[0]
@@ -80,55 +98,67 @@ def test_tune_study_end_to_end_then_promote_and_predict(tmp_path, tracking):
     # the UI shows KILLED and FAILED alike: the name tells pruned and failed trials apart
     assert children.loc["2", "tags.mlflow.runName"].endswith("[pruned]")
     assert children.loc["3", "tags.mlflow.runName"].endswith("[failed]")
-    for t in study.trials:  # every Optuna trial knows its MLflow run
+    for t in trials:  # every Optuna trial knows its MLflow run
         assert t.user_attrs["mlflow_run_id"] == children.loc[str(t.number), "run_id"]
-    hist = mlflow.tracking.MlflowClient().get_metric_history(children.loc["0", "run_id"], "valid_loss")
+    client = mlflow.tracking.MlflowClient()
+    hist = client.get_metric_history(children.loc["0", "run_id"], "valid_loss")
     assert [h.step for h in hist] == [1, 2]
 
-    client = mlflow.tracking.MlflowClient()
+    best = min((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
     prun = client.get_run(parent_id)
-    assert prun.data.metrics["best_value"] == pytest.approx(study.best_value)
-    assert prun.data.params["best_lr"] == str(study.best_params["lr"])
+    assert prun.data.metrics["best_value"] == pytest.approx(best.value)
+    assert prun.data.params["best_lr"] == str(best.params["lr"])
     arts = {a.path for a in client.list_artifacts(parent_id)} | {
         a.path for a in client.list_artifacts(parent_id, "plots")
     }
     assert {"trials.csv", "plots/optimization_history.png", "plots/param_importances.png"} <= arts
     # the best trial (the registered model) has its tear sheet; the other trials skip it
-    best_run = study.best_trial.user_attrs["mlflow_run_id"]
+    best_run = best.user_attrs["mlflow_run_id"]
     sheets = {a.path for a in client.list_artifacts(best_run, "tearsheet")}
     assert {"tearsheet/returns.png", "tearsheet/information.png", "tearsheet/turnover.png"} <= sheets
     assert not client.list_artifacts(
         children.loc["1" if best_run == children.loc["0", "run_id"] else "0", "run_id"], "tearsheet"
     )
-    versions = client.search_model_versions("name='stocklab-lstm'")
-    assert len(versions) == 1 and versions[0].run_id == study.best_trial.user_attrs["mlflow_run_id"]
-    assert float(versions[0].tags["valid_loss_min"]) == pytest.approx(study.best_value)
+    versions = study_store.versions
+    assert len(versions) == 1 and versions[0].run_id == best_run
+    assert float(versions[0].tags["valid_loss_min"]) == pytest.approx(best.value)
     assert versions[0].tags["metric"] == "valid_loss"
 
-    # resume: the same study with the same target runs nothing again; one more trial runs one
-    r = mlflow_run("tune", params, tracking, tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert len(optuna.load_study(study_name="s1", storage=make_storage(str(journal))).trials) == 4
-    r = mlflow_run("tune", {**params, "n_trials": 5}, tracking, tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
-    trials = optuna.load_study(study_name="s1", storage=make_storage(str(journal))).trials
+
+@pytest.mark.slow
+def test_a_resumed_study_runs_only_the_trials_it_lacks(study_store, monkeypatch):
+    """Rerunning `tune` (as `mlflow run` starts it: conftest.launched) with the same target
+    runs nothing again; one more trial runs exactly one, never a finished configuration."""
+    params = study_store.params
+    storage = make_storage(str(study_store.journal))
+    assert launched("tune", params, monkeypatch)[0] == 0
+    assert len(optuna.load_study(study_name="s1", storage=storage).trials) == 4
+    assert launched("tune", {**params, "n_trials": 5}, monkeypatch)[0] == 0
+    trials = optuna.load_study(study_name="s1", storage=storage).trials
     assert len(trials) == 5 and len({t.user_attrs.get("mlflow_run_id") for t in trials}) == 5
     assert trials[4].params not in [t.params for t in trials[:4]]  # no finished trial repeated
+    parents = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`stocklab.role` = 'study'")
+    assert len(parents) == 1  # every resume joins the study's one parent run
 
-    # promote, then predict with the champion
-    r = mlflow_run("promote", {"model": "lstm"}, tracking, tmp_path)  # default: valid_loss_min
+
+@pytest.mark.e2e
+def test_mlflow_run_promote_then_predict_with_the_champion(study_store):
+    tmp, uri = study_store.tmp, study_store.uri
+    r = mlflow_run("promote", {"model": "lstm"}, uri, tmp)  # default: valid_loss_min
     assert r.returncode == 0 and "champion -> v" in r.stdout, r.stderr[-3000:]
-    out = tmp_path / "preds.csv"
-    r = mlflow_run("predict", {"model": "lstm", "data": data, "output": out}, tracking, tmp_path)
+    out = tmp / "preds.csv"
+    r = mlflow_run("predict", {"model": "lstm", "data": study_store.data, "output": out}, uri, tmp)
     assert r.returncode == 0, r.stderr[-3000:]
     preds = pd.read_csv(out, parse_dates=["date"])
     assert sorted(preds["ticker"]) == [f"T{i:02d}" for i in range(8)]
     assert (preds["date"] == preds["date"].max()).all() and preds["prediction"].map(math.isfinite).all()
 
 
-def _register(name: str, metrics: dict) -> str:
+def _register(name: str, metrics: dict, params: dict | None = None) -> str:
+    """A version of `name` whose source run has these metrics (and params)."""
     with mlflow.start_run():
         mlflow.log_metrics(metrics)
+        mlflow.log_params(params or {})
         info = mlflow.pytorch.log_model(torch.nn.Linear(2, 1), name="model", serialization_format="pickle")
     return mlflow.register_model(info.model_uri, name).version
 
@@ -152,19 +182,11 @@ def test_promote_guard_is_direction_aware(tracking, capsys):
     assert direction_for("valid_mse_min") == "minimize" and direction_for("rank_ic") == "maximize"
 
 
-def _register_trained(name: str, metrics: dict, params: dict) -> str:
-    with mlflow.start_run():
-        mlflow.log_metrics(metrics)
-        mlflow.log_params(params)
-        info = mlflow.pytorch.log_model(torch.nn.Linear(2, 1), name="model", serialization_format="pickle")
-    return mlflow.register_model(info.model_uri, name).version
-
-
 def test_promote_decides_on_validation_and_refuses_incomparable_versions(tracking, capsys):
     name, client = "stocklab-gru", mlflow.tracking.MlflowClient()
     same = {"data_fingerprint": "abc", "horizon": 20, "label_scale": 1.0, "split": "0.6,0.2,0.2", "max_tickers": 0}
-    _register_trained(name, {"valid_loss_min": 0.5, "test_mse": 0.1}, same)
-    _register_trained(name, {"valid_loss_min": 0.7, "test_mse": 0.01}, same)  # better test, worse valid
+    _register(name, {"valid_loss_min": 0.5, "test_mse": 0.1}, same)
+    _register(name, {"valid_loss_min": 0.7, "test_mse": 0.01}, same)  # better test, worse valid
     assert run_promote(PromoteConfig(model="gru"))["champion"] == 1
     capsys.readouterr()
     # twice with no better candidate: the champion stays and there is still one challenger, v2
@@ -177,7 +199,7 @@ def test_promote_decides_on_validation_and_refuses_incomparable_versions(trackin
         assert "candidate v2 (valid_loss_min=0.7, test_mse=0.01)" in out
         assert int(client.get_model_version_by_alias(name, "challenger").version) == 2
     # a better version trained with another label horizon is not comparable...
-    _register_trained(name, {"valid_loss_min": 0.1}, {**same, "horizon": 5})
+    _register(name, {"valid_loss_min": 0.1}, {**same, "horizon": 5})
     with pytest.raises(ValueError, match="different data or labels \\(horizon 20 vs 5\\)"):
         run_promote(PromoteConfig(model="gru"))
     assert int(client.get_model_version_by_alias(name, "champion").version) == 1  # nothing changed
@@ -187,9 +209,16 @@ def test_promote_decides_on_validation_and_refuses_incomparable_versions(trackin
     assert {k: int(v) for k, v in client.get_registered_model(name).aliases.items()} == {"champion": 3}
 
 
+def _study(data, tmp_path, **kw) -> TuneConfig:
+    """A small in-process study on `data` (linear, 2 trials of 1 epoch, journal in tmp_path)."""
+    values = dict(data=str(data), model="linear", n_trials=2, epochs=1, horizon=5, cache_dir="",
+                  storage=str(tmp_path / "j.log"), pruner="none")  # fmt: skip
+    return TuneConfig(**{**values, **kw})
+
+
+@pytest.mark.slow
 def test_multi_objective_study_registers_the_pareto_trial_with_the_best_rank_ic(tracking, csv_dir, tmp_path):
-    cfg = TuneConfig(data=str(csv_dir), model="linear", metric="both", n_trials=4, epochs=1, horizon=5,
-                     cache_dir="", storage=str(tmp_path / "j.log"))  # fmt: skip
+    cfg = _study(csv_dir, tmp_path, metric="both", n_trials=4, pruner="median")
     res = run_tune(cfg)
     study = optuna.load_study(study_name="linear-csvs", storage=make_storage(str(tmp_path / "j.log")))
     assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
@@ -205,11 +234,11 @@ def test_multi_objective_study_registers_the_pareto_trial_with_the_best_rank_ic(
     assert "plots/pareto_front.png" in arts
 
 
+@pytest.mark.slow
 def test_pruning_reports_what_the_trial_returns(tracking, csv_dir, tmp_path):
     """The per-epoch report is the value the trial would return if it stopped there, so the
     last report equals the trial's value (valid rank IC of the kept epoch)."""
-    cfg = TuneConfig(data=str(csv_dir), model="linear", metric="valid_rank_ic", n_trials=2, epochs=3, patience=3,
-                     horizon=5, cache_dir="", storage=str(tmp_path / "j.log"), pruner="none")  # fmt: skip
+    cfg = _study(csv_dir, tmp_path, metric="valid_rank_ic", epochs=3, patience=3)
     run_tune(cfg)
     study = optuna.load_study(study_name="linear-csvs", storage=make_storage(str(tmp_path / "j.log")))
     for t in study.trials:
@@ -276,12 +305,12 @@ def test_conditional_dimensions_follow_their_condition():
         assert ("dropout" in params) == (layers > 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", sorted(set(MODELS) - set(BASELINES)) + ["linear"])
 def test_a_two_trial_study_for_every_model(tracking, csv_dir, tmp_path, model):
     """The shipped space of every trainable model drives a real study: two trials, each a
     nested run under one parent, and the best model registered."""
-    cfg = TuneConfig(data=str(csv_dir), model=model, n_trials=2, epochs=1, horizon=5, cache_dir="",
-                     storage=str(tmp_path / "j.log"), pruner="none")  # fmt: skip
+    cfg = _study(csv_dir, tmp_path, model=model)
     res = run_tune(cfg)
     study = optuna.load_study(study_name=f"{model}-csvs", storage=make_storage(str(tmp_path / "j.log")))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"], [
@@ -296,9 +325,9 @@ def test_a_two_trial_study_for_every_model(tracking, csv_dir, tmp_path, model):
     assert version.run_id == study.best_trial.user_attrs["mlflow_run_id"]
 
 
+@pytest.mark.slow
 def test_a_walk_forward_study_reports_each_fold_and_returns_the_fold_mean(tracking, csv_dir, tmp_path):
-    cfg = TuneConfig(data=str(csv_dir), model="linear", n_trials=2, epochs=1, horizon=5, cache_dir="", folds=2,
-                     split="0.5,0.2,0.3", storage=str(tmp_path / "j.log"), pruner="median")  # fmt: skip
+    cfg = _study(csv_dir, tmp_path, folds=2, split="0.5,0.2,0.3", pruner="median")
     run_tune(cfg)
     study = optuna.load_study(study_name="linear-csvs", storage=make_storage(str(tmp_path / "j.log")))
     client = mlflow.MlflowClient()
@@ -310,11 +339,11 @@ def test_a_walk_forward_study_reports_each_fold_and_returns_the_fold_mean(tracki
         assert trial.value == pytest.approx(sum(per_fold) / 2) == pytest.approx(run.data.metrics["valid_loss_min"])
 
 
+@pytest.mark.slow
 def test_the_study_saves_a_ui_view_of_its_trials_with_their_key_metrics(tracking, csv_dir, tmp_path, capsys):
     """The runs table shows no metric column until one is picked: `tune` saves a view (the
     UI's "Views" menu) whose filter finds the trials and whose columns they all have."""
-    cfg = TuneConfig(data=str(csv_dir), model="linear", metric="valid_rank_ic", n_trials=2, epochs=1, horizon=5,
-                     cache_dir="", storage=str(tmp_path / "j.log"), register=False)  # fmt: skip
+    cfg = _study(csv_dir, tmp_path, metric="valid_rank_ic", register=False, pruner="median")
     run_tune(cfg)
     exp = mlflow.get_experiment_by_name("stocklab-tune-linear-csvs")
     views = {k: v for k, v in exp.tags.items() if k.startswith("mlflow.sharedViewState.")}

@@ -61,6 +61,7 @@ def small_data(tmp_path):
     return write_ticker_csvs(synthetic_bars(n_tickers=6, n_days=260), tmp_path / "csvs")
 
 
+@pytest.mark.slow
 def test_two_workers_run_exactly_n_trials_with_distinct_configurations(tmp_path, tracking, small_data):
     cfg = _tune_cfg(tmp_path, small_data, n_trials=4, n_jobs=2, pruner="none", register=True)
     summary = run_tune(cfg)
@@ -97,6 +98,7 @@ def test_two_workers_run_exactly_n_trials_with_distinct_configurations(tmp_path,
     assert len(optuna.load_study(study_name="w", storage=make_storage(cfg.storage)).trials) == len(study.trials)
 
 
+@pytest.mark.slow
 def test_workers_started_together_make_one_parent_run(tmp_path, tracking, small_data):
     """Of two workers starting a new study at once, exactly one creates it (atomic in the
     storage) and makes the parent run; the other waits for that run instead of making its own."""
@@ -124,6 +126,7 @@ def test_workers_started_together_make_one_parent_run(tmp_path, tracking, small_
     assert len(trials) == 1 and trials[0].data.tags["mlflow.parentRunId"] == creators.info.run_id
 
 
+@pytest.mark.slow
 def test_the_last_worker_to_end_ends_the_parent_and_completes_the_best_trial(tmp_path, tracking, small_data):
     """Workers started separately share the parent run: one that ends while another's trial
     runs leaves the parent RUNNING and the best trial's full evaluation and registration to the
@@ -164,6 +167,7 @@ def test_a_run_claim_goes_to_exactly_one_of_several_processes(tracking):
     assert claim_run(run, "full_evaluation_by", winners[0]) is None  # the holder may claim again
 
 
+@pytest.mark.slow
 def test_a_worker_that_loses_the_claim_leaves_the_best_trial_to_its_holder(tmp_path, tracking, small_data, monkeypatch):
     import stocklab.study.report as report
 
@@ -281,6 +285,7 @@ def _tune_command(cfg: TuneConfig) -> list[str]:
     return args + ["--n_trials", str(cfg.n_trials), "--pruner", "none", "--register", "false"]
 
 
+@pytest.mark.slow
 def test_a_sigkilled_worker_trial_is_retried_and_no_run_stays_running(tmp_path, tracking):
     # long enough epochs that the kill lands inside a trial
     data = write_ticker_csvs(synthetic_bars(n_tickers=20, n_days=700), tmp_path / "csvs")
@@ -322,6 +327,7 @@ def test_a_sigkilled_worker_trial_is_retried_and_no_run_stays_running(tmp_path, 
     assert not [r for r in _runs("stocklab-tune-w") if r.info.status == "RUNNING"]
 
 
+@pytest.mark.slow
 def test_sigterm_ends_a_train_run_killed(tmp_path, tracking):
     data = write_ticker_csvs(synthetic_bars(n_tickers=20, n_days=700), tmp_path / "csvs")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from conftest import synthetic_bars
+from conftest import long_bars, synthetic_bars
 
 from stocklab.config import StockLabError
 from stocklab.data import load_panel
@@ -16,22 +15,16 @@ from stocklab.windows import Scaler, WindowSet, drop_short_tickers, end_day_rang
 FR = (0.6, 0.2, 0.2)
 
 
-def _long(bars: pd.DataFrame) -> pd.DataFrame:
-    df = bars.rename(columns={"Name": "ticker"})
-    df["date"] = pd.to_datetime(df["date"])
-    return df
-
-
 def test_feature_sets_shapes_and_names(bars):
     for features, n_feat in [("ohlcv", 7), ("returns", 2), ("relative", 5)]:
-        p = build_panel(_long(bars), features, horizon=5, label_scale=1.0)
+        p = build_panel(long_bars(bars), features, horizon=5, label_scale=1.0)
         assert p.X.shape == (6, 300, n_feat) and len(p.feature_names) == n_feat
-    p = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=1.0)
+    p = build_panel(long_bars(bars), "ohlcv", horizon=5, label_scale=1.0)
     assert p.feature_names[5] == "typical_price"  # no vwap column -> (H + L + C) / 3
     close = p.close
     np.testing.assert_allclose(p.y[:, :-5], (close[:, 5:] / close[:, :-5] - 1), rtol=1e-5)
     assert np.isnan(p.y[:, -5:]).all()
-    scaled = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=10.0)
+    scaled = build_panel(long_bars(bars), "ohlcv", horizon=5, label_scale=10.0)
     np.testing.assert_allclose(scaled.y, 10 * p.y, rtol=1e-5)
 
 
@@ -47,7 +40,7 @@ def test_close_only_data_rejects_ohlcv_and_auto_adapts():
 
 
 def test_embargo_keeps_every_label_window_inside_its_split(bars):
-    p = build_panel(_long(bars), "ohlcv", horizon=7, label_scale=1.0)
+    p = build_panel(long_bars(bars), "ohlcv", horizon=7, label_scale=1.0)
     ws = WindowSet(p, seq_len=10, horizon=7, fractions=FR, scaler_kind="standard")
     r = end_day_ranges(300, FR, 7)
     t = {s: ws.index[s][1].numpy() for s in ("train", "valid", "test")}
@@ -58,13 +51,13 @@ def test_embargo_keeps_every_label_window_inside_its_split(bars):
 
 
 def test_scaler_statistics_come_only_from_train_rows(bars):
-    p = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=1.0)
+    p = build_panel(long_bars(bars), "ohlcv", horizon=5, label_scale=1.0)
     ws = WindowSet(p, 10, 5, FR, "standard")
     b1 = ws.ranges["valid"][0]
     expected = np.nanmean(p.X[:, :b1].reshape(-1, 7), axis=0)
     np.testing.assert_allclose(ws.scaler.shift[0], expected, rtol=1e-5)
     # wildly different valid/test data must not move the scaler
-    p2 = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=1.0)
+    p2 = build_panel(long_bars(bars), "ohlcv", horizon=5, label_scale=1.0)
     p2.X[:, b1:] *= 1000
     ws2 = WindowSet(p2, 10, 5, FR, "standard")
     np.testing.assert_array_equal(ws.scaler.shift, ws2.scaler.shift)
@@ -73,7 +66,7 @@ def test_scaler_statistics_come_only_from_train_rows(bars):
 
 @pytest.mark.parametrize("kind", ["standard_ticker", "minmax", "minmax_ticker"])
 def test_other_scalers_fit_on_train(bars, kind):
-    p = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=1.0)
+    p = build_panel(long_bars(bars), "ohlcv", horizon=5, label_scale=1.0)
     ws = WindowSet(p, 10, 5, FR, kind)
     b1 = ws.ranges["valid"][0]
     train = ws.X[:, :b1].numpy()
@@ -83,7 +76,7 @@ def test_other_scalers_fit_on_train(bars, kind):
 
 
 def test_lazy_windows_equal_naive_slices(bars):
-    p = build_panel(_long(bars), "returns", horizon=5, label_scale=1.0)
+    p = build_panel(long_bars(bars), "returns", horizon=5, label_scale=1.0)
     ws = WindowSet(p, 12, 5, FR, "standard")
     n, t = ws.index["valid"]
     x = ws.gather(n[:50], t[:50])  # (50, 12, 2)
@@ -95,7 +88,7 @@ def test_lazy_windows_equal_naive_slices(bars):
 
 
 def test_relative_features_are_relative_to_the_windows_last_day(bars):
-    p = build_panel(_long(bars), "relative", horizon=5, label_scale=1.0)
+    p = build_panel(long_bars(bars), "relative", horizon=5, label_scale=1.0)
     ws = WindowSet(p, 8, 5, FR, "standard")
     n, t = ws.index["train"]
     x = ws.gather(n[:5], t[:5])
@@ -105,7 +98,7 @@ def test_relative_features_are_relative_to_the_windows_last_day(bars):
 
 
 def test_gaps_in_a_ticker_never_enter_a_window(bars):
-    df = _long(bars)
+    df = long_bars(bars)
     df = df[~((df["ticker"] == "T01") & (df["date"] == df["date"].unique()[100]))]
     p = build_panel(df, "ohlcv", horizon=5, label_scale=1.0)
     ws = WindowSet(p, 10, 5, FR, "standard")
@@ -116,7 +109,7 @@ def test_gaps_in_a_ticker_never_enter_a_window(bars):
 
 
 def test_short_tickers_are_dropped_then_an_error_when_none_left(bars):
-    df = _long(bars)
+    df = long_bars(bars)
     df = df[~((df["ticker"] == "T02") & (df["date"] > df["date"].unique()[20]))]  # 21 rows left
     p = build_panel(df, "ohlcv", horizon=5, label_scale=1.0)
     before = {tk: (p.X[i].copy(), p.y[i].copy()) for i, tk in enumerate(p.tickers)}
@@ -134,14 +127,14 @@ def test_prediction_for_day_t_ignores_all_later_data(bars):
     model's prediction for day t are bit-for-bit unchanged."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10 * 7, 1))
-    p = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=1.0)
+    p = build_panel(long_bars(bars), "ohlcv", horizon=5, label_scale=1.0)
     ws = WindowSet(p, 10, 5, FR, "standard")
     n, t = ws.index["test"]
     day = int(t[len(t) // 2])
     pick = t == day
     before = model(ws.gather(n[pick], t[pick])).detach()
 
-    df = _long(bars)
+    df = long_bars(bars)
     later = df["date"] > p.dates[day]
     rng = np.random.default_rng(1)
     for col in ("open", "high", "low", "close"):
@@ -157,20 +150,20 @@ def test_prediction_for_day_t_ignores_all_later_data(bars):
 
 
 def test_scaler_round_trips_through_json(bars):
-    p = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=1.0)
+    p = build_panel(long_bars(bars), "ohlcv", horizon=5, label_scale=1.0)
     s = Scaler.fit(p.X, 150, "standard_ticker")
     s2 = Scaler.from_dict(s.to_dict())
     np.testing.assert_array_equal(s.transform(p.X), s2.transform(p.X))
 
 
 def test_too_few_days_for_a_split_is_a_clear_error():
-    p = build_panel(_long(synthetic_bars(n_tickers=2, n_days=40)), "ohlcv", horizon=10, label_scale=1.0)
+    p = build_panel(long_bars(synthetic_bars(n_tickers=2, n_days=40)), "ohlcv", horizon=10, label_scale=1.0)
     with pytest.raises(StockLabError, match="only 40 trading days"):
         WindowSet(p, 20, 10, FR, "standard")
 
 
 def test_scaling_in_place_matches_the_copy_and_keeps_one_panel(bars):
-    p = build_panel(_long(bars), "ohlcv", horizon=5, label_scale=1.0)
+    p = build_panel(long_bars(bars), "ohlcv", horizon=5, label_scale=1.0)
     raw = p.X.copy()
     copied = WindowSet(p, 10, 5, FR, "standard")
     np.testing.assert_array_equal(p.X, raw)  # the caller's panel is untouched by default

@@ -116,7 +116,14 @@ def _all_failed_and_linked(param: str) -> None:
 def test_preset_run_params_are_what_was_trained(csv_dir, tracking, monkeypatch):
     """MLflow logs every -P value itself: the run's params must still be the effective
     configuration, and an explicit value equal to the built-in default beats the preset."""
-    params = {"data": csv_dir, "preset": "seed000-deep", "epochs": 1, "batch_size": 256, "lr": "0.001"}
+    params = {
+        "data": csv_dir,
+        "preset": "seed000-deep",
+        "epochs": 1,
+        "batch_size": 256,
+        "lr": "0.001",
+        "tear_sheet": False,
+    }
     assert launched("train", params, monkeypatch)[0] == 0
     run = mlflow.get_run(job_runs().loc[0, "run_id"])
     p = run.data.params
@@ -128,7 +135,7 @@ def test_preset_run_params_are_what_was_trained(csv_dir, tracking, monkeypatch):
 
 
 def test_experiment_chosen_by_the_user_is_used_as_is(csv_dir, tracking, monkeypatch):
-    common = {"data": csv_dir, "epochs": 1, "seq_len": 5, "horizon": 5, "hidden_size": 4}
+    common = {"data": csv_dir, "epochs": 1, "seq_len": 5, "horizon": 5, "hidden_size": 4, "tear_sheet": False}
     assert launched("train", common, monkeypatch, experiment="mine")[0] == 0  # --experiment-name mine
     runs = mlflow.search_runs(search_all_experiments=True)
     assert len(runs) == 1 and mlflow.get_experiment(runs.loc[0, "experiment_id"]).name == "mine"

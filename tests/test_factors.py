@@ -62,7 +62,8 @@ def reference(shared_cache):
 @pytest.mark.parametrize("factor", FACTORS)
 def test_factor_rank_ic_matches_an_independent_pandas_computation(tracking, reference, shared_cache, factor):
     data = str(SHARED_DATA)
-    cfg = TrainConfig(data=data, model="factor", max_tickers=N_TICKERS, horizon=HORIZON, cache_dir=shared_cache)
+    cfg = TrainConfig(data=data, model="factor", max_tickers=N_TICKERS, horizon=HORIZON, cache_dir=shared_cache,
+                      tear_sheet=False)  # fmt: skip
     res = run_train(cfg, {"factor": factor})
     logged = mlflow.get_run(res["run_id"]).data.metrics["rank_ic"]
 

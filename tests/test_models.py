@@ -81,7 +81,7 @@ def test_each_model_through_the_train_job_and_mlflow_round_trip(tracking, csv_di
     features = "technical" if name == "cnn_ta" else "ohlcv"
     seq_len = 1 if name == "cnn_ta" else 8
     cfg = TrainConfig(data=str(csv_dir), model=name, features=features, seq_len=seq_len, horizon=5, epochs=1,
-                      batch_size=64, cache_dir="")  # fmt: skip
+                      batch_size=64, cache_dir="", tear_sheet=False)  # fmt: skip
     # a factor fixes its own window (a year for momentum): the one-month reversal fits 300 days
     res = run_train(cfg, {"factor": "reversal_1m"} if name == "factor" else None)
     run = mlflow.get_run(res["run_id"])

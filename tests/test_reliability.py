@@ -16,7 +16,20 @@ from stocklab.errors import mask_secrets, one_line
 
 
 def _train(data, *extra):
-    return ["train", "--data", str(data), "--epochs", "1", "--horizon", "1", "--seq_len", "5", *extra]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--epochs",
+        "1",
+        "--horizon",
+        "1",
+        "--seq_len",
+        "5",
+        "--tear_sheet",
+        "false",
+        *extra,
+    ]
 
 
 def test_truncated_gzip_and_corrupt_parquet_name_the_file(tmp_path, tracking, capsys):

@@ -23,7 +23,7 @@ SUMMARY = ("test_mse", "valid_loss_min", "valid_mse_min", "best_epoch", "train_t
 
 
 def _cfg(data, **kw) -> TrainConfig:
-    base = dict(data=str(data), horizon=5, seq_len=10, epochs=2, batch_size=64, cache_dir="")
+    base = dict(data=str(data), horizon=5, seq_len=10, epochs=2, batch_size=64, cache_dir="", tear_sheet=False)
     return TrainConfig(**{**base, **kw})
 
 

@@ -47,6 +47,7 @@ def _tune_cfg(tmp_path, data, **kw) -> TuneConfig:
         features="returns",
         batch_size=64,
         register=False,
+        tear_sheet=False,  # the best trial's tear sheet: test_two_workers... and test_tune.py
     )
     return TuneConfig(**{**values, **kw})
 
@@ -63,7 +64,7 @@ def small_data(tmp_path):
 
 @pytest.mark.slow
 def test_two_workers_run_exactly_n_trials_with_distinct_configurations(tmp_path, tracking, small_data):
-    cfg = _tune_cfg(tmp_path, small_data, n_trials=4, n_jobs=2, pruner="none", register=True)
+    cfg = _tune_cfg(tmp_path, small_data, n_trials=4, n_jobs=2, pruner="none", register=True, tear_sheet=True)
     summary = run_tune(cfg)
 
     study = optuna.load_study(study_name="w", storage=make_storage(cfg.storage))

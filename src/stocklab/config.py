@@ -88,6 +88,7 @@ class TrainConfig:
     compile: bool = opt(False, "torch.compile the model for training")
     cuda_graph: bool = opt(True, "CUDA: replay the training step from a CUDA graph (false: eager steps)")
     eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size for validation/test passes")
+    tear_sheet: bool = opt(True, "log the alphalens tear sheet of the test predictions (its slowest artifact)")
     cache_dir: str = opt(CACHE_DIR, "parsed-panel cache folder ('' = no cache)")
     experiment: str = opt("", "MLflow experiment (default: stocklab-train; for tune: stocklab-tune-<study>)")
 

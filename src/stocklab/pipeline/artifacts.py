@@ -43,7 +43,7 @@ def log_evaluation_plots(df: pd.DataFrame, prep: Prepared, cfg: TrainConfig, ski
     with tempfile.TemporaryDirectory() as tmp:
         factor_eval.prediction_plots(df, Path(tmp), seed=cfg.seed)
         mlflow.log_artifacts(tmp, "plots")
-    if tear_sheet and not skipped:
+    if tear_sheet and cfg.tear_sheet and not skipped:
         try:
             close = pd.DataFrame(prep.panel.close.T, index=prep.panel.dates, columns=prep.panel.tickers)
             with tempfile.TemporaryDirectory() as tmp:

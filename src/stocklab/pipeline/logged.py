@@ -25,7 +25,7 @@ def has_model(run_id: str) -> bool:
     return "stocklab.model_uri" in mlflow.get_run(run_id).data.tags
 
 
-def complete_run(run_id: str, cache_dir: str = CACHE_DIR) -> bool:
+def complete_run(run_id: str, cache_dir: str = CACHE_DIR, tear_sheet: bool = True) -> bool:
     """Give a finished light run (a tune trial: metrics, predictions, Bundle and weights only)
     the full evaluation of `log_full_evaluation`: its model, tear sheet and plots. The weights
     are loaded into a fresh model and the inputs rebuilt from the Bundle through `prepare`, as
@@ -35,7 +35,7 @@ def complete_run(run_id: str, cache_dir: str = CACHE_DIR) -> bool:
     local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BUNDLE_ARTIFACT))
     bundle = json.loads(local.read_text())
     b = Bundle.from_dict(bundle)
-    tcfg = b.train_config(cache_dir=cache_dir)
+    tcfg = b.train_config(cache_dir=cache_dir, tear_sheet=tear_sheet)
     prep = prepare(tcfg, "cpu", b)
     model = build_model(b.model, prep.ws.n_features, b.seq_len, model_config(b.model, b.model_config))
     weights = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=WEIGHTS_ARTIFACT)

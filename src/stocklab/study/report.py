@@ -167,7 +167,7 @@ def finish(study: optuna.Study, cfg: TuneConfig, parent_run_id: str, busy: list[
             return summary
     if best_run:
         try:
-            complete_run(best_run, cfg.cache_dir)
+            complete_run(best_run, cfg.cache_dir, cfg.tear_sheet)
         except Exception as e:  # noqa: BLE001 - never lose the study over the best run's extras
             mlflow.MlflowClient().set_tag(best_run, "stocklab.complete_error", describe(e, 400))
             print(f"best trial's full evaluation failed: {describe(e)}")

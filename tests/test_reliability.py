@@ -150,3 +150,26 @@ def test_mlflow_run_quoting_of_p_values_is_undone():
     assert unquote_param("''") == "" and unquote_param("'/my data/x y'") == "/my data/x y"
     assert unquote_param("sample") == "sample" and unquote_param("'it'\"'\"'s'") == "it's"
     assert _same("''", "") and _same("'/my data'", "/my data") and not _same("'/my data'", "/other")
+
+
+def test_only_the_first_sigterm_interrupts_a_job_a_second_one_cannot_cut_its_cleanup(capfd):
+    """A job under `mlflow run` can get SIGTERM twice (the parent-death signal, again from the
+    process that adopts it): the first unwinds it like Ctrl-C, one arriving while it ends its
+    runs KILLED is ignored, so that cleanup always completes."""
+    import os
+    import signal
+
+    from stocklab.interrupts import install_signal_handlers
+
+    before = signal.getsignal(signal.SIGTERM)
+    install_signal_handlers()
+    try:
+        with pytest.raises(KeyboardInterrupt, match="stopped by signal 15"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs at the next bytecode: never reached
+        os.kill(os.getpid(), signal.SIGTERM)  # during the cleanup: must not raise
+        time.sleep(0.05)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capfd.readouterr().err
+    assert "received signal 15" in err and "signal 15 again while stopping" in err

@@ -113,6 +113,7 @@ def _all_failed_and_linked(param: str) -> None:
         assert param in failed.data.tags["stocklab.error"]
 
 
+@pytest.mark.slow
 def test_preset_run_params_are_what_was_trained(csv_dir, tracking, monkeypatch):
     """MLflow logs every -P value itself: the run's params must still be the effective
     configuration, and an explicit value equal to the built-in default beats the preset."""
@@ -134,6 +135,7 @@ def test_preset_run_params_are_what_was_trained(csv_dir, tracking, monkeypatch):
     assert config["lr"] == 1e-3 and config["seq_len"] == 96 and config["variant"] == "deep"
 
 
+@pytest.mark.slow
 def test_experiment_chosen_by_the_user_is_used_as_is(csv_dir, tracking, monkeypatch):
     common = {"data": csv_dir, "epochs": 1, "seq_len": 5, "horizon": 5, "hidden_size": 4, "tear_sheet": False}
     assert launched("train", common, monkeypatch, experiment="mine")[0] == 0  # --experiment-name mine

@@ -189,6 +189,7 @@ def test_fast_alphalens_functions_equal_alphalens_own():
         )
 
 
+@pytest.mark.slow
 def test_tear_sheet_on_synthetic_data(tmp_path):
     bars = synthetic_bars(n_tickers=12, n_days=160)
     close = bars.pivot(index="date", columns="Name", values="close")
@@ -219,6 +220,7 @@ def test_tear_sheet_on_synthetic_data(tmp_path):
     assert list(info.index) == ["1D", "5D", "20D"] and info.loc["5D", "IC Mean"] > 0.5
 
 
+@pytest.mark.slow
 def test_train_run_logs_factor_metrics_and_tear_sheet_then_evaluate(tracking, csv_dir):
     cfg = TrainConfig(data=str(csv_dir), epochs=1, seq_len=10, horizon=5, cache_dir="")
     res = run_train(cfg)

@@ -44,7 +44,10 @@ def planted():
     return long_bars(synthetic_bars(n_tickers=10, n_days=500, signal=0.5))
 
 
-@pytest.mark.parametrize("name", sorted(set(MODELS) - set(BASELINES)))
+@pytest.mark.parametrize(
+    "name",  # cnn_ta's indicator image takes the longest to build and fit: full suite only
+    [pytest.param(n, marks=pytest.mark.slow if n == "cnn_ta" else ()) for n in sorted(set(MODELS) - set(BASELINES))],
+)
 def test_every_model_learns_the_planted_signal(planted, name):
     features = "technical" if name == "cnn_ta" else "returns"
     seq_len = 1 if name == "cnn_ta" else 10
@@ -76,7 +79,14 @@ def test_naive_zero_is_the_zero_forecast_and_mean_fits_the_train_average(planted
     assert float(mean.bias.detach()) == pytest.approx(float(ws.y[ws.index["train"]].mean()), abs=0.05)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+# the fast tier round-trips one model of each kind (output RETURN, STEPS, CLASSES; a baseline
+# with and one without parameters); the full suite every model
+ROUND_TRIP_FAST = {"lstm", "seq2seq", "cnn_ta", "linear", "factor"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=() if n in ROUND_TRIP_FAST else pytest.mark.slow) for n in sorted(MODELS)]
+)
 def test_each_model_through_the_train_job_and_mlflow_round_trip(tracking, csv_dir, name):
     features = "technical" if name == "cnn_ta" else "ohlcv"
     seq_len = 1 if name == "cnn_ta" else 8

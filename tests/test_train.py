@@ -59,6 +59,7 @@ def test_run_records_params_metrics_artifacts_and_model(tracking, csv_dir, model
     np.testing.assert_allclose(np.asarray(pyfunc.predict(x.numpy())).ravel(), pred, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(tracking, csv_dir):
     a = run_train(_cfg(csv_dir, seed=3, epochs=1))
     b = run_train(_cfg(csv_dir, seed=3, epochs=1))
@@ -202,6 +203,7 @@ def test_presets_apply_underneath_explicit_values():
     assert (tcfg.model, tcfg.split, tcfg.scaler, tcfg.seq_len) == ("cnn2d", "0.5,0.25,0.25", "minmax", 96)
 
 
+@pytest.mark.slow
 def test_monthly_cnn1d_preset_trains_and_records_effective_params(tracking, tmp_path):
     from conftest import synthetic_bars, write_ticker_csvs
 

@@ -110,6 +110,7 @@ def test_no_fold_sees_a_later_period_in_training_scaling_or_its_inputs(tracking,
                 assert not later[-1].test["prediction"].equals(original[-1].test["prediction"])
 
 
+@pytest.mark.slow
 def test_walk_forward_train_logs_folds_summary_and_concatenated_predictions(tracking, csv_dir):
     cfg = TrainConfig(data=str(csv_dir), model="gru", epochs=2, horizon=5, folds=3, split="0.5,0.2,0.3",
                       cache_dir="", walk="sliding", tear_sheet=False)  # fmt: skip

@@ -79,7 +79,7 @@ def test_models_suite_runs_every_entry_as_runs_of_one_experiment_and_writes_the_
     report = tmp_path / "rep" / "models.md"
     entries = "linear,factor:reversal_1m,preset:seed002-lstm"  # a baseline, a factor, a preset
     cfg = BenchmarkConfig(suite="models", data=str(data), models=entries, seeds=2, folds=2, model_tickers=0, epochs=1,
-                          report=str(report))  # fmt: skip
+                          report=str(report), tear_sheet=False)  # fmt: skip
     res = run_benchmark(cfg)
     runs = mlflow.search_runs(experiment_names=["stocklab-benchmark-models"])
     parent = runs[runs["tags.mlflow.runName"] == "benchmark models"]

@@ -49,6 +49,7 @@ def test_mlflow_run_train_end_to_end(tmp_path, csv_dir, tracking):
             "batch_size": 64,
             "hidden_size": 8,
             "lr": "1e-3",
+            "tear_sheet": "false",
         },
         tracking,
         tmp_path,
@@ -73,7 +74,7 @@ def test_mlflow_run_train_end_to_end(tmp_path, csv_dir, tracking):
     assert bundle.scaler.shift.shape == (1, 7) and bundle.data == str(csv_dir)
 
     # `evaluate` re-scores the logged model into a new run linked by a tag
-    r = mlflow_run("evaluate", {"run_id": run.info.run_id}, tracking, tmp_path)
+    r = mlflow_run("evaluate", {"run_id": run.info.run_id, "tear_sheet": "false"}, tracking, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     ev = mlflow.search_runs(
         search_all_experiments=True, filter_string=f"tags.`stocklab.source_run_id` = '{run.info.run_id}'"
@@ -155,7 +156,7 @@ def test_mlflow_run_benchmark_models_suite_end_to_end(tmp_path, csv_dir, trackin
     suite's own parameters pass through MLproject as `--name value`)."""
     report = tmp_path / "out" / "models.md"
     params = {"suite": "models", "data": csv_dir, "models": "naive:zero,factor:reversal_1m", "folds": 2,
-              "model_tickers": 0, "report": report}  # fmt: skip
+              "model_tickers": 0, "report": report, "tear_sheet": "false"}  # fmt: skip
     r = mlflow_run("benchmark", params, tracking, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = job_runs()

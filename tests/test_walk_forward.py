@@ -138,14 +138,14 @@ def test_walk_forward_train_logs_folds_summary_and_concatenated_predictions(trac
     artifacts = {a.path for a in client.list_artifacts(res["run_id"], "plots")}
     assert {"plots/loss_curve_fold_1.png", "plots/loss_curve_fold_3.png"} <= artifacts
     # the logged model is the last fold's: evaluating it scores the last fold's test period only
-    ev = run_evaluate(EvaluateConfig(run_id=res["run_id"]))
+    ev = run_evaluate(EvaluateConfig(run_id=res["run_id"], tear_sheet=False))
     last = folds[-1].end_day_ranges(5)["test"]
     ev_preds = pd.read_parquet(
         mlflow.artifacts.download_artifacts(run_id=ev["run_id"], artifact_path="predictions.parquet")
     )
     assert ev_preds["date"].min() == base.panel.dates[last[0]]
     # walk-forward evaluate: the run's configuration refit on 2 folds, in a run of its own
-    wf = run_evaluate(EvaluateConfig(run_id=res["run_id"], folds=2))
+    wf = run_evaluate(EvaluateConfig(run_id=res["run_id"], folds=2, tear_sheet=False))
     wf_run = client.get_run(wf["run_id"])
     assert wf_run.data.params["folds"] == "2" and wf_run.data.params["model"] == "gru"
     assert wf_run.data.tags["stocklab.source_run_id"] == res["run_id"]

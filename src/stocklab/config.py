@@ -190,6 +190,7 @@ class EvaluateConfig:
     eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size of the scoring pass")
     folds: int = opt(1, "K > 1: walk-forward evaluation of the model's configuration (a refit per fold)")
     walk: str = opt("expanding", "walk-forward training span (with folds > 1)", WALKS)
+    tear_sheet: bool = opt(True, "log the alphalens tear sheet of the scored split")
 
     experiment: str = opt("", "MLflow experiment (default: stocklab-evaluate)")
 
@@ -256,6 +257,7 @@ class BenchmarkConfig:
     walk: str = opt("expanding", "models: walk-forward training span", WALKS)
     split: str = opt("0.5,0.2,0.3", "models: initial train,valid fractions and the out-of-sample fraction")
     report: str = opt("reports/models.md", "models: the report (its plots go beside it)")
+    tear_sheet: bool = opt(True, "models: log each fit's alphalens tear sheet")
 
     experiment: str = opt("", "MLflow experiment (default: stocklab-benchmark)")
 

@@ -90,7 +90,7 @@ def run_models_suite(cfg: BenchmarkConfig) -> dict:
     configure_cpu_threads()
     device = resolve_device(cfg.device)
     base = TrainConfig(data=cfg.data, max_tickers=cfg.model_tickers, folds=cfg.folds, walk=cfg.walk, split=cfg.split,
-                       device=cfg.device, epochs=cfg.epochs)  # fmt: skip
+                       device=cfg.device, epochs=cfg.epochs, tear_sheet=cfg.tear_sheet)  # fmt: skip
     base.validate()
     started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
     records: list[model_report.RunRecord] = []

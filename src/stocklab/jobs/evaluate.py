@@ -48,7 +48,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     data = cfg.data or bundle.data
     if not data:
         raise StockLabError("data: the model's bundle records no data path; pass -P data=...")
-    tcfg = bundle.train_config(data=data, cache_dir=cfg.cache_dir, eval_batch_size=cfg.eval_batch_size)
+    tcfg = bundle.train_config(
+        data=data, cache_dir=cfg.cache_dir, eval_batch_size=cfg.eval_batch_size, tear_sheet=cfg.tear_sheet
+    )
     prep = prepare(tcfg, "cpu", bundle)
     same_data = prep.report.fingerprint == bundle.data_fingerprint
     name = f"evaluate {bundle.model} {cfg.split}"
@@ -86,7 +88,8 @@ def _walk_forward(cfg: EvaluateConfig, model_uri: str, source_run_id: str) -> di
     values, overrides = split_params(logged)
     for key in ("experiment", "device"):  # this job's own, not the source run's
         values.pop(key, None)
-    values.update(folds=cfg.folds, walk=cfg.walk, cache_dir=cfg.cache_dir, eval_batch_size=cfg.eval_batch_size)
+    values.update(folds=cfg.folds, walk=cfg.walk, cache_dir=cfg.cache_dir, eval_batch_size=cfg.eval_batch_size,
+                  tear_sheet=cfg.tear_sheet)  # fmt: skip
     if cfg.data:
         values["data"] = cfg.data
     tcfg = with_values(TrainConfig(), values)

@@ -47,7 +47,7 @@ def _tune_cfg(tmp_path, data, **kw) -> TuneConfig:
         features="returns",
         batch_size=64,
         register=False,
-        tear_sheet=False,  # the best trial's tear sheet: test_two_workers... and test_tune.py
+        tear_sheet=False,  # the best trial's tear sheet: test_tune.py
     )
     return TuneConfig(**{**values, **kw})
 
@@ -64,7 +64,8 @@ def small_data(tmp_path):
 
 @pytest.mark.slow
 def test_two_workers_run_exactly_n_trials_with_distinct_configurations(tmp_path, tracking, small_data):
-    cfg = _tune_cfg(tmp_path, small_data, n_trials=4, n_jobs=2, pruner="none", register=True, tear_sheet=True)
+    # registration and the tear sheet of the best trial: test_tune.py and the last-worker case below
+    cfg = _tune_cfg(tmp_path, small_data, n_trials=4, n_jobs=2, pruner="none")
     summary = run_tune(cfg)
 
     study = optuna.load_study(study_name="w", storage=make_storage(cfg.storage))
@@ -82,7 +83,7 @@ def test_two_workers_run_exactly_n_trials_with_distinct_configurations(tmp_path,
     assert len(parents) == 1 and len(trials) == 4
     assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
     assert all(r.info.status == "FINISHED" for r in runs)
-    # trials log weights only; the best one got the model and the tear sheet afterwards
+    # trials log weights only; the best one got the model afterwards
     best = summary["best_run_id"]
     client = mlflow.MlflowClient()
     for r in trials:
@@ -90,8 +91,6 @@ def test_two_workers_run_exactly_n_trials_with_distinct_configurations(tmp_path,
         if r.info.run_id != best:
             assert "stocklab.model_uri" not in r.data.tags
     assert "stocklab.model_uri" in client.get_run(best).data.tags
-    assert client.list_artifacts(best, "tearsheet")
-    assert int(summary["registered_version"]) == 1
 
     # run again with the same target: nothing to do, the same parent run is reused
     again = run_tune(cfg)

@@ -20,7 +20,15 @@ from stocklab.errors import StockLabError
 __all__ = ["StockLabError"]  # re-exported: config users need not import errors too
 
 FEATURE_SETS = ("auto", "ohlcv", "returns", "relative", "technical")
-SCALERS = ("standard", "minmax", "standard_ticker", "minmax_ticker", "none")
+SCALERS = ("standard", "minmax", "standard_ticker", "minmax_ticker", "cs_zscore", "none")
+# the training target, the objective, how batches are drawn and how the kept epoch is chosen
+# (labels.py, losses.py, windows.py, trainer.py): the cross-sectional recipe is
+# label=cs_rank, batching=daily, select=rank_ic (presets.py: cs-<model>)
+LABELS = ("raw", "excess", "cs_zscore", "cs_rank")
+LOSSES = ("mse", "ic", "rank")
+DAILY_LOSSES = ("ic", "rank")  # losses over each date's cross-section: they need batching=daily
+BATCHINGS = ("random", "daily")
+SELECTS = ("loss", "rank_ic")
 DEVICES = ("auto", "cpu", "cuda")
 WALKS = ("expanding", "sliding")
 # what a study optimises -> its objectives (all on the validation split); "both" is a
@@ -72,9 +80,19 @@ class TrainConfig:
     batch_size: int = opt(256, "training batch size")
     lr: float = opt(1e-3, "Adam learning rate")
     weight_decay: float = opt(0.0, "Adam weight decay")
-    patience: int = opt(3, "early-stopping patience (epochs without a better validation loss)")
+    patience: int = opt(3, "early-stopping patience (epochs without a better validation loss or rank IC)")
     seed: int = opt(0, "seed of model init, shuffling and plots", role="recorded")
     label_scale: float = opt(1.0, "multiplies the label (the 2D CNN study tried 1 and 10)", role="panel")
+    label: str = opt(
+        "raw",
+        "training target: the forward return, minus the day's mean, or z-scored / ranked within each day "
+        "(factor metrics always judge the raw forward return)",
+        LABELS,
+        role="windows",
+    )
+    loss: str = opt("mse", "training loss: the model's own (mse), or minus each day's IC / a ListNet ranking", LOSSES)
+    batching: str = opt("random", "training batches: shuffled windows, or whole days in shuffled order", BATCHINGS)
+    select: str = opt("loss", "the kept epoch, early stopping: lowest validation loss or best rank IC", SELECTS)
     split: str = opt("0.6,0.2,0.2", "train,valid,test fractions of the calendar", role="panel")
     folds: int = opt(
         1, "walk-forward: the test fraction cut into K out-of-sample periods, a refit per fold", role="windows"
@@ -124,6 +142,11 @@ class TrainConfig:
             if not ok:
                 raise StockLabError(f"{name}: {getattr(self, name)!r} {problem}")
         check_choices(self)
+        if self.loss in DAILY_LOSSES and self.batching != "daily":
+            raise StockLabError(
+                f"loss: '{self.loss}' is computed over each date's cross-section and needs batching=daily "
+                f"(batching is '{self.batching}')"
+            )
         self.split_fractions()
         return self
 
@@ -234,7 +257,11 @@ class PromoteConfig:
 
 @dataclass
 class BenchmarkConfig:
-    suite: str = opt("speed", "speed: pipeline vs source; models: every model and baseline", ("speed", "models"))
+    suite: str = opt(
+        "speed",
+        "speed: pipeline vs source; models: every model and baseline; recovery: a planted signal's recovery",
+        ("speed", "models", "recovery"),
+    )
     data: str = opt("../shared/data/sp500_5yr", "real bars (speed: (a) and (b)); or 'sample'")
     n_tickers: int = opt(20, "tickers for (a) and (b): the naive loop is slow")
     seq_len: int = opt(96, "window length")
@@ -251,19 +278,43 @@ class BenchmarkConfig:
     # suite=models: every preset, every catalogue model at its defaults and every baseline
     models: str = opt("", "models: comma-separated entries to run (e.g. lstm,factor-momentum_12_1; default all)")
     model_tickers: int = opt(40, "models: tickers (first N by name; 0 = all)")
-    epochs: int = opt(2, "models: maximum epochs per fit (presets' own epochs are capped to it)")
-    seeds: int = opt(3, "models: seeds per trained model (deterministic baselines run once)")
+    epochs: int = opt(0, "models, recovery: maximum epochs per fit, presets' capped to it (0: models 2, recovery 3)")
+    seeds: int = opt(0, "models, recovery: seeds per trained model, baselines once (0: models 3, recovery 1)")
     folds: int = opt(3, "models: walk-forward folds")
     walk: str = opt("expanding", "models: walk-forward training span", WALKS)
     split: str = opt("0.5,0.2,0.3", "models: initial train,valid fractions and the out-of-sample fraction")
-    report: str = opt("reports/models.md", "models: the report (its plots go beside it)")
+    report: str = opt("", "models, recovery: the report, its plots beside it (default reports/<suite>.md)")
     tear_sheet: bool = opt(True, "models: log each fit's alphalens tear sheet")
+    # suite=models: the training recipe of entries that do not set it (presets do)
+    label: str = opt("raw", "models: training target of each fit (see train --label)", LABELS)
+    loss: str = opt("mse", "models: training loss of each fit (see train --loss)", LOSSES)
+    batching: str = opt("random", "models: training batches of each fit (see train --batching)", BATCHINGS)
+    select: str = opt("loss", "models: the kept epoch of each fit (see train --select)", SELECTS)
+    # suite=recovery: a synthetic market with a planted cross-sectional signal (benchmarks/recovery.py)
+    tickers: int = opt(200, "recovery: tickers of the planted market")
+    days: int = opt(1260, "recovery: trading days of the planted market (1260: five years)")
 
     experiment: str = opt("", "MLflow experiment (default: stocklab-benchmark)")
 
+    SUITE_DEFAULTS = {"models": {"epochs": 2, "seeds": 3}, "recovery": {"epochs": 3, "seeds": 1}}
+
     def validate(self):
         check_choices(self)
+        for name in ("epochs", "seeds", "tickers", "days"):
+            if getattr(self, name) < 0:
+                raise StockLabError(f"{name}: {getattr(self, name)} must be >= 0")
+        if self.suite == "recovery" and (self.tickers < 10 or self.days < 200):
+            raise StockLabError(f"tickers/days: {self.tickers} x {self.days} is too small a market (>= 10 x 200)")
+        if self.loss in DAILY_LOSSES and self.batching != "daily":
+            raise StockLabError(f"loss: '{self.loss}' needs batching=daily (batching is '{self.batching}')")
         return self
+
+    def suite_value(self, name: str):
+        """epochs, seeds or report with 0/'' replaced by the suite's default."""
+        value = getattr(self, name)
+        if name == "report":
+            return value or f"reports/{self.suite}.md"
+        return value or self.SUITE_DEFAULTS.get(self.suite, {}).get(name, 1)
 
 
 JOB_CONFIGS = {

@@ -10,8 +10,19 @@ models:
     CLASSES  sell/hold/buy logits (B, 3) vs the label's tercile among the training labels:
              cross-entropy
 
-A new training objective for models of one output kind (e.g. a loss over whole days) is a new
-function here and a choice in the trainer, not a change to any model.
+Every loss reads the batch's *training target* (`WindowSet.target`: the label transformed
+by `label`, crosssection.py), never the raw return the factor metrics judge.
+
+`loss=ic` and `loss=rank` replace the output's own loss by one over each date's cross-section
+of the model's score (RETURN: forward(x); STEPS: the last step's forecast, which is what
+forward(x) returns); CLASSES has no score to rank, so they are an error for it:
+
+    ic    minus the mean over the batch's dates of the Pearson correlation between score and
+          target within the date
+    rank  ListNet (Cao et al. 2007, top-one probabilities): the cross-entropy between the
+          softmax of each date's targets and the softmax of its scores, averaged over dates
+
+Both need whole dates in a batch (batching=daily); `objective(output, loss)` picks the loss.
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from stocklab.config import DAILY_LOSSES, StockLabError
+from stocklab.crosssection import date_groups, group_corr
 from stocklab.windows import WindowSet
 
 # (train outputs, labels (B,), windows, ticker idx (B,), end-day idx (B,)) -> scalar loss
@@ -44,6 +57,30 @@ def tercile_cross_entropy(
     return F.cross_entropy(out, torch.bucketize(y, ws.class_cuts))
 
 
+def daily_ic(score: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    groups, n = date_groups(t)
+    corr, defined = group_corr(score, y, groups, n, eps=1e-12)
+    return -(corr * defined).sum() / defined.sum().clamp(min=1)
+
+
+def listnet(score: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    groups, n = date_groups(t)
+
+    def log_softmax(v: torch.Tensor) -> torch.Tensor:  # within each date
+        top = torch.full((n,), -torch.inf, device=v.device, dtype=v.dtype)
+        top = top.scatter_reduce(0, groups, v.detach(), "amax")
+        e = torch.exp(v - top[groups])
+        total = torch.zeros(n, device=v.device, dtype=v.dtype).index_add_(0, groups, e)
+        return v - top[groups] - torch.log(total)[groups]
+
+    p_true = torch.exp(log_softmax(y))  # (B,) each date's target distribution
+    per_date = torch.zeros(n, device=score.device, dtype=score.dtype)
+    return per_date.index_add_(0, groups, -p_true * log_softmax(score)).mean()
+
+
+DAILY = {"ic": (daily_ic, "-IC"), "rank": (listnet, "ListNet cross-entropy")}
+
+
 @dataclass(frozen=True)
 class Output:
     """A kind of model output and how it is trained."""
@@ -52,9 +89,27 @@ class Output:
     loss: Loss
     loss_name: str  # what the loss curves' y axis shows
     forecasts_label: bool  # forward(x) forecasts the label itself, so its MSE vs the label means something
+    score: Callable[[torch.Tensor], torch.Tensor] | None = None  # train outputs -> (B,) score; None: unrankable
 
 
-RETURN = Output("return", mse, "MSE", forecasts_label=True)
+def objective(output: Output, loss: str) -> tuple[Loss, str]:
+    """(the training loss of a model with this output under `loss`, its name for the plots)."""
+    if loss not in DAILY_LOSSES:
+        return output.loss, output.loss_name
+    if output.score is None:
+        raise StockLabError(
+            f"loss: '{loss}' ranks a return forecast within each date; a model whose output is {output.name} "
+            "has none (use loss=mse)"
+        )
+    daily, name = DAILY[loss]
+
+    def on_dates(out, y, ws, n, t):
+        return daily(output.score(out), y, t)
+
+    return on_dates, name
+
+
+RETURN = Output("return", mse, "MSE", forecasts_label=True, score=lambda out: out)
 # seq2seq: the prediction is the last step's forecast, so its error vs the label is still reported
-STEPS = Output("steps", step_mse, "MSE", forecasts_label=True)
+STEPS = Output("steps", step_mse, "MSE", forecasts_label=True, score=lambda out: out[:, -1])
 CLASSES = Output("classes", tercile_cross_entropy, "cross-entropy", forecasts_label=False)

@@ -14,6 +14,11 @@ _CNN2D = dict(
     model="cnn2d", features="ohlcv", seq_len=96, horizon=20, batch_size=64, lr=1e-5, epochs=200, patience=20,
 )  # fmt: skip
 
+# the cross-sectional recipe of the references (Qlib's Alpha360 benchmarks, HIST, MASTER):
+# prices relative to the window's last close, the label ranked within each day, batches of
+# whole days, the kept epoch by validation rank IC (the model's own defaults otherwise)
+CS_RECIPE = dict(features="relative", label="cs_rank", batching="daily", select="rank_ic")
+
 PRESETS: dict[str, dict] = {
     # 2D CNN study: 96-day windows of 7 OHLCV inputs -> 20-day return, batch 64, lr 1e-5, 200 epochs
     "seed000-baseline": {**_CNN2D, "variant": "baseline"},
@@ -61,6 +66,7 @@ PRESETS: dict[str, dict] = {
         patience=5,
         scaler="standard",
     ),  # fmt: skip
+    **{f"cs-{m}": {"model": m, **CS_RECIPE} for m in ("lstm", "gru", "transformer", "cnn2d")},
 }
 
 

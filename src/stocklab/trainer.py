@@ -1,5 +1,11 @@
 """One trainer for every model: Adam on the model's output loss, early stopping, best state restored.
 
+What is optimised and kept is configuration, never the model: `loss` (the output's own, or a
+loss over each date's cross-section: losses.objective), `batching` (shuffled windows or whole
+trading days) and `select` (the kept epoch by validation loss or by validation rank IC,
+computed on the device once per epoch: crosssection.rank_ic). The target is WindowSet.target
+(the `label` transform), never the raw return.
+
 The loop is deliberately short (nanoGPT style). Batches are gathered from the resident panel
 tensor (windows.WindowSet), so there is no DataLoader and no per-step host synchronisation:
 the epoch loss is accumulated on the device and read once per epoch. What a batch's loss is
@@ -22,7 +28,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from stocklab.allocator import release_free_memory
-from stocklab.config import EVAL_BATCH_SIZE, StockLabError, TrainConfig
+from stocklab.config import DAILY_LOSSES, EVAL_BATCH_SIZE, StockLabError, TrainConfig
+from stocklab.crosssection import rank_ic
+from stocklab.losses import Loss, objective
 from stocklab.models.base import StockModel
 from stocklab.windows import WindowSet
 
@@ -35,8 +43,10 @@ class TrainingDiverged(StockLabError):
 class History:
     train_loss: list[float] = field(default_factory=list)
     valid_loss: list[float] = field(default_factory=list)
+    valid_rank_ic: list[float] = field(default_factory=list)  # per epoch, with select=rank_ic
     best_epoch: int = 0
-    best_valid: float = math.inf
+    best_valid: float = math.inf  # the validation loss of the kept epoch
+    best_rank_ic: float = -math.inf  # the validation rank IC of the kept epoch (select=rank_ic)
     train_time_s: float = 0.0  # whole fit, validation included
     samples_per_s: float = 0.0  # training windows per second of train_time_s
     train_only_s: float = 0.0  # the optimisation steps alone
@@ -112,38 +122,75 @@ def predict(model: nn.Module, ws: WindowSet, split: str, batch_size: int = EVAL_
     return tuple(torch.cat(a).cpu().numpy() for a in (preds, ys, ns, ts))
 
 
-def batch_loss(model: StockModel, ws: WindowSet, x, y, n, t, train: bool = False, outputs=None) -> torch.Tensor:
-    """The model's training objective on one batch: its output's loss (losses.py) on
-    `model.train_outputs(x)`, plus its `penalty()` (e.g. ridge) in training. `outputs` replaces
-    `model.train_outputs` (a torch.compile'd one)."""
+def batch_loss(
+    model: StockModel, ws: WindowSet, x, y, n, t, train: bool = False, outputs=None, loss: Loss | None = None
+) -> torch.Tensor:
+    """The model's training objective on one batch of targets y: `loss` (default: its output's
+    own, losses.py) on `model.train_outputs(x)`, plus its `penalty()` (e.g. ridge) in training.
+    `outputs` replaces `model.train_outputs` (a torch.compile'd one)."""
     out = (outputs or model.train_outputs)(x).float()  # (B,), (B, T) or (B, 3) by the output kind
-    loss = model.output.loss(out, y, ws, n, t)
+    value = (loss or model.output.loss)(out, y, ws, n, t)
     penalty = model.penalty() if train else None
-    return loss if penalty is None else loss + penalty
+    return value if penalty is None else value + penalty
 
 
 @torch.no_grad()
-def mean_loss(model: StockModel, ws: WindowSet, split: str, batch_size: int = EVAL_BATCH_SIZE) -> float:
-    """The objective averaged over a split (MSE for regressors: the early-stopping criterion)."""
+def mean_loss(
+    model: StockModel, ws: WindowSet, split: str, batch_size: int = EVAL_BATCH_SIZE, loss: str = "mse"
+) -> float:
+    """The objective averaged over a split's windows with a target (the early-stopping
+    criterion); a loss over dates is averaged over batches of whole dates."""
     eval_mode(model)
+    fn, _ = objective(model.output, loss)
+    daily = loss in DAILY_LOSSES
     total = torch.zeros((), device=ws.device)
-    for x, y, n, t in eval_batches(ws, split, batch_size):
+    if daily:  # whole dates in order, one eval batch's worth at a time
+        batches = ws.index_batches(split, min(batch_size, CPU_EVAL_BATCH), daily=True, index=ws.loss_index)
+    else:
+        batches = ws.index_batches(split, min(batch_size, CPU_EVAL_BATCH) if ws.device.type == "cpu" else batch_size,
+                                   index=ws.loss_index)  # fmt: skip
+    for n, t in batches:
         with _autocast(ws.device):
-            total += batch_loss(model, ws, x, y, n, t) * y.numel()
-    return float(total) / max(ws.size(split), 1)
+            total += batch_loss(model, ws, ws.gather(n, t), ws.target[n, t], n, t, loss=fn) * n.numel()
+    if ws.device.type == "cpu":
+        release_free_memory()
+    return float(total) / max(int(ws.loss_index[split][0].numel()), 1)
+
+
+@torch.no_grad()
+def valid_rank_ic(model: StockModel, ws: WindowSet, batch_size: int = EVAL_BATCH_SIZE) -> float:
+    """The mean daily rank IC of the model's predictions on the validation split against the
+    raw forward return, on the device (what select=rank_ic compares after every epoch)."""
+    eval_mode(model)
+    preds, ys, ts = [], [], []
+    for x, y, _, t in eval_batches(ws, "valid", batch_size):
+        with _autocast(ws.device):
+            preds.append(model(x).float())
+        ys.append(y)
+        ts.append(t)
+    if not preds:
+        return float("nan")
+    return rank_ic(torch.cat(preds), torch.cat(ys), torch.cat(ts))
 
 
 EpochCallback = Callable[[int, float, float, History], None]
 
 
 def train_step(
-    model: StockModel, ws: WindowSet, opt, n: torch.Tensor, t: torch.Tensor, cache: bool = True, outputs=None
+    model: StockModel,
+    ws: WindowSet,
+    opt,
+    n: torch.Tensor,
+    t: torch.Tensor,
+    cache: bool = True,
+    outputs=None,
+    loss_fn: Loss | None = None,
 ):
     """One optimisation step on the windows (n, t): gather -> forward -> loss -> backward -> Adam.
     Returns the batch's loss (a device tensor: no host sync)."""
-    x, y = ws.gather(n, t), ws.y[n, t]  # (B, T, F), (B,)
+    x, y = ws.gather(n, t), ws.target[n, t]  # (B, T, F), (B,) training targets
     with _autocast(ws.device, cache):
-        loss = batch_loss(model, ws, x, y, n, t, train=True, outputs=outputs)
+        loss = batch_loss(model, ws, x, y, n, t, train=True, outputs=outputs, loss=loss_fn)
     if opt is not None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -210,7 +257,7 @@ class GraphStep:
         self.opt.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            x, y = self.ws.gather(self.n, self.t), self.ws.y[self.n, self.t]
+            x, y = self.ws.gather(self.n, self.t), self.ws.target[self.n, self.t]
             with _autocast(self.ws.device, cache_enabled=False):
                 loss = batch_loss(self.model, self.ws, x, y, self.n, self.t, train=True)
             loss.backward()
@@ -229,7 +276,8 @@ def make_optimizer(params: list, cfg: TrainConfig, device: torch.device, graph: 
 
 
 def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallback | None = None) -> History:
-    """Train `model` on ws's train split, early-stop on the validation loss, restore the best weights.
+    """Train `model` on ws's train split, early-stop on the validation loss (or rank IC:
+    cfg.select), restore the kept epoch's weights.
 
     `on_epoch(epoch, train_loss, valid_loss, hist)` is called after every epoch, once `hist`
     knows whether it is the best so far (MLflow logging, Optuna `trial.report`); it may raise
@@ -237,7 +285,10 @@ def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallba
     """
     model.to(ws.device)
     params = [p for p in model.parameters() if p.requires_grad]
-    graph = ws.device.type == "cuda" and cfg.cuda_graph and bool(params) and not cfg.compile
+    loss_fn, _ = objective(model.output, cfg.loss)
+    daily = cfg.batching == "daily"
+    # a graph replays one batch size; daily batches vary in size, so they run eagerly
+    graph = ws.device.type == "cuda" and cfg.cuda_graph and bool(params) and not cfg.compile and not daily
     opt = make_optimizer(params, cfg, ws.device, graph)
     gen = torch.Generator().manual_seed(cfg.seed)  # shuffling order, independent of model init
     n_train = ws.size("train")
@@ -250,12 +301,15 @@ def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallba
         model.train()
         t0 = time.perf_counter()
         total = torch.zeros((), device=ws.device)
-        for n, t in ws.index_batches("train", cfg.batch_size, gen):  # (B,) ticker, end-day indices
-            loss = step(n, t) if step is not None else train_step(model, ws, opt, n, t, outputs=outputs)
+        for n, t in ws.index_batches("train", cfg.batch_size, gen, daily=daily):  # (B,) ticker, end-day indices
+            if step is not None:
+                loss = step(n, t)
+            else:
+                loss = train_step(model, ws, opt, n, t, outputs=outputs, loss_fn=loss_fn)
             total += loss * n.numel()  # stays on the device: no sync per step
         train_loss = float(total) / n_train  # the epoch's one host sync
         hist.train_only_s += time.perf_counter() - t0
-        valid_loss = mean_loss(model, ws, "valid", cfg.eval_batch_size)
+        valid_loss = mean_loss(model, ws, "valid", cfg.eval_batch_size, cfg.loss)
         if not (math.isfinite(train_loss) and math.isfinite(valid_loss)):
             raise TrainingDiverged(
                 f"lr: training diverged at epoch {epoch} with lr={cfg.lr:g} (train loss {train_loss}, "
@@ -263,10 +317,19 @@ def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallba
             )
         hist.train_loss.append(train_loss)
         hist.valid_loss.append(valid_loss)
-        bar.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}")
-        improved = valid_loss < hist.best_valid
+        if cfg.select == "rank_ic":
+            score = valid_rank_ic(model, ws, cfg.eval_batch_size)
+            hist.valid_rank_ic.append(score)
+            bar.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}", rank_ic=f"{score:.4f}")
+            # a NaN rank IC (a constant forecast) is never an improvement but the first epoch
+            improved = score > hist.best_rank_ic or (hist.best_epoch == 0 and not math.isfinite(score))
+        else:
+            bar.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}")
+            improved = valid_loss < hist.best_valid
         if improved:
             hist.best_valid, hist.best_epoch = valid_loss, epoch
+            if cfg.select == "rank_ic":
+                hist.best_rank_ic = score
             best_state = copy.deepcopy(model.state_dict())
         if on_epoch is not None:  # after the update: the hook sees this epoch's best-so-far
             on_epoch(epoch, train_loss, valid_loss, hist)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from stocklab.config import WALKS, StockLabError
+from stocklab.crosssection import label_target, zscore_days
 from stocklab.features import Panel
 
 SPLITS = ("train", "valid", "test")
@@ -96,17 +97,23 @@ def end_day_ranges(n_days: int, fractions, horizon: int) -> dict[str, tuple[int,
 class Scaler:
     """Per-feature affine scaling fitted on the training days only: x' = (x - shift) / scale.
 
-    `shift` and `scale` are (1, F) for a global scaler or (N, F) per ticker.
+    `shift` and `scale` are (1, F) for a global scaler or (N, F) per ticker. `cs_zscore` fits
+    nothing: each feature is z-scored within each day across the tickers scored together
+    (crosssection.zscore_days), so a model scores a day's cross-section, never a lone ticker;
+    `skip` are the columns it leaves alone (relative features).
     """
 
     kind: str
     shift: np.ndarray
     scale: np.ndarray
+    skip: tuple[int, ...] = ()
 
     @classmethod
     def fit(cls, X: np.ndarray, train_end: int, kind: str, skip_cols=(), train_start: int = 0) -> Scaler:
         N, _, F = X.shape
         train = X[:, train_start:train_end]  # (N, Dtrain, F): only the training span's days
+        if kind == "cs_zscore":
+            return cls(kind, np.zeros((1, F)), np.ones((1, F)), tuple(int(c) for c in skip_cols))
         if kind == "none" or train_end <= train_start:
             return cls("none", np.zeros((1, F)), np.ones((1, F)))
         per_ticker = kind.endswith("_ticker")
@@ -144,6 +151,8 @@ class Scaler:
         # in float32 throughout: a float64 temporary of a large panel would double peak memory
         shift, scale = (a[:, None, :].astype(np.float32) for a in (self.shift, self.scale))
         out = X if inplace and X.dtype == np.float32 else X.astype(np.float32, copy=True)
+        if self.kind == "cs_zscore":
+            return zscore_days(out, self.skip, out=out)
         out -= shift
         out /= scale
         return out
@@ -157,11 +166,11 @@ class Scaler:
         return Scaler(self.kind, self.shift[index], self.scale[index])
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "shift": self.shift.tolist(), "scale": self.scale.tolist()}
+        return {"kind": self.kind, "shift": self.shift.tolist(), "scale": self.scale.tolist(), "skip": list(self.skip)}
 
     @classmethod
     def from_dict(cls, d: dict) -> Scaler:
-        return cls(d["kind"], np.asarray(d["shift"]), np.asarray(d["scale"]))
+        return cls(d["kind"], np.asarray(d["shift"]), np.asarray(d["scale"]), tuple(d.get("skip", ())))
 
 
 def window_offsets(seq_len: int, stride: int = 1) -> np.ndarray:
@@ -207,8 +216,12 @@ class WindowSet:
         scaler: Scaler | None = None,
         stride: int = 1,
         scale_in_place: bool = False,
+        label: str = "raw",
     ):
-        """`scale_in_place`: the caller hands over panel.X, which is scaled in place (NaN -> 0) and
+        """`label`: the training target (crosssection.label_target); `y` stays the raw forward
+        return that predictions are judged against, `target` is what the losses read.
+
+        `scale_in_place`: the caller hands over panel.X, which is scaled in place (NaN -> 0) and
         shared with the tensor instead of copied: one panel in memory instead of two.
 
         `fractions`: (train, valid, test) calendar fractions, or one walk-forward `Fold`; the
@@ -244,12 +257,21 @@ class WindowSet:
         self.X = torch.from_numpy(np.nan_to_num(Xs, nan=0.0, copy=False)).to(self.device)  # (N, D, F)
         self.y = torch.from_numpy(np.nan_to_num(panel.y, nan=0.0)).to(self.device)  # (N, D)
         self.y_ok = torch.from_numpy(np.isfinite(panel.y)).to(self.device)  # (N, D)
+        # the training target: the same day's labels only, thin days dropped (label != raw)
+        target, self.thin_days = label_target(panel.y, labelled, label)
+        self.label = label
+        self.target_ok = torch.from_numpy(np.isfinite(target)).to(self.device)  # (N, D)
+        self.target = torch.from_numpy(np.nan_to_num(target, nan=0.0)).to(self.device)  # (N, D)
         self.offsets = torch.from_numpy(window_offsets(seq_len, stride)).to(self.device)  # (T,)
         self.rel_cols = torch.tensor(panel.relative_cols, dtype=torch.long, device=self.device)
         self.rel_ref = torch.tensor(panel.relative_ref, dtype=torch.long, device=self.device)
         self.index = self._split_index(labelled)  # {split: (ticker idx (W,), end-day idx (W,))}
-        # sell/hold/buy cut points for classifiers: terciles of the *training* labels only
-        y_train = self.y[self.index["train"]].float() if "train" in self.index else self.y[:0, 0]
+        # the windows the losses see: those with a target (the train split is only these)
+        self.loss_index = self._split_index(labelled & np.isfinite(target))
+        if "train" in self.index:
+            self.index["train"] = self.loss_index["train"]
+        # sell/hold/buy cut points for classifiers: terciles of the *training* targets only
+        y_train = self.target[self.index["train"]].float() if "train" in self.index else self.y[:0, 0]
         self.class_cuts = (
             torch.quantile(y_train, torch.tensor([1 / 3, 2 / 3], device=self.device))
             if y_train.numel()
@@ -286,20 +308,52 @@ class WindowSet:
         return gather_windows(self.X, n, t, self.offsets, self.rel_cols, self.rel_ref)
 
     def label_steps(self, n: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every day's label inside each window, (B, T), and whether it exists (per-step targets).
+        """Every day's target inside each window, (B, T), and whether it exists (per-step targets).
         For a training window all of them end before its own label, so they stay in the split."""
         days = t[:, None] + self.offsets[None, :]  # (B, T)
-        return self.y[n[:, None], days], self.y_ok[n[:, None], days].float()
+        return self.target[n[:, None], days], self.target_ok[n[:, None], days].float()
 
-    def index_batches(self, split: str, batch_size: int, generator: torch.Generator | None = None):
+    def index_batches(
+        self,
+        split: str,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        daily: bool = False,
+        index: dict | None = None,
+    ):
         """Yield (n (B,), t (B,)) window indices covering the split once; shuffled when a
-        generator is given; the last batch holds the remainder."""
-        n_all, t_all = self.index[split]
+        generator is given; the last batch holds the remainder. `daily`: each batch is whole
+        trading days, as many as hold about `batch_size` windows on average (at least one),
+        the days in shuffled order when a generator is given. `index` replaces self.index
+        (the losses' windows: self.loss_index)."""
+        n_all, t_all = (index or self.index)[split]
+        if daily:
+            yield from self._day_batches(n_all, t_all, batch_size, generator)
+            return
         if generator is not None:
             perm = torch.randperm(n_all.numel(), generator=generator).to(self.device)
             n_all, t_all = n_all[perm], t_all[perm]
         for i in range(0, n_all.numel(), batch_size):
             yield n_all[i : i + batch_size], t_all[i : i + batch_size]
+
+    def _day_batches(self, n_all, t_all, batch_size: int, generator):
+        if not n_all.numel():
+            return
+        _, counts = torch.unique_consecutive(t_all.cpu(), return_counts=True)  # the index is by date
+        starts = torch.cumsum(counts, 0) - counts  # (days,) first window of each day
+        per_batch = max(1, round(batch_size * len(counts) / n_all.numel()))  # days per batch
+        if generator is not None:
+            order = torch.randperm(len(counts), generator=generator)
+            starts, counts = starts[order], counts[order]
+        # every window once, day after day in the (shuffled) day order
+        ends = torch.cumsum(counts, 0)
+        pos = torch.arange(int(ends[-1])) - torch.repeat_interleave(ends - counts - starts, counts)
+        pos = pos.to(self.device)
+        cuts = [0, *ends[per_batch - 1 :: per_batch].tolist()]
+        if cuts[-1] != len(pos):
+            cuts.append(len(pos))  # the last, partial batch of days
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            yield n_all[pos[lo:hi]], t_all[pos[lo:hi]]
 
     def batches(self, split: str, batch_size: int, generator: torch.Generator | None = None):
         """Yield (x (B,T,F), y (B,), n (B,), t (B,)); shuffled when a generator is given."""

@@ -10,7 +10,7 @@ import datetime
 import os
 import platform
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import mlflow
@@ -29,6 +29,7 @@ from stocklab.presets import PRESETS
 from stocklab.tracking import job_run, log_params_once
 from stocklab.trainer import configure_cpu_threads, resolve_device
 
+RECOVERY_ONLY = ("tickers", "days")
 Entry = tuple[str, str, dict, dict, bool]  # (name, kind, train values, model overrides, deterministic)
 
 
@@ -60,17 +61,24 @@ def _selected(cfg: BenchmarkConfig) -> list[Entry]:
     return [e for e in entries if e[0] in wanted]
 
 
-def _command(cfg: BenchmarkConfig) -> str:
+def resolved(cfg: BenchmarkConfig) -> BenchmarkConfig:
+    """cfg with its suite's default epochs, seeds and report where they were left 0 / ''."""
+    return replace(cfg, **{k: cfg.suite_value(k) for k in ("epochs", "seeds", "report")})
+
+
+def command(cfg: BenchmarkConfig) -> str:
     """The `mlflow run` command that reproduces this benchmark (non-default values only)."""
-    default = BenchmarkConfig(suite="models")
-    parts = ["mlflow run . -e benchmark --env-manager local -P suite=models"]
+    default = resolved(BenchmarkConfig(suite=cfg.suite))
+    parts = [f"mlflow run . -e benchmark --env-manager local -P suite={cfg.suite}"]
     for f in fields(cfg):
         if f.name not in ("suite", "experiment") and getattr(cfg, f.name) != getattr(default, f.name):
+            if f.name in RECOVERY_ONLY and cfg.suite != "recovery":
+                continue
             parts.append(f"-P {f.name}={getattr(cfg, f.name)}")
     return " ".join(parts)
 
 
-def _machine(device) -> str:
+def machine(device) -> str:
     try:
         import psutil
 
@@ -86,11 +94,13 @@ def _machine(device) -> str:
 def run_models_suite(cfg: BenchmarkConfig) -> dict:
     """Fit every entry with `seeds` seeds on walk-forward folds, each fit an MLflow run nested
     under one `benchmark models` run, then write the report and its plots."""
+    cfg = resolved(cfg)
     entries = _selected(cfg)
     configure_cpu_threads()
     device = resolve_device(cfg.device)
     base = TrainConfig(data=cfg.data, max_tickers=cfg.model_tickers, folds=cfg.folds, walk=cfg.walk, split=cfg.split,
-                       device=cfg.device, epochs=cfg.epochs, tear_sheet=cfg.tear_sheet)  # fmt: skip
+                       device=cfg.device, epochs=cfg.epochs, tear_sheet=cfg.tear_sheet, label=cfg.label,
+                       loss=cfg.loss, batching=cfg.batching, select=cfg.select)  # fmt: skip
     base.validate()
     started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
     records: list[model_report.RunRecord] = []
@@ -173,9 +183,9 @@ def write_models_report(cfg: BenchmarkConfig, records, device, started, elapsed:
     lines = [
         "# Model comparison: walk-forward out-of-sample results",
         "",
-        f"Command: `{_command(cfg)}`  ",
+        f"Command: `{command(cfg)}`  ",
         f"Date: {started:%Y-%m-%d %H:%M} UTC; wall time {elapsed / 60:.1f} min  ",
-        f"Machine: {_machine(device)}  ",
+        f"Machine: {machine(device)}  ",
         f"Data: `{cfg.data}`, first {cfg.model_tickers or 'all'} tickers by name; split {cfg.split} "
         f"(initial train, valid, out-of-sample), {cfg.folds} {cfg.walk} walk-forward folds with the horizon "
         f"embargo, a refit and a train-only scaler per fold; at most {cfg.epochs} epochs per fit (presets' "

@@ -1,7 +1,8 @@
-"""The `benchmark` job: one of two suites, each in its own module.
+"""The `benchmark` job: one of three suites, each in its own module.
 
 mlflow run . -e benchmark --env-manager local -P suite=speed     # benchmarks/speed.py
 mlflow run . -e benchmark --env-manager local -P suite=models    # benchmarks/models.py
+mlflow run . -e benchmark --env-manager local -P suite=recovery  # benchmarks/recovery.py
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         from stocklab.benchmarks.models import run_models_suite
 
         return run_models_suite(cfg)
+    if cfg.suite == "recovery":
+        from stocklab.benchmarks.recovery import run_recovery_suite
+
+        return run_recovery_suite(cfg)
     from stocklab.benchmarks.speed import run_speed_suite
 
     return run_speed_suite(cfg)

@@ -35,7 +35,7 @@ from stocklab.config import TuneConfig
 from stocklab.errors import mask_secrets
 from stocklab.interrupts import install_signal_handlers
 from stocklab.models import MODELS, check_model
-from stocklab.spaces import load_space
+from stocklab.spaces import check_comparable, load_space
 from stocklab.study import report
 from stocklab.study.budget import budget_trials, fail_dead_local_trials, trials_of_other_workers
 from stocklab.study.objective import StudySetup
@@ -51,6 +51,7 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
     model_overrides = model_overrides or {}
     check_model(cfg.model)
     space = load_space(cfg.model, MODELS[cfg.model][1], cfg.space, set(fixed) | set(model_overrides))
+    check_comparable(space, cfg.metric)
     study_name = cfg.resolved_study_name()
     study, created = claim_study(cfg)
     fail_dead_local_trials(study)

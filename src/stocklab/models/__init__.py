@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from stocklab.config import StockLabError, TrainConfig, check_choices, with_values
+from stocklab.losses import objective
 from stocklab.models.attention import Attention, AttentionConfig
 from stocklab.models.base import StockModel
 from stocklab.models.baselines import Linear, LinearConfig, Naive, NaiveConfig
@@ -61,8 +62,11 @@ def model_defaults(name: str) -> dict:
 
 
 def effective_config(cfg: TrainConfig, mcfg) -> TrainConfig:
-    """`cfg` with the values the model's definition fixes (`StockModel.fixed_inputs`)."""
-    return dataclasses.replace(cfg, **MODELS[cfg.model][0].fixed_inputs(mcfg))
+    """`cfg` with the values the model's definition fixes (`StockModel.fixed_inputs`); a loss
+    the model's output cannot be trained with is an error here, before any data is read."""
+    cls = MODELS[cfg.model][0]
+    objective(cls.output, cfg.loss)
+    return dataclasses.replace(cfg, **cls.fixed_inputs(mcfg))
 
 
 def fixed_values(name: str, values: dict) -> dict:

@@ -18,11 +18,13 @@ import torch
 
 from stocklab import factor_eval, plots, tracking
 from stocklab.config import TrainConfig
+from stocklab.crosssection import MIN_TICKERS, label_target
 from stocklab.models import build_model, effective_config, model_config
 from stocklab.pipeline.artifacts import BUNDLE_ARTIFACT, log_dataset, log_full_evaluation, log_predictions, log_weights
 from stocklab.pipeline.inputs import Bundle, InputCache, Prepared, folds_of, load_inputs, with_windows
 from stocklab.pipeline.scoring import mse_of, predictions_frame, rank_ic_of, split_metrics
 from stocklab.trainer import History, configure_cpu_threads, fit, resolve_device, set_seed
+from stocklab.windows import valid_window_mask, window_span
 
 
 @dataclass
@@ -67,11 +69,16 @@ def fit_fold(cfg: TrainConfig, mcfg, prep: Prepared, on_epoch: EpochHook | None,
     set_seed(cfg.seed)  # every fold starts from the same initialisation
     model = build_model(cfg.model, ws.n_features, cfg.seq_len, mcfg)
 
-    def valid_rank_ic() -> float:
-        return rank_ic_of(predictions_frame(model, ws, "valid", cfg.eval_batch_size))
-
     def log_epoch(epoch: int, train_loss: float, valid_loss: float, hist: History) -> None:
-        mlflow.log_metrics({f"{prefix}train_loss": train_loss, f"{prefix}valid_loss": valid_loss}, step=epoch)
+        def valid_rank_ic() -> float:  # select=rank_ic computed it already: the same value
+            if len(hist.valid_rank_ic) == epoch:
+                return hist.valid_rank_ic[-1]
+            return rank_ic_of(predictions_frame(model, ws, "valid", cfg.eval_batch_size))
+
+        losses = {f"{prefix}train_loss": train_loss, f"{prefix}valid_loss": valid_loss}
+        if len(hist.valid_rank_ic) == epoch:
+            losses[f"{prefix}valid_rank_ic_epoch"] = hist.valid_rank_ic[-1]
+        mlflow.log_metrics(losses, step=epoch)
         if on_epoch is not None:
             step = fold.index * cfg.epochs + epoch
             info = EpochInfo(epoch, train_loss, valid_loss, hist.best_epoch, hist.best_valid, valid_rank_ic)
@@ -175,14 +182,30 @@ def _log_setup(cfg: TrainConfig, mcfg, base: Prepared, device) -> None:
             **tracking.environment_params(device),
         }
     )
-    tags = {"stocklab.model": cfg.model, "stocklab.preset": cfg.preset or "none"}
+    tags = {"stocklab.model": cfg.model, "stocklab.preset": cfg.preset or "none", "stocklab.label": cfg.label}
+    # which target each loss-type metric measures (label != raw: they are on different scales)
+    tags["stocklab.loss_target"] = (
+        f"train_loss, valid_loss, valid_loss_min: loss={cfg.loss} on the {cfg.label} label; "
+        "test_mse, naive_mse, mse_skill*, valid_mse_min and every factor metric: vs the raw forward return"
+    )
     mlflow.set_tags({**tags, "stocklab.data_fingerprint": base.report.fingerprint[:16]})
     if base.dataset is not None:
         log_dataset(base.dataset)
-    tracking.log_json(base.report.to_dict(), "data_report.json")
+    tracking.log_json({**base.report.to_dict(), **_label_report(cfg, base)}, "data_report.json")
     tracking.log_json(effective, "config.json")  # the effective configuration
     if differs:  # a value logged before this code ran (e.g. by `mlflow run`) is not what was trained
         mlflow.set_tag("stocklab.effective_params", ", ".join(f"{k}={v}" for k, v in differs.items())[:5000])
+
+
+def _label_report(cfg: TrainConfig, base: Prepared) -> dict:
+    """What the training target drops: days whose cross-section has fewer than MIN_TICKERS
+    labelled tickers are no target for a per-day label (crosssection.label_target)."""
+    if cfg.label == "raw":
+        return {"label": "raw"}
+    span = window_span(cfg.seq_len, cfg.window_stride)
+    labelled = valid_window_mask(base.panel.X, span) & np.isfinite(base.panel.y)
+    _, thin = label_target(base.panel.y, labelled, cfg.label)
+    return {"label": cfg.label, "label_min_tickers": MIN_TICKERS, "label_thin_days_dropped": thin}
 
 
 def _fit_folds(cfg, mcfg, base: Prepared, device, on_epoch, cache: InputCache | None) -> list[FoldResult]:

@@ -207,6 +207,7 @@ def with_windows(
         scaler,
         cfg.window_stride,
         scale_in_place=in_place,
+        label=cfg.label,
     )
     for split in ws.ranges:
         if ws.size(split) == 0:

@@ -8,8 +8,14 @@ Each key is a `train` parameter or a model hyper-parameter; each value says how 
     dropout:     {type: float, low: 0.0, high: 0.5, when: {num_layers: [2, 3]}}
 
 `when` makes a dimension conditional: it is sampled only when every named parameter (sampled
-earlier in the file, or fixed for the study) has one of the listed values; otherwise the
-parameter keeps the study's value. `tune -P space=path.yaml` replaces the built-in file.
+earlier in the file, or fixed for the study, `metric` included) has one of the listed values;
+otherwise the parameter keeps the study's value. `tune -P space=path.yaml` replaces the
+built-in file.
+
+The training target and loss (`label`, `loss`) change what the validation loss measures, so a
+study may search them only when it compares trials on validation rank IC: the built-in
+spaces search them `when: {metric: valid_rank_ic}`, and `check_comparable` refuses a space
+that would search them under a loss objective.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path
 import optuna
 import yaml
 
-from stocklab.config import StockLabError, TrainConfig, convert, field_types
+from stocklab.config import TUNE_METRICS, StockLabError, TrainConfig, convert, field_types
 from stocklab.errors import one_line
 
 TYPES = ("int", "float", "categorical")
@@ -59,6 +65,7 @@ def load_space(model: str, model_cfg, path: str = "", fixed=frozenset()) -> dict
     Dimensions named in `fixed` (given explicitly by the user) are left out and keep their value."""
     space, where = _read(model, path)
     types = {**field_types(TrainConfig), **field_types(type(model_cfg))}
+    conditions = {**types, "metric": str}  # a dimension may depend on the study's objective
     seen: list[str] = []
     for name, spec in space.items():
         if name not in types:
@@ -81,7 +88,7 @@ def load_space(model: str, model_cfg, path: str = "", fixed=frozenset()) -> dict
         except StockLabError as e:
             raise StockLabError(f"space: {where}: {e}") from None
         for other, values in (spec.get("when") or {}).items():
-            if other not in seen and other not in types:
+            if other not in seen and other not in conditions:
                 raise StockLabError(f"space: {where}: '{name}' depends on unknown parameter '{other}'")
             if other in seen:
                 allowed = values if isinstance(values, list) else [values]
@@ -91,6 +98,25 @@ def load_space(model: str, model_cfg, path: str = "", fixed=frozenset()) -> dict
     if pinned:
         print(f"not searched (given explicitly): {', '.join(pinned)}")
     return {k: v for k, v in space.items() if k not in pinned}
+
+
+TARGET_DIMENSIONS = ("label", "loss")  # what the validation loss is measured on
+
+
+def check_comparable(space: dict, metric: str) -> None:
+    """Refuse a space whose trials would differ in what their validation loss measures while
+    the study compares validation losses (a rank IC objective compares the same thing)."""
+    if "valid_loss" not in TUNE_METRICS[metric]:
+        return
+    for name in TARGET_DIMENSIONS:
+        when = (space.get(name) or {}).get("when") or {}
+        allowed = when.get("metric")
+        active = name in space and (allowed is None or metric in (allowed if isinstance(allowed, list) else [allowed]))
+        if active:
+            raise StockLabError(
+                f"space: '{name}' is searched but metric={metric} compares validation losses, which differ in "
+                f"meaning across {name} values; use metric=valid_rank_ic or add when: {{metric: valid_rank_ic}}"
+            )
 
 
 def suggest(trial: optuna.Trial, space: dict, context: dict | None = None) -> dict:

@@ -124,6 +124,7 @@ def make_objective(setup: StudySetup, cache: InputCache):
     base = cfg.train_config()
     # the study's values of what is not searched (for `when` conditions on them)
     context = {**dataclasses.asdict(base), **model_defaults(cfg.model), **setup.model_overrides}
+    context["metric"] = cfg.metric  # the built-in spaces search the training target only on rank IC
 
     def objective(trial: optuna.Trial):
         params = suggest(trial, setup.space, context)

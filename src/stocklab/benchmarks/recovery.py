@@ -126,29 +126,32 @@ def run_recovery_suite(cfg: BenchmarkConfig) -> dict:
                        cache_dir="")  # fmt: skip
     jobs = [(m, name, values, seed) for m in models for name, values in recipes(m).items() for seed in range(cfg.seeds)]
     rows, oracle_ic = [], float("nan")
-    with job_run(cfg.experiment or "stocklab-benchmark-recovery", bool(cfg.experiment), run_name="benchmark recovery"):
+    experiment = cfg.experiment or "stocklab-benchmark-recovery"
+    with job_run(experiment, bool(cfg.experiment), run_name="benchmark recovery") as parent:
         log_params_once({f"benchmark_{k}": v for k, v in vars(cfg).items() if k not in ("output",)})
         for model, recipe, values, seed in tqdm(jobs, desc="benchmark recovery", unit="fit"):
             tcfg = with_values(base, {"model": model, **values, "seed": seed})
             tags = {"stocklab.benchmark_entry": model, "stocklab.recipe": recipe, "stocklab.role": "benchmark"}
-            with mlflow.start_run(nested=True, run_name=f"{model} {recipe} s{seed}", tags=tags) as run:
-                try:
-                    res = train_in_run(tcfg)
-                except Exception as e:  # noqa: BLE001 - one failing model must not lose the others
-                    mlflow.set_tag("stocklab.error", describe(e))
-                    rows.append({"model": model, "recipe": recipe, "seed": seed, "error": describe(e)})
-                    print(f"{model} {recipe} seed {seed} failed: {describe(e)}")
-                    mlflow.end_run("FAILED")
-                    continue
-                local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="predictions.parquet")
-                test = pd.read_parquet(local)
-                if not np.isfinite(oracle_ic):  # every fit has the same test windows (one split)
-                    oracle_ic = oracle_rank_ic(market.oracle, test)
-                ratio = res["rank_ic"] / oracle_ic
-                mlflow.log_metrics({"oracle_rank_ic": oracle_ic, "recovery_ratio": ratio})
-                rows.append({"model": model, "recipe": recipe, "seed": seed, "rank_ic": res["rank_ic"],
-                             "valid_rank_ic": res["valid_rank_ic"], "recovery": ratio,
-                             "train_s": res["train_time_s"], "epochs": res["epochs_run"]})  # fmt: skip
+            name = f"{model} {recipe} s{seed}"
+            run = mlflow.start_run(nested=True, run_name=name, tags=tags, experiment_id=parent.info.experiment_id)
+            try:
+                res = train_in_run(tcfg)
+            except Exception as e:  # noqa: BLE001 - one failing model must not lose the others
+                mlflow.set_tag("stocklab.error", describe(e))
+                mlflow.end_run("FAILED")
+                rows.append({"model": model, "recipe": recipe, "seed": seed, "error": describe(e)})
+                print(f"{model} {recipe} seed {seed} failed: {describe(e)}")
+                continue
+            local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="predictions.parquet")
+            # the oracle on this fit's own test windows (a model's window length decides which exist)
+            oracle = oracle_rank_ic(market.oracle, pd.read_parquet(local))
+            oracle_ic = oracle if not np.isfinite(oracle_ic) else oracle_ic  # the report's: the first fit's
+            ratio = res["rank_ic"] / oracle
+            mlflow.log_metrics({"oracle_rank_ic": oracle, "recovery_ratio": ratio})
+            mlflow.end_run("FINISHED")
+            rows.append({"model": model, "recipe": recipe, "seed": seed, "rank_ic": res["rank_ic"],
+                         "valid_rank_ic": res["valid_rank_ic"], "recovery": ratio,
+                         "train_s": res["train_time_s"], "epochs": res["epochs_run"]})  # fmt: skip
         elapsed = time.perf_counter() - t0
         out = write_recovery_report(cfg, pd.DataFrame(rows), oracle_ic, device, started, elapsed)
         mlflow.log_artifacts(str(Path(out["report"]).parent), "report")

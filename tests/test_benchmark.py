@@ -44,6 +44,10 @@ def test_speed_suite_writes_speed_json(tmp_path, tracking):
         assert key in saved and key in res
     assert saved["seed000_200_epochs_s"] == pytest.approx(200 * saved["seed000_epoch_s"])
     assert saved["window_project_windows"] > 0 and saved["train_speedup_lstm"] > 0
+    for name in ("cnn2d", "lstm"):  # (e): daily batches and the date losses against random + mse
+        for recipe in ("daily_mse", "daily_ic", "daily_rank"):
+            ratio = saved[f"xs_epoch_s_{name}_{recipe}"] / saved[f"xs_epoch_s_{name}_random_mse"]
+            assert saved[f"xs_epoch_ratio_{name}_{recipe}"] == pytest.approx(ratio)
     for name in ("cnn2d", "lstm"):
         for batch in (64, 1024):
             k = f"seed000_{name}_b{batch}"

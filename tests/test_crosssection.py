@@ -298,3 +298,21 @@ def test_recovery_suite_reports_each_recipe_against_the_oracle(tracking, tmp_pat
     cs = children[children["tags.stocklab.recipe"] == "cs"].iloc[0]
     assert (cs["params.label"], cs["params.batching"], cs["params.select"]) == ("cs_rank", "daily", "rank_ic")
     assert dataclasses.asdict(cfg)["tickers"] == 30
+
+
+TRAINED = [m for m, (cls, _) in MODELS.items() if cls.output.score is not None and m not in ("naive", "factor")]
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_every_rankable_model_trains_with_each_daily_loss(name):
+    """Any trained model with a return forecast takes the losses over dates (cnn_ta's classes
+    cannot: test_bad_recipe_combinations_are_one_line_errors; naive and factor train nothing)."""
+    p = _panel(n_tickers=6, n_days=120)
+    ws = WindowSet(p, 12, 1, FR, "standard", label="cs_zscore")
+    mcfg = model_config(name)
+    cfg = effective_config(TrainConfig(model=name, seq_len=12, horizon=1, epochs=1, batching="daily"), mcfg)
+    for loss in ("ic", "rank"):
+        set_seed(0)
+        model = build_model(name, ws.n_features, cfg.seq_len, mcfg)
+        hist = fit(model, ws, dataclasses.replace(cfg, loss=loss).validate())
+        assert np.isfinite(hist.train_loss[0]) and np.isfinite(hist.valid_loss[0]), (name, loss)

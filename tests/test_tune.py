@@ -243,15 +243,25 @@ def test_multi_objective_study_registers_the_pareto_trial_with_the_best_rank_ic(
 
 
 @pytest.mark.slow
-def test_pruning_reports_what_the_trial_returns(tracking, csv_dir, tmp_path):
+@pytest.mark.parametrize("select", ["loss", "rank_ic"])
+def test_pruning_reports_what_the_trial_returns(tracking, csv_dir, tmp_path, select):
     """The per-epoch report is the value the trial would return if it stopped there, so the
-    last report equals the trial's value (valid rank IC of the kept epoch)."""
-    cfg = _study(csv_dir, tmp_path, metric="valid_rank_ic", epochs=3, patience=3)
-    run_tune(cfg)
+    last report equals the trial's value (valid rank IC of the kept epoch); with select=rank_ic
+    it is the trainer's own per-epoch rank IC (the best of those logged)."""
+    recipe = {"select": select, "label": "cs_rank", "batching": "daily"}
+    cfg = _study(csv_dir, tmp_path, metric="valid_rank_ic", epochs=3, patience=3, **recipe)
+    run_tune(cfg, fixed=set(recipe))
     study = optuna.load_study(study_name="linear-csvs", storage=make_storage(str(tmp_path / "j.log")))
+    client = mlflow.MlflowClient()
     for t in study.trials:
         steps = sorted(t.intermediate_values)
         assert steps and t.intermediate_values[steps[-1]] == pytest.approx(t.value, rel=1e-9)
+        history = client.get_metric_history(t.user_attrs["mlflow_run_id"], "valid_rank_ic_epoch")
+        if select == "rank_ic":
+            best = max(m.value for m in history)
+            assert len(history) == len(steps) and t.intermediate_values[steps[-1]] == pytest.approx(best, rel=1e-9)
+        else:
+            assert not history  # computed only when it decides the kept epoch
 
 
 def test_promote_with_no_versions_is_a_clear_error(tracking):

@@ -16,7 +16,10 @@ Measured in one process on one machine, and written to `speed.json` (also logged
       epoch time is projected from `seed000_steps` measured steps (`seed000_epoch_measured`);
   (d) a short lstm study on `data` (`study_trials` trials, 1 epoch, `study_tickers` tickers) run
       as `stocklab tune` with n_jobs 1 and `study_jobs`: trials per hour and per-trial overhead
-      (a trial's wall time minus its training time).
+      (a trial's wall time minus its training time);
+  (e) the cost of cross-sectional training: seconds per training epoch of cnn2d and lstm on the
+      windows of (b) with batching=daily and loss mse, ic and rank, over random batches + mse
+      (`xs_epoch_ratio_<model>_<batching>_<loss>`; best of `XS_REPEATS` epochs each).
 """
 
 from __future__ import annotations
@@ -307,6 +310,27 @@ def bench_study(cfg: BenchmarkConfig, n_jobs: int, workdir: Path) -> dict:
     }
 
 
+XS_RECIPES = (("random", "mse"), ("daily", "mse"), ("daily", "ic"), ("daily", "rank"))
+XS_REPEATS = 2
+
+
+def bench_cross_sectional(ws: WindowSet, cfg: BenchmarkConfig) -> dict:
+    """(e): one training epoch per recipe, the best of XS_REPEATS, on the same windows."""
+    out: dict = {}
+    for name in ("cnn2d", "lstm"):
+        for batching, loss in XS_RECIPES:
+            tcfg = TrainConfig(model=name, epochs=1, batch_size=cfg.batch_size, batching=batching, loss=loss)
+            times = []
+            for _ in range(XS_REPEATS):
+                model = _model(name, ws, cfg.seq_len)
+                times.append(fit(model, ws, tcfg).train_only_s)
+            out[f"xs_epoch_s_{name}_{batching}_{loss}"] = min(times)
+        base = out[f"xs_epoch_s_{name}_random_mse"]
+        for batching, loss in XS_RECIPES[1:]:
+            out[f"xs_epoch_ratio_{name}_{batching}_{loss}"] = out[f"xs_epoch_s_{name}_{batching}_{loss}"] / base
+    return out
+
+
 def run_speed_suite(cfg: BenchmarkConfig) -> dict:
     """(a)-(d) on this machine; the results go to `cfg.output`, the benchmark run and stdout."""
     import mlflow
@@ -343,6 +367,8 @@ def run_speed_suite(cfg: BenchmarkConfig) -> dict:
                 f"train_ceiling_speedup_{name}": peak * 1e9 / flops / base,
             }
         )
+    print("(e) cross-sectional training: an epoch with daily batches and the ic / rank losses")
+    results.update(bench_cross_sectional(ws.head(train=cfg.train_steps * cfg.batch_size, valid=1024), cfg))
     print("(c) seed000 workload: 514 tickers x 3500 days x 7 features, 96-day windows, cnn2d deep and lstm")
     results.update(bench_seed000(cfg, device))
     import tempfile
@@ -392,6 +418,10 @@ def format_table(r: dict) -> str:
                     f"{r[f'{k}_200_epochs_s']:.0f} s for 200 epochs ({r['seed000_epoch_measured']})"
                 )
     lines.append("(c) source study: 4h07m-6h45m per run")
+    for name in ("cnn2d", "lstm"):
+        if f"xs_epoch_s_{name}_random_mse" in r:
+            ratios = ", ".join(f"{b}+{lo} {r[f'xs_epoch_ratio_{name}_{b}_{lo}']:.2f}x" for b, lo in XS_RECIPES[1:])
+            lines.append(f"(e) {name} epoch {r[f'xs_epoch_s_{name}_random_mse']:.2f} s (random+mse); {ratios}")
     for key in sorted(k[: -len("_wall_s")] for k in r if k.startswith("study_jobs") and k.endswith("_wall_s")):
         lines.append(
             f"(d) study, n_jobs={key[len('study_jobs') :]}: {r[f'{key}_trials']} trials in {r[f'{key}_wall_s']:.0f} s "

@@ -215,6 +215,12 @@ def test_promote_decides_on_validation_and_refuses_incomparable_versions(trackin
     client.set_registered_model_alias(name, "challenger", "3")
     assert run_promote(PromoteConfig(model="gru", force=True))["champion"] == 3
     assert {k: int(v) for k, v in client.get_registered_model(name).aliases.items()} == {"champion": 3}
+    # a loss on another training target is not comparable either (a version without the param
+    # trained on the raw label); its valid_rank_ic, judged on raw returns, is
+    _register(name, {"valid_loss_min": 0.01, "valid_rank_ic": 0.2}, {**same, "horizon": 5, "label": "cs_rank"})
+    with pytest.raises(ValueError, match="\\(label raw vs cs_rank\\); their valid_loss_min values are not"):
+        run_promote(PromoteConfig(model="gru"))
+    assert run_promote(PromoteConfig(model="gru", metric="valid_rank_ic"))["champion"] == 4
 
 
 def _study(data, tmp_path, **kw) -> TuneConfig:

@@ -8,8 +8,9 @@ The candidate is the best version of `stocklab-<model>` other than the current c
 for *mse*/*loss* metrics, higher otherwise). It takes the alias `champion` only if it beats the
 champion; otherwise it becomes `challenger`. A version that becomes champion stops being
 challenger. Test metrics of both are printed side by side but never decide. Versions trained
-on different data (fingerprint) or label definitions (horizon, label_scale, split, max_tickers)
-are not compared unless `force=true`. The CLI records what changed in an audit run.
+on different data (fingerprint) or label definitions (horizon, label_scale, split, max_tickers;
+for a *loss* metric also the training target and loss: label, loss) are not compared unless
+`force=true`. The CLI records what changed in an audit run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ def direction_for(metric: str, direction: str = "auto") -> str:
 # what must match for two versions' validation metrics to be comparable: the same data and
 # the same label on the same validation days
 COMPARABLE = ("data_fingerprint", "horizon", "label_scale", "split", "max_tickers")
+# a *loss* metric is measured on the training target with the training loss: those must match
+# too (valid_mse_min and rank ICs judge the raw forward return whatever the target); versions
+# logged before these params existed trained with their defaults
+TARGET = {"label": "raw", "loss": "mse"}
 # shown beside the decision, never used for it
 TEST_METRICS = ("test_mse", "mse_skill", "rank_ic", "ic")
 
@@ -62,7 +67,10 @@ def run_promote(cfg: PromoteConfig) -> dict:
 
     def key(v) -> dict:
         params = runs[v.version].data.params if runs[v.version] else {}
-        return {k: tracking.unquote_param(params[k]) if k in params else None for k in COMPARABLE}
+        out = {k: tracking.unquote_param(params[k]) if k in params else None for k in COMPARABLE}
+        if "loss" in cfg.metric:
+            out |= {k: tracking.unquote_param(params[k]) if k in params else d for k, d in TARGET.items()}
+        return out
 
     scored = [(s, v) for s, v in ((score(v), v) for v in versions) if math.isfinite(s)]
     if not scored:
@@ -90,7 +98,7 @@ def run_promote(cfg: PromoteConfig) -> dict:
 
 def _check_comparable(cfg: PromoteConfig, champ, best, champ_key: dict, best_key: dict) -> None:
     """Versions trained on different data or labels have incomparable validation metrics."""
-    differ = {k: (champ_key[k], best_key[k]) for k in COMPARABLE if champ_key[k] != best_key[k]}
+    differ = {k: (champ_key[k], best_key[k]) for k in champ_key if champ_key[k] != best_key[k]}
     if differ:
         what = ", ".join(f"{k} {a} vs {b}" for k, (a, b) in differ.items())
         raise StockLabError(

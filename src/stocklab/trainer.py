@@ -328,8 +328,8 @@ def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallba
             improved = valid_loss < hist.best_valid
         if improved:
             hist.best_valid, hist.best_epoch = valid_loss, epoch
-            if cfg.select == "rank_ic":
-                hist.best_rank_ic = score
+            if cfg.select == "rank_ic":  # a NaN first epoch leaves the bar at -inf for the next
+                hist.best_rank_ic = score if math.isfinite(score) else -math.inf
             best_state = copy.deepcopy(model.state_dict())
         if on_epoch is not None:  # after the update: the hook sees this epoch's best-so-far
             on_epoch(epoch, train_loss, valid_loss, hist)

@@ -92,7 +92,8 @@ def fit_fold(cfg: TrainConfig, mcfg, prep: Prepared, on_epoch: EpochHook | None,
     metrics, skipped = split_metrics(test, ws, cfg.label_scale)
     metrics.update(
         {
-            "valid_loss_min": hist.best_valid,  # the early-stopping objective (the model's output loss)
+            # the kept epoch's validation loss (the lowest, unless select=rank_ic kept another)
+            "valid_loss_min": hist.best_valid,
             "valid_rank_ic": rank_ic_of(valid),
             "best_epoch": hist.best_epoch,
             "train_time_s": hist.train_time_s,

@@ -1,0 +1,81 @@
+"""The long-short book of overlapping tranches, net of costs, against a direct computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stocklab.portfolio import daily_portfolio, portfolio_metrics
+
+
+def _panel(n_tickers=12, n_days=60, seed=0):
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2021-01-04", periods=n_days)
+    tickers = [f"T{i:02d}" for i in range(n_tickers)]
+    close = pd.DataFrame(100 * np.exp(np.cumsum(rng.normal(0, 0.02, (n_days, n_tickers)), axis=0)), dates, tickers)
+    pred = pd.DataFrame(
+        [(d, t, rng.normal()) for d in dates[5:50] for t in tickers if rng.random() > 0.1],
+        columns=["date", "ticker", "prediction"],
+    )
+    return pred, close
+
+
+def _direct(pred, close, q, hold, cost_bps):
+    """The same book written out day by day: each day's tranche from its own ranking, the
+    portfolio the sum of the last `hold` tranches over hold, next-day returns, costs on |dW|."""
+    days = sorted(pred["date"].unique())
+    tickers = list(close.columns)
+    tranche = {}
+    for d in days:
+        day = pred[pred["date"] == d].set_index("ticker")["prediction"]
+        order = day.rank(method="average", pct=True)
+        top, bottom = order[order > 1 - 1 / q].index, order[order <= 1 / q].index
+        w = pd.Series(0.0, index=tickers)
+        w[top] += 1 / len(top)
+        w[bottom] -= 1 / len(bottom)
+        tranche[d] = w
+    rows, prev = [], pd.Series(0.0, index=tickers)
+    for i, d in enumerate(days):
+        book = sum(tranche[days[j]] for j in range(max(0, i - hold + 1), i + 1)) / hold
+        k = close.index.get_loc(d)
+        ret = (close.iloc[k + 1] / close.iloc[k] - 1.0) if k + 1 < len(close) else pd.Series(0.0, index=tickers)
+        gross = float((book * ret.fillna(0.0)).sum())
+        traded = float((book - prev).abs().sum())
+        rows.append((d, gross, gross - traded * cost_bps / 1e4, traded))
+        prev = book
+    return pd.DataFrame(rows, columns=["date", "gross", "net", "turnover"]).set_index("date")
+
+
+@pytest.mark.parametrize("hold", [1, 5])
+def test_the_book_equals_a_direct_computation_costs_included(hold):
+    pred, close = _panel()
+    daily = daily_portfolio(pred, close, quantiles=5, hold=hold, cost_bps=10.0)
+    expected = _direct(pred, close, 5, hold, 10.0)
+    for col in ("gross", "net", "turnover"):
+        np.testing.assert_allclose(daily[col].to_numpy(), expected[col].to_numpy(), rtol=0, atol=1e-9)
+    # the statistics, written out: 252 trading days a year
+    m = portfolio_metrics(daily)
+    net, gross = expected["net"], expected["gross"]
+    assert m["ls_sharpe_net"] == pytest.approx(net.mean() / net.std(ddof=1) * np.sqrt(252), abs=1e-9)
+    assert m["ls_sharpe"] == pytest.approx(gross.mean() / gross.std(ddof=1) * np.sqrt(252), abs=1e-9)
+    assert m["ls_return_ann"] == pytest.approx((1 + gross).prod() ** (252 / len(gross)) - 1, abs=1e-9)
+    wealth = (1 + net).cumprod()
+    assert m["ls_max_drawdown"] == pytest.approx((wealth / np.maximum.accumulate(np.r_[1.0, wealth])[1:] - 1).min(),
+                                                 abs=1e-9)  # fmt: skip
+    assert m["ls_turnover"] == pytest.approx(expected["turnover"].mean(), abs=1e-12)
+    # holding longer trades less
+    if hold > 1:
+        assert m["ls_turnover"] < portfolio_metrics(daily_portfolio(pred, close, 5, 1, 10.0))["ls_turnover"]
+
+
+def test_a_perfect_forecast_earns_and_costs_only_lower_it():
+    _, close = _panel(n_days=80)
+    fwd = (close.shift(-1) / close - 1).stack().rename("prediction").reset_index()
+    fwd.columns = ["date", "ticker", "prediction"]
+    fwd = fwd.dropna()
+    free = portfolio_metrics(daily_portfolio(fwd, close, 5, 1, 0.0))
+    paid = portfolio_metrics(daily_portfolio(fwd, close, 5, 1, 25.0))
+    assert free["ls_sharpe"] > 5 and free["ls_sharpe_net"] == pytest.approx(free["ls_sharpe"])
+    assert paid["ls_sharpe"] == pytest.approx(free["ls_sharpe"]) and paid["ls_sharpe_net"] < free["ls_sharpe_net"]
+    assert free["top_excess_ann"] > 0

@@ -79,3 +79,33 @@ def test_a_perfect_forecast_earns_and_costs_only_lower_it():
     assert free["ls_sharpe"] > 5 and free["ls_sharpe_net"] == pytest.approx(free["ls_sharpe"])
     assert paid["ls_sharpe"] == pytest.approx(free["ls_sharpe"]) and paid["ls_sharpe_net"] < free["ls_sharpe_net"]
     assert free["top_excess_ann"] > 0
+
+
+def test_a_train_run_logs_the_book_of_its_test_predictions(tracking, tmp_path):
+    """The run's ls_* metrics and portfolio.parquet are the book of its own predictions.parquet
+    traded at the data's closes (horizon 3, so tranches overlap), within 1e-9."""
+    import mlflow
+    from conftest import long_bars, synthetic_bars
+
+    from stocklab.config import TrainConfig
+    from stocklab.pipeline.fitting import train_in_run
+
+    bars = pd.concat([synthetic_bars(n_tickers=1, n_days=220, seed=s).assign(Name=f"S{s}") for s in range(8)])
+    path = tmp_path / "bars.parquet"
+    long_bars(bars).to_parquet(path)
+    cfg = TrainConfig(data=str(path), model="linear", epochs=1, seq_len=5, horizon=3, cost_bps=15.0, cache_dir="",
+                      tear_sheet=False)  # fmt: skip
+    with mlflow.start_run() as run:
+        train_in_run(cfg)
+    logged = mlflow.get_run(run.info.run_id).data.metrics
+    pred = pd.read_parquet(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/predictions.parquet"))
+    close = long_bars(bars).pivot(index="date", columns="ticker", values="close")
+    expected = _direct(pred, close, 5, 3, 15.0)
+    net = expected["net"]
+    assert logged["ls_sharpe_net"] == pytest.approx(net.mean() / net.std(ddof=1) * np.sqrt(252), abs=1e-9)
+    assert logged["ls_turnover"] == pytest.approx(expected["turnover"].mean(), abs=1e-9)
+    book = pd.read_parquet(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/portfolio.parquet"))
+    np.testing.assert_allclose(book["net"].to_numpy(), net.to_numpy(), rtol=0, atol=1e-9)
+    for key in ("valid_ls_sharpe_net", "ls_max_drawdown", "ls_return_ann", "top_excess_ann"):
+        assert np.isfinite(logged[key]), key
+    assert "plots/portfolio.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}

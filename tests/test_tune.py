@@ -249,19 +249,24 @@ def test_multi_objective_study_registers_the_pareto_trial_with_the_best_rank_ic(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("select", ["loss", "rank_ic"])
-def test_pruning_reports_what_the_trial_returns(tracking, csv_dir, tmp_path, select):
+@pytest.mark.parametrize(
+    "metric,select", [("valid_rank_ic", "loss"), ("valid_rank_ic", "rank_ic"), ("valid_ls_sharpe_net", "loss")]
+)
+def test_pruning_reports_what_the_trial_returns(tracking, csv_dir, tmp_path, metric, select):
     """The per-epoch report is the value the trial would return if it stopped there, so the
-    last report equals the trial's value (valid rank IC of the kept epoch); with select=rank_ic
-    it is the trainer's own per-epoch rank IC (the best of those logged)."""
+    last report equals the trial's value (valid rank IC, or the validation book's net Sharpe,
+    of the kept epoch); with select=rank_ic it is the trainer's own per-epoch rank IC (the best
+    of those logged)."""
     recipe = {"select": select, "label": "cs_rank", "batching": "daily"}
-    cfg = _study(csv_dir, tmp_path, metric="valid_rank_ic", epochs=3, patience=3, **recipe)
+    cfg = _study(csv_dir, tmp_path, metric=metric, epochs=3, patience=3, **recipe)
     run_tune(cfg, fixed=set(recipe))
     study = optuna.load_study(study_name="linear-csvs", storage=make_storage(str(tmp_path / "j.log")))
     client = mlflow.MlflowClient()
     for t in study.trials:
         steps = sorted(t.intermediate_values)
         assert steps and t.intermediate_values[steps[-1]] == pytest.approx(t.value, rel=1e-9)
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert t.value == pytest.approx(run.data.metrics[metric], rel=1e-12)
         history = client.get_metric_history(t.user_attrs["mlflow_run_id"], "valid_rank_ic_epoch")
         if select == "rank_ic":
             best = max(m.value for m in history)

@@ -36,9 +36,10 @@ WALKS = ("expanding", "sliding")
 TUNE_METRICS = {
     "valid_loss": ("valid_loss",),
     "valid_rank_ic": ("valid_rank_ic",),
+    "valid_ls_sharpe_net": ("valid_ls_sharpe_net",),  # the validation long-short book, net of costs
     "both": ("valid_loss", "valid_rank_ic"),
 }
-DIRECTIONS = {"valid_loss": "minimize", "valid_rank_ic": "maximize"}
+DIRECTIONS = {"valid_loss": "minimize", "valid_rank_ic": "maximize", "valid_ls_sharpe_net": "maximize"}
 PRUNERS = ("median", "hyperband", "none")
 DEFAULT_JOURNAL = "optuna-journal.log"
 # defaults shared by several jobs' configs (scoring passes, the parsed-panel cache)
@@ -107,6 +108,10 @@ class TrainConfig:
     cuda_graph: bool = opt(True, "CUDA: replay the training step from a CUDA graph (false: eager steps)")
     eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size for validation/test passes")
     tear_sheet: bool = opt(True, "log the alphalens tear sheet of the test predictions (its slowest artifact)")
+    # the long-short book every scored split is judged by (portfolio.py)
+    quantiles: int = opt(5, "portfolio: long the top 1/q and short the bottom 1/q by prediction", role="recorded")
+    hold: int = opt(0, "portfolio: trading days each daily tranche is held (0 = the label horizon)", role="recorded")
+    cost_bps: float = opt(10.0, "portfolio: trading cost in basis points per unit of weight traded", role="recorded")
     cache_dir: str = opt(CACHE_DIR, "parsed-panel cache folder ('' = no cache)")
     experiment: str = opt("", "MLflow experiment (default: stocklab-train; for tune: stocklab-tune-<study>)")
 
@@ -137,6 +142,9 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.max_tickers >= 0, "max_tickers", "must be >= 0"),
             (self.folds >= 1, "folds", "must be >= 1"),
+            (self.quantiles >= 2, "quantiles", "must be >= 2"),
+            (self.hold >= 0, "hold", "must be >= 0 (0 = the label horizon)"),
+            (self.cost_bps >= 0, "cost_bps", "must be >= 0"),
         ]
         for ok, name, problem in checks:
             if not ok:
@@ -149,6 +157,9 @@ class TrainConfig:
             )
         self.split_fractions()
         return self
+
+    def holding_days(self) -> int:
+        return self.hold or self.horizon
 
     def train_config(self) -> TrainConfig:
         """The TrainConfig part of this config (itself for a TrainConfig)."""

@@ -40,6 +40,25 @@ def attention_heatmap(weights: np.ndarray, labels: list[str]):
     return fig
 
 
+def portfolio_plot(daily, title: str = "long-short book (top minus bottom quantile)"):
+    """Cumulative gross and net return of a daily book (portfolio.daily_portfolio), its net
+    drawdown underneath."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, height_ratios=(3, 1))
+    dates = daily.index.to_numpy()
+    for col, color in (("gross", "tab:gray"), ("net", "tab:blue")):
+        top.plot(dates, np.cumprod(1.0 + daily[col].to_numpy()) - 1.0, color=color, label=col)
+    top.axhline(0.0, color="k", lw=0.5)
+    top.set_ylabel("cumulative return")
+    top.set_title(title)
+    top.legend(loc="upper left")
+    wealth = np.cumprod(1.0 + daily["net"].to_numpy())
+    drawdown = wealth / np.maximum.accumulate(np.maximum(wealth, 1.0)) - 1.0
+    bottom.fill_between(dates, drawdown, 0.0, color="tab:red", alpha=0.4)
+    bottom.set_ylabel("net drawdown")
+    fig.tight_layout()
+    return fig
+
+
 def log_figure(fig, artifact_file: str) -> None:
     mlflow.log_figure(fig, artifact_file)
     plt.close(fig)

@@ -2,6 +2,7 @@
 the weights of a trial and, for a model that may be used, the model itself with its Bundle.
 
     evaluate_split:      score one split into the active run (the `evaluate` job)
+    log_portfolio:       the daily long-short book of a run's predictions
     log_full_evaluation: plots, tear sheet, attention heatmap and the logged model
     log_weights:         a trial's weights only (logged.complete_run turns them into a model)
 """
@@ -20,7 +21,7 @@ from stocklab import factor_eval, plots, tracking
 from stocklab.config import TrainConfig
 from stocklab.errors import describe
 from stocklab.pipeline.inputs import Prepared
-from stocklab.pipeline.scoring import predictions_frame, split_metrics
+from stocklab.pipeline.scoring import portfolio_of, predictions_frame, split_metrics
 
 BUNDLE_FILE = "preprocess.json"  # inside the logged model's directory (extra_files)
 BUNDLE_ARTIFACT = "model_bundle/preprocess.json"  # the same, as a run artifact for the UI
@@ -38,11 +39,25 @@ def log_predictions(df: pd.DataFrame, skipped: str | None) -> None:
         mlflow.set_tag(SKIPPED_TAG, skipped)
 
 
+def log_portfolio(df: pd.DataFrame, ws, cfg: TrainConfig) -> None:
+    """portfolio.parquet: the daily long-short book of these predictions (portfolio.py)."""
+    book = portfolio_of(df, ws, cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "portfolio.parquet"
+        book.rename_axis("date").reset_index().to_parquet(path, index=False)
+        mlflow.log_artifact(str(path))
+
+
 def log_evaluation_plots(df: pd.DataFrame, prep: Prepared, cfg: TrainConfig, skipped, tear_sheet: bool = True) -> None:
-    """Prediction-vs-actual plots and (unless the cross-section is too small) the tear sheet."""
+    """Prediction-vs-actual plots and (unless the cross-section is too small) the long-short
+    book's plots/portfolio.png (cumulative gross and net return, drawdown) and the tear sheet."""
     with tempfile.TemporaryDirectory() as tmp:
         factor_eval.prediction_plots(df, Path(tmp), seed=cfg.seed)
         mlflow.log_artifacts(tmp, "plots")
+    if not skipped:
+        book = portfolio_of(df, prep.ws, cfg)
+        title = f"long-short book: top/bottom 1/{cfg.quantiles}, hold {cfg.holding_days()} days, {cfg.cost_bps:g} bp"
+        plots.log_figure(plots.portfolio_plot(book, title), "plots/portfolio.png")
     if tear_sheet and cfg.tear_sheet and not skipped:
         try:
             close = pd.DataFrame(prep.panel.close.T, index=prep.panel.dates, columns=prep.panel.tickers)
@@ -57,9 +72,11 @@ def evaluate_split(model, prep: Prepared, cfg: TrainConfig, split: str, tear_she
     """Score one split and log it to the active run: MSE skill vs the zero and the training-mean
     forecasts, factor metrics, predictions.parquet, plots and the alphalens tear sheet."""
     df = predictions_frame(model, prep.ws, split, cfg.eval_batch_size)
-    metrics, skipped = split_metrics(df, prep.ws, cfg.label_scale)
+    metrics, skipped = split_metrics(df, prep.ws, cfg)
     metrics[f"{split}_mse"] = metrics.pop("test_mse")
     log_predictions(df, skipped)
+    if not skipped:
+        log_portfolio(df, prep.ws, cfg)
     log_evaluation_plots(df, prep, cfg, skipped, tear_sheet)
     mlflow.log_metrics(metrics)
     return metrics

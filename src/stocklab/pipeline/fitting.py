@@ -16,13 +16,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stocklab import factor_eval, plots, tracking
+from stocklab import factor_eval, plots, portfolio, tracking
 from stocklab.config import TrainConfig
 from stocklab.crosssection import MIN_TICKERS, label_target
 from stocklab.models import build_model, effective_config, model_config
-from stocklab.pipeline.artifacts import BUNDLE_ARTIFACT, log_dataset, log_full_evaluation, log_predictions, log_weights
+from stocklab.pipeline.artifacts import (
+    BUNDLE_ARTIFACT,
+    log_dataset,
+    log_full_evaluation,
+    log_portfolio,
+    log_predictions,
+    log_weights,
+)
 from stocklab.pipeline.inputs import Bundle, InputCache, Prepared, folds_of, load_inputs, with_windows
-from stocklab.pipeline.scoring import mse_of, predictions_frame, rank_ic_of, split_metrics
+from stocklab.pipeline.scoring import (
+    mse_of,
+    portfolio_of,
+    predictions_frame,
+    rank_ic_of,
+    split_metrics,
+    valid_portfolio_metrics,
+)
 from stocklab.trainer import History, configure_cpu_threads, fit, resolve_device, set_seed
 from stocklab.windows import valid_window_mask, window_span
 
@@ -37,6 +51,7 @@ class EpochInfo:
     best_epoch: int  # epoch of the lowest validation loss so far (its weights are kept)
     valid_loss_min: float
     valid_rank_ic: Callable[[], float]  # rank IC of the current weights on the validation split
+    valid_ls_sharpe_net: Callable[[], float]  # net Sharpe of their validation long-short book
     fold: int = 0  # walk-forward fold (0-based)
     step: int = 0  # epoch counted across folds: fold * epochs + epoch (Optuna's report step)
 
@@ -46,7 +61,7 @@ EpochHook = Callable[[EpochInfo], None]
 # per-fold metrics summarised as mean and standard deviation over the folds
 FOLD_SUMMARY = (
     "rank_ic", "ic", "icir", "ic_tstat", "hit_rate", "spread_q5_q1", "mse_skill", "mse_skill_mean",
-    "test_mse", "valid_loss_min", "valid_rank_ic", "valid_mse_min",
+    "test_mse", "valid_loss_min", "valid_rank_ic", "valid_mse_min", "ls_sharpe_net", "valid_ls_sharpe_net",
 )  # fmt: skip
 FOLD_TOTALS = ("train_time_s", "epochs_run", "n_train", "n_test")  # summed over folds, not averaged
 
@@ -75,13 +90,19 @@ def fit_fold(cfg: TrainConfig, mcfg, prep: Prepared, on_epoch: EpochHook | None,
                 return hist.valid_rank_ic[-1]
             return rank_ic_of(predictions_frame(model, ws, "valid", cfg.eval_batch_size))
 
+        def valid_ls_sharpe_net() -> float:
+            frame = predictions_frame(model, ws, "valid", cfg.eval_batch_size)
+            return valid_portfolio_metrics(frame, ws, cfg).get("valid_ls_sharpe_net", float("nan"))
+
         losses = {f"{prefix}train_loss": train_loss, f"{prefix}valid_loss": valid_loss}
         if len(hist.valid_rank_ic) == epoch:
             losses[f"{prefix}valid_rank_ic_epoch"] = hist.valid_rank_ic[-1]
         mlflow.log_metrics(losses, step=epoch)
         if on_epoch is not None:
             step = fold.index * cfg.epochs + epoch
-            info = EpochInfo(epoch, train_loss, valid_loss, hist.best_epoch, hist.best_valid, valid_rank_ic)
+            info = EpochInfo(
+                epoch, train_loss, valid_loss, hist.best_epoch, hist.best_valid, valid_rank_ic, valid_ls_sharpe_net
+            )
             on_epoch(dataclasses.replace(info, fold=fold.index, step=step))
 
     hist = fit(model, ws, cfg, on_epoch=log_epoch)  # restores the best epoch's weights
@@ -89,7 +110,8 @@ def fit_fold(cfg: TrainConfig, mcfg, prep: Prepared, on_epoch: EpochHook | None,
         mlflow.set_tag("stocklab.cuda_graph_fallback", hist.graph_fallback)
     valid = predictions_frame(model, ws, "valid", cfg.eval_batch_size)
     test = predictions_frame(model, ws, "test", cfg.eval_batch_size)
-    metrics, skipped = split_metrics(test, ws, cfg.label_scale)
+    metrics, skipped = split_metrics(test, ws, cfg)
+    metrics.update(valid_portfolio_metrics(valid, ws, cfg))
     metrics.update(
         {
             # the kept epoch's validation loss (the lowest, unless select=rank_ic kept another)
@@ -160,6 +182,8 @@ def train_in_run(
 
     last = results[-1]
     log_predictions(test, skipped)
+    if not skipped:
+        log_portfolio(test, last.prep.ws, cfg)
     mlflow.log_metrics({k: v for k, v in metrics.items() if not isinstance(v, str)})
     bundle = Bundle.from_training(cfg, mcfg, last.prep).to_dict()
     tracking.log_json(bundle, BUNDLE_ARTIFACT)
@@ -259,4 +283,7 @@ def _combine_folds(cfg: TrainConfig, results: list[FoldResult]) -> tuple[dict, p
         keep = ("rank_ic", "icir", "ic_tstat", "spread_q5_q1")
         metrics.update({f"oos_{k}": v for k, v in oos.items() if k in keep})
         skipped = sheet_skipped
+    if not skipped:  # the book traded over the concatenated out-of-sample periods
+        book = portfolio_of(test, results[-1].prep.ws, cfg)
+        metrics.update(portfolio.portfolio_metrics(book, prefix="oos_"))
     return metrics, test, skipped, sheet_skipped

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stocklab import factor_eval
-from stocklab.config import EVAL_BATCH_SIZE
+from stocklab import factor_eval, portfolio
+from stocklab.config import EVAL_BATCH_SIZE, TrainConfig
 from stocklab.trainer import eval_mode, predict
 from stocklab.windows import WindowSet
 
@@ -39,10 +39,21 @@ def mse_of(df: pd.DataFrame) -> float:
     return float(np.mean(err**2)) if len(err) else float("nan")
 
 
-def split_metrics(df: pd.DataFrame, ws: WindowSet, label_scale: float) -> tuple[dict, str | None]:
+def close_prices(ws: WindowSet) -> pd.DataFrame:
+    """The panel's close prices as (dates x tickers): what the portfolio trades at."""
+    return pd.DataFrame(ws.panel.close.T, index=ws.panel.dates, columns=ws.panel.tickers)
+
+
+def portfolio_of(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig) -> pd.DataFrame:
+    """The daily long-short book of a predictions frame (portfolio.py), with cfg's settings."""
+    return portfolio.daily_portfolio(df, close_prices(ws), cfg.quantiles, cfg.holding_days(), cfg.cost_bps)
+
+
+def split_metrics(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig) -> tuple[dict, str | None]:
     """A scored split's metrics: MSE against the zero forecast (`mse_skill`) and against the
-    training-mean forecast (`mse_skill_mean`: the mean of the fold's training labels), and the
-    factor metrics. Returns (metrics, why the factor metrics were skipped or None)."""
+    training-mean forecast (`mse_skill_mean`: the mean of the fold's training labels), the
+    factor metrics and the long-short portfolio's (`ls_*`). Returns (metrics, why the factor
+    metrics were skipped or None)."""
     split_mse = mse_of(df)
     label = df["label"].to_numpy(np.float64)
     naive_mse = float(np.mean(label**2)) if len(label) else float("nan")  # the zero forecast
@@ -55,6 +66,16 @@ def split_metrics(df: pd.DataFrame, ws: WindowSet, label_scale: float) -> tuple[
         "mse_skill": split_mse / naive_mse if naive_mse > 0 else float("nan"),
         "mse_skill_mean": split_mse / mean_mse if mean_mse > 0 else float("nan"),
     }
-    factor, skipped = factor_eval.factor_metrics(df, label_scale)
+    factor, skipped = factor_eval.factor_metrics(df, cfg.label_scale)
     metrics.update(factor)
+    if not skipped:  # too few names a day for quintiles: no book either
+        metrics.update(portfolio.portfolio_metrics(portfolio_of(df, ws, cfg)))
     return metrics, skipped
+
+
+def valid_portfolio_metrics(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig) -> dict:
+    """The validation split's book as `valid_ls_*` metrics (what a study may select on)."""
+    names = df.groupby("date")["ticker"].nunique()
+    if names.empty or names.median() < factor_eval.MIN_CROSS_SECTION:
+        return {}
+    return portfolio.portfolio_metrics(portfolio_of(df, ws, cfg), prefix="valid_")

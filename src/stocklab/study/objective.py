@@ -29,7 +29,11 @@ from stocklab.spaces import suggest
 from stocklab.study.budget import worker_id
 
 # what each study metric reads from a finished trial's results (both are validation-only)
-RESULT_KEY = {"valid_loss": "valid_loss_min", "valid_rank_ic": "valid_rank_ic"}
+RESULT_KEY = {
+    "valid_loss": "valid_loss_min",
+    "valid_rank_ic": "valid_rank_ic",
+    "valid_ls_sharpe_net": "valid_ls_sharpe_net",
+}
 
 
 class TrialFailed(Exception):
@@ -95,10 +99,11 @@ def trial_run(trial: optuna.Trial, setup: StudySetup, name: str):
 
 def epoch_reporter(trial: optuna.Trial, cfg: TuneConfig):
     """on_epoch for train_in_run: report what the trial would return if it stopped now (the
-    validation loss of the kept, best epoch, or that epoch's rank IC) and prune if told to.
+    validation loss of the kept epoch, or that epoch's rank IC or validation book's net Sharpe)
+    and prune if told to.
     With walk-forward folds the step counts epochs across folds, so trials are compared on the
     same fold at the same epoch. Optuna cannot prune multi-objective trials: nothing to report."""
-    best_ic: dict[tuple[int, int], float] = {}  # (fold, best-loss epoch) -> its rank IC, once each
+    kept: dict[tuple[int, int], float] = {}  # (fold, kept epoch) -> its value, computed once each
 
     def report(info: EpochInfo) -> None:
         if len(TUNE_METRICS[cfg.metric]) > 1:
@@ -107,9 +112,9 @@ def epoch_reporter(trial: optuna.Trial, cfg: TuneConfig):
             value = info.valid_loss_min
         else:
             key = (info.fold, info.best_epoch)
-            if key not in best_ic and info.best_epoch == info.epoch:
-                best_ic[key] = info.valid_rank_ic()
-            value = best_ic.get(key, float("nan"))
+            if key not in kept and info.best_epoch == info.epoch:
+                kept[key] = info.valid_rank_ic() if cfg.metric == "valid_rank_ic" else info.valid_ls_sharpe_net()
+            value = kept.get(key, float("nan"))
         trial.report(value, info.step)
         if trial.should_prune():
             where = f"fold {info.fold + 1} epoch {info.epoch}" if cfg.folds > 1 else f"epoch {info.epoch}"
@@ -139,7 +144,7 @@ def make_objective(setup: StudySetup, cache: InputCache):
                 res = train_in_run(tcfg, overrides, epoch_reporter(trial, cfg), full=full, cache=cache)
         except TrialFailed:
             return setup.failed_value()  # the reason is the trial's `fail_reason`
-        values = tuple(res[RESULT_KEY[o]] for o in TUNE_METRICS[cfg.metric])
+        values = tuple(res.get(RESULT_KEY[o], float("nan")) for o in TUNE_METRICS[cfg.metric])
         return values if len(values) > 1 else values[0]
 
     return objective

@@ -249,9 +249,7 @@ def test_multi_objective_study_registers_the_pareto_trial_with_the_best_rank_ic(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "metric,select", [("valid_rank_ic", "loss"), ("valid_rank_ic", "rank_ic"), ("valid_ls_sharpe_net", "loss")]
-)
+@pytest.mark.parametrize("metric,select", [("valid_rank_ic", "rank_ic"), ("valid_ls_sharpe_net", "loss")])
 def test_pruning_reports_what_the_trial_returns(tracking, csv_dir, tmp_path, metric, select):
     """The per-epoch report is the value the trial would return if it stopped there, so the
     last report equals the trial's value (valid rank IC, or the validation book's net Sharpe,

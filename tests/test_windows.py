@@ -172,3 +172,14 @@ def test_scaling_in_place_matches_the_copy_and_keeps_one_panel(bars):
     assert np.shares_memory(owned.X.numpy(), p.X)  # no second copy of the panel
     for split in ("train", "valid", "test"):
         assert all(torch.equal(a, b) for a, b in zip(owned.index[split], copied.index[split]))
+
+
+def test_train_every_thins_training_end_days_and_keeps_every_scored_day(bars):
+    p = build_panel(long_bars(bars), "ohlcv", horizon=5, label_scale=1.0)
+    every = WindowSet(p, 10, 5, FR, "standard")
+    third = WindowSet(p, 10, 5, FR, "standard", train_every=3)
+    t_all, t_third = every.index["train"][1], third.index["train"][1]
+    assert set(t_third.tolist()) == {d for d in set(t_all.tolist()) if d % 3 == 0}  # the span starts at day 0
+    assert 0.3 < len(t_third) / len(t_all) < 0.37
+    for split in ("valid", "test"):
+        assert all(torch.equal(a, b) for a, b in zip(every.index[split], third.index[split]))

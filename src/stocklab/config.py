@@ -102,6 +102,7 @@ class TrainConfig:
         "expanding", "walk-forward training span: all earlier days or the initial length", WALKS, role="windows"
     )
     scaler: str = opt("standard", "feature scaling, fit on the training days only", SCALERS, role="windows")
+    train_every: int = opt(1, "only every k-th end day enters training (every day is still scored)", role="windows")
     max_tickers: int = opt(0, "use the first N tickers in name order (0 = all)", role="panel")
     device: str = opt("auto", "where to train", DEVICES)
     compile: bool = opt(False, "torch.compile the model for training")
@@ -142,6 +143,7 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.max_tickers >= 0, "max_tickers", "must be >= 0"),
             (self.folds >= 1, "folds", "must be >= 1"),
+            (self.train_every >= 1, "train_every", "must be >= 1"),
             (self.quantiles >= 2, "quantiles", "must be >= 2"),
             (self.hold >= 0, "hold", "must be >= 0 (0 = the label horizon)"),
             (self.cost_bps >= 0, "cost_bps", "must be >= 0"),

@@ -217,9 +217,13 @@ class WindowSet:
         stride: int = 1,
         scale_in_place: bool = False,
         label: str = "raw",
+        train_every: int = 1,
     ):
         """`label`: the training target (crosssection.label_target); `y` stays the raw forward
         return that predictions are judged against, `target` is what the losses read.
+        `train_every`: only every k-th end day of the training span (counted from its first
+        day) has training windows, which thins the heavily overlapping training windows in
+        time; validation and test keep every day.
 
         `scale_in_place`: the caller hands over panel.X, which is scaled in place (NaN -> 0) and
         shared with the tensor instead of copied: one panel in memory instead of two.
@@ -267,7 +271,11 @@ class WindowSet:
         self.rel_ref = torch.tensor(panel.relative_ref, dtype=torch.long, device=self.device)
         self.index = self._split_index(labelled)  # {split: (ticker idx (W,), end-day idx (W,))}
         # the windows the losses see: those with a target (the train split is only these)
-        self.loss_index = self._split_index(labelled & np.isfinite(target))
+        fitted = labelled & np.isfinite(target)
+        if train_every > 1 and self.fold is not None:
+            days = np.arange(D)
+            fitted &= ~((days < self.fold.valid_start) & ((days - self.fold.train_start) % train_every != 0))[None, :]
+        self.loss_index = self._split_index(fitted)
         if "train" in self.index:
             self.index["train"] = self.loss_index["train"]
         # sell/hold/buy cut points for classifiers: terciles of the *training* targets only

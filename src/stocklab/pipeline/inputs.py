@@ -208,6 +208,7 @@ def with_windows(
         cfg.window_stride,
         scale_in_place=in_place,
         label=cfg.label,
+        train_every=cfg.train_every,
     )
     for split in ws.ranges:
         if ws.size(split) == 0:

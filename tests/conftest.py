@@ -7,6 +7,7 @@ Markers say what a test costs (pyproject.toml): tests marked `e2e`, `shared` or 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -140,12 +141,34 @@ def launched(job: str, params: dict, monkeypatch, experiment: str | None = None)
     return code, run.info.run_id
 
 
-@pytest.fixture
-def tracking(tmp_path, monkeypatch) -> str:
-    """A private sqlite tracking store (and artifact root) per test."""
+@pytest.fixture(scope="session")
+def migrated_store(tmp_path_factory) -> Path:
+    """An empty MLflow sqlite store, created once per session: a new store runs MLflow's schema
+    migrations (~2.4 s on the 2-core machine), a copy of a migrated one opens in ~0.04 s."""
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch, migrated_store) -> str:
+    """A private sqlite tracking store (and artifact root) per test: a copy of the migrated
+    empty store whose Default experiment stores its artifacts under this test's folder, as a
+    store created here would."""
+    import sqlite3
+
+    import mlflow
+
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(migrated_store, db)
+    with sqlite3.connect(db) as con:
+        con.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(tmp_path / "mlruns" / "0"),)
+        )
+    con.close()
+    uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(uri)

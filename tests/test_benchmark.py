@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from conftest import long_bars, synthetic_bars, write_ticker_csvs
 
+from stocklab.benchmarks.report import daily_rank_ic
 from stocklab.benchmarks.speed import naive_windows, train_flops_per_sample
 from stocklab.config import BenchmarkConfig, StockLabError
+from stocklab.factor_eval import newey_west_se
 from stocklab.features import build_panel
 from stocklab.jobs.benchmark import run_benchmark
 from stocklab.windows import WindowSet
@@ -68,6 +70,15 @@ def test_speed_suite_writes_speed_json(tmp_path, tracking):
         run_benchmark(BenchmarkConfig(suite="fast"))
 
 
+def test_newey_west_standard_error_matches_statsmodels_hac():
+    sm = pytest.importorskip("statsmodels.api", reason="statsmodels (an alphalens dependency) is not installed")
+    rng = np.random.default_rng(0)
+    x = np.convolve(rng.normal(size=400), np.ones(5) / 5, mode="valid")  # overlapping: autocorrelated
+    hac = sm.OLS(x, np.ones_like(x)).fit(cov_type="HAC", cov_kwds={"maxlags": 4, "use_correction": False})
+    assert newey_west_se(x, 4) == pytest.approx(float(hac.bse[0]), rel=1e-10)
+    assert newey_west_se(x, 4) > newey_west_se(x, 0) == pytest.approx(x.std() / np.sqrt(len(x)), rel=1e-12)
+
+
 def test_flop_count_sees_the_recurrent_matmuls():
     """A 2-layer LSTM (H=32) on 7 features x 96 days: forward = T * sum over layers of
     4H (in + H) multiply-adds; training ~ 3x forward (less the unneeded input gradient)."""
@@ -106,5 +117,15 @@ def test_models_suite_runs_every_entry_as_runs_of_one_experiment_and_writes_the_
     row = res["table"].set_index("entry").loc["linear"]
     assert len(folds) == 4 and row["rank_ic"] == pytest.approx(np.mean(folds))
     assert row["rank_ic_std"] == pytest.approx(np.std(folds, ddof=1))
+    # against the factor: the seeds' mean daily rank IC minus the factor's, with its NW error
+    records = res["records"]
+    mine = daily_rank_ic([r for r in records if r.entry == "linear"])
+    factor = daily_rank_ic([r for r in records if r.entry == "factor:reversal_1m"])
+    diff = (mine - factor).dropna()
+    assert row["vs_factor"] == pytest.approx(diff.mean()) and row["vs_factor_se"] == pytest.approx(
+        newey_west_se(diff, 19)
+    )
+    assert row["rank_ic_se"] == pytest.approx(newey_west_se(mine, 19))  # horizon 20: 19 lags
+    assert np.isfinite(row["ls_sharpe_net"]) and "by more than two Newey-West standard errors" in text
     with pytest.raises(StockLabError, match="models: unknown entry 'lstmx'"):
         run_benchmark(BenchmarkConfig(suite="models", models="lstmx"))

@@ -173,6 +173,21 @@ def quintile_spread(df: pd.DataFrame, label_scale: float) -> float:
     return float(spreads.mean() / label_scale) if len(spreads) else float("nan")
 
 
+def newey_west_se(x, lags: int) -> float:
+    """Standard error of the mean of a daily series whose neighbours overlap (h-day labels:
+    lags = h - 1): the Newey-West (Bartlett kernel) long-run variance over n."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n < 2:
+        return float("nan")
+    d = x - x.mean()
+    var = d @ d / n
+    for k in range(1, min(lags, n - 1) + 1):
+        var += 2.0 * (1.0 - k / (lags + 1)) * (d[k:] @ d[:-k]) / n
+    return float(np.sqrt(max(var, 0.0) / n))
+
+
 def factor_metrics(df: pd.DataFrame, label_scale: float) -> tuple[dict, str | None]:
     """The factor metrics, or ({hit_rate}, reason) when the cross-section is too small."""
     hit = float((np.sign(df["prediction"]) == np.sign(df["label"])).mean()) if len(df) else float("nan")

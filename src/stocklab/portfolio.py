@@ -97,7 +97,13 @@ def portfolio_metrics(daily: pd.DataFrame, prefix: str = "") -> dict:
     """Annualised statistics of daily_portfolio's series (names sort together: ls_*)."""
     if daily.empty:
         return {}
-    stats = {
+    with np.errstate(invalid="ignore"):  # a book that lost everything has no annual return: NaN
+        stats = _stats(daily)
+    return {f"{prefix}{k}": float(v) for k, v in stats.items()}
+
+
+def _stats(daily: pd.DataFrame) -> dict:
+    return {
         "ls_return_ann": empyrical.annual_return(daily["gross"]),
         "ls_return_ann_net": empyrical.annual_return(daily["net"]),
         "ls_vol_ann": empyrical.annual_volatility(daily["gross"]),
@@ -107,4 +113,3 @@ def portfolio_metrics(daily: pd.DataFrame, prefix: str = "") -> dict:
         "ls_turnover": daily["turnover"].mean(),
         "top_excess_ann": empyrical.annual_return(daily["top_excess"]),
     }
-    return {f"{prefix}{k}": float(v) for k, v in stats.items()}

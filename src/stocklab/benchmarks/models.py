@@ -143,6 +143,12 @@ def run_models_suite(cfg: BenchmarkConfig) -> dict:
 # the report's fixed text: what each column means
 LEGEND = (
     "rank IC: mean daily Spearman IC of each fold's test period, mean ± std over every (seed, fold). "
+    "NW s.e.: the standard error of the mean of the seeds' average daily rank IC over the out-of-sample days, "
+    "Newey-West with h - 1 lags (neighbouring days' h-day labels overlap). vs best factor: the mean daily "
+    "rank IC minus that of the classic factor with the highest rank IC, on their common days, ± its "
+    "Newey-West standard error. net Sharpe, net ann. ret, max DD, turnover: the long-short book of the "
+    "out-of-sample predictions (top minus bottom fifth, daily tranches held h days, 10 bp per unit traded; "
+    "mean over seeds; portfolio.py). "
     "ICIR and t-stat: of the daily Pearson IC over the concatenated out-of-sample days (mean over seeds). "
     "hit rate: share of same-sign forecasts. q5-q1: mean daily spread of the label (forward return over "
     "the horizon) between the top and bottom fifth. MSE/zero and MSE/mean: test MSE over the MSE of the zero "

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from stocklab.factor_eval import daily_quintile_spread  # noqa: E402
+from stocklab.factor_eval import daily_ic, daily_quintile_spread, newey_west_se  # noqa: E402
 
 
 @dataclass
@@ -42,9 +42,21 @@ def long_short_returns(pred: pd.DataFrame, close: pd.DataFrame) -> pd.Series:
     return daily_quintile_spread(df[np.isfinite(df["fwd"])], outcome="fwd")
 
 
+def daily_rank_ic(runs: list[RunRecord]) -> pd.Series:
+    """An entry's daily out-of-sample rank IC, averaged over its seeds (by date)."""
+    series = [daily_ic(r.predictions)["rank_ic"] for r in runs if r.predictions is not None and len(r.predictions)]
+    return pd.concat(series, axis=1).mean(axis=1).dropna() if series else pd.Series(dtype=float)
+
+
+# the portfolio columns: the concatenated out-of-sample book's (walk-forward) or the test split's
+PORTFOLIO = ("ls_sharpe_net", "ls_return_ann_net", "ls_max_drawdown", "ls_turnover")
+
+
 def summary_table(records: list[RunRecord]) -> pd.DataFrame:
-    """One row per entry: means over seeds, rank IC mean/std over every (seed, fold)."""
-    rows = []
+    """One row per entry: means over seeds, rank IC mean/std over every (seed, fold), the
+    Newey-West standard error of the seed-mean daily rank IC (lags = horizon - 1: the overlap of
+    the labels), and its difference from the best classic factor's daily rank IC."""
+    rows, daily = [], {}
     for entry in dict.fromkeys(r.entry for r in records):
         runs = [r for r in records if r.entry == entry and not r.error]
         failed = [r for r in records if r.entry == entry and r.error]
@@ -53,9 +65,14 @@ def summary_table(records: list[RunRecord]) -> pd.DataFrame:
             continue
         fold_ic = np.array([ic for r in runs for ic in r.fold_rank_ic], dtype=float)
         m = pd.DataFrame([r.metrics for r in runs])
-        if entry.startswith("factor:"):  # a factor is a score, not a return forecast: no MSE
+        # MSE columns only for return forecasts: a factor is a score, a classifier's output a
+        # buy-minus-sell probability (it logs no valid_mse_min)
+        if entry.startswith("factor:") or "valid_mse_min" not in m:
             m = m.drop(columns=["mse_skill", "mse_skill_mean"], errors="ignore")
         mean = m.mean(numeric_only=True).to_dict().get
+        lags = max(int(mean("horizon", 1) or 1) - 1, 0)
+        daily[entry] = (daily_rank_ic(runs), lags)
+        book = {k: mean(f"oos_{k}", mean(k, np.nan)) for k in PORTFOLIO}
 
         rows.append(
             {
@@ -64,6 +81,7 @@ def summary_table(records: list[RunRecord]) -> pd.DataFrame:
                 "runs": f"{len(runs)}/{len(runs) + len(failed)}",
                 "rank_ic": float(fold_ic.mean()) if fold_ic.size else float("nan"),
                 "rank_ic_std": float(fold_ic.std(ddof=1)) if fold_ic.size > 1 else float("nan"),
+                "rank_ic_se": newey_west_se(daily[entry][0], lags),
                 "icir": mean("oos_icir", np.nan),
                 "t_stat": mean("oos_ic_tstat", np.nan),
                 "hit_rate": mean("hit_rate", np.nan),
@@ -74,9 +92,32 @@ def summary_table(records: list[RunRecord]) -> pd.DataFrame:
                 "best_epoch": mean("best_epoch", np.nan),
                 "train_s": mean("train_time_s", np.nan),
                 "params": int(m["n_params"].iloc[0]) if "n_params" in m else 0,
+                **book,
             }
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return _against_best_factor(table, daily)
+
+
+def _against_best_factor(table: pd.DataFrame, daily: dict) -> pd.DataFrame:
+    """vs_factor: mean daily rank IC minus the best classic factor's on their common days, and
+    its Newey-West standard error (the larger horizon's lags)."""
+    factors = table[table["entry"].str.startswith("factor:")].dropna(subset=["rank_ic"]) if len(table) else table
+    table["vs_factor"], table["vs_factor_se"] = np.nan, np.nan
+    if not len(factors):
+        return table
+    best = factors.sort_values("rank_ic", ascending=False)["entry"].iloc[0]
+    ref, ref_lags = daily[best]
+    table.attrs["best_factor"] = best
+    for i, entry in table["entry"].items():
+        if entry == best or entry not in daily:
+            continue
+        own, lags = daily[entry]
+        diff = (own - ref).dropna()
+        if len(diff) > 1:
+            table.loc[i, "vs_factor"] = float(diff.mean())
+            table.loc[i, "vs_factor_se"] = newey_west_se(diff, max(lags, ref_lags))
+    return table
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -91,10 +132,12 @@ def _fmt(v, digits: int = 3) -> str:
 
 COLUMNS = [
     ("entry", "model", 0), ("kind", "kind", 0), ("horizon", "h", 0), ("runs", "runs", 0), ("rank_ic", "rank IC", 4),
-    ("rank_ic_std", "± std", 4), ("icir", "ICIR", 2), ("t_stat", "t-stat", 2), ("hit_rate", "hit rate", 3),
+    ("rank_ic_std", "± std", 4), ("rank_ic_se", "NW s.e.", 4), ("vs_factor", "vs best factor", 4),
+    ("vs_factor_se", "± s.e.", 4), ("icir", "ICIR", 2), ("t_stat", "t-stat", 2), ("hit_rate", "hit rate", 3),
     ("q5_q1", "q5-q1", 4), ("mse_skill", "MSE/zero", 3), ("mse_skill_mean", "MSE/mean", 3),
     ("valid_rank_ic", "valid rank IC", 4), ("best_epoch", "best epoch", 1), ("train_s", "train s", 1),
-    ("params", "params", 0), ("cum_long_short", "cum. L/S", 3),
+    ("params", "params", 0), ("cum_long_short", "cum. L/S", 3), ("ls_sharpe_net", "net Sharpe", 2),
+    ("ls_return_ann_net", "net ann. ret", 3), ("ls_max_drawdown", "max DD", 3), ("ls_turnover", "turnover", 2),
 ]  # fmt: skip
 
 
@@ -139,6 +182,14 @@ def findings(table: pd.DataFrame, records: list[RunRecord]) -> list[str]:
             out.append("Positive validation rank IC but negative out-of-sample rank IC: " + ", ".join(flips) + ".")
         best = t.sort_values("rank_ic", ascending=False).iloc[0]
         out.append(f"Highest mean out-of-sample rank IC: {best['entry']} ({best['rank_ic']:.4f}).")
+        factor = table.attrs.get("best_factor")
+        if factor:
+            beat = t[t["vs_factor"] > 2 * t["vs_factor_se"]]["entry"].tolist()
+            out.append(
+                f"Rank IC above the best classic factor ({factor}) by more than two Newey-West standard errors: "
+                + (", ".join(beat) if beat else "none")
+                + "."
+            )
     return out
 
 

@@ -81,6 +81,18 @@ def long_bars(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def scramble_prices_after(df: pd.DataFrame, date) -> pd.Series:
+    """Multiply every price of `df` (a long_bars frame) after `date` by a random factor in
+    place, keeping high/low the bar's extremes; returns which rows changed (the leak tests)."""
+    later = df["date"] > date
+    rng = np.random.default_rng(1)
+    for col in ("open", "high", "low", "close"):
+        df.loc[later, col] *= rng.uniform(0.5, 2.0, later.sum())
+    df.loc[later, "high"] = df.loc[later, ["open", "high", "low", "close"]].max(axis=1)
+    df.loc[later, "low"] = df.loc[later, ["open", "high", "low", "close"]].min(axis=1)
+    return later
+
+
 @pytest.fixture
 def bars() -> pd.DataFrame:
     return synthetic_bars()

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import long_bars, synthetic_bars
+from conftest import long_bars, scramble_prices_after, synthetic_bars
 from scipy import stats
 
 from stocklab.config import LABELS, BenchmarkConfig, StockLabError, TrainConfig
@@ -88,12 +88,7 @@ def test_targets_and_predictions_up_to_day_t_ignore_every_later_bar(bars, label)
     p = build_panel(df, "ohlcv", horizon=5, label_scale=1.0)
     day = 200
     ws = WindowSet(p, 10, 5, FR, "cs_zscore", label=label)
-    later = df["date"] > p.dates[day]
-    rng = np.random.default_rng(1)
-    for col in ("open", "high", "low", "close"):
-        df.loc[later, col] *= rng.uniform(0.5, 2.0, later.sum())
-    df.loc[later, "high"] = df.loc[later, ["open", "high", "low", "close"]].max(axis=1)
-    df.loc[later, "low"] = df.loc[later, ["open", "high", "low", "close"]].min(axis=1)
+    scramble_prices_after(df, p.dates[day])
     p2 = build_panel(df, "ohlcv", horizon=5, label_scale=1.0)
     ws2 = WindowSet(p2, 10, 5, FR, "cs_zscore", label=label)
     known = slice(0, day - 5 + 1)  # labels of end days s with s + horizon <= t

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import long_bars, synthetic_bars
+from conftest import long_bars, scramble_prices_after, synthetic_bars
 
 from stocklab.config import StockLabError
 from stocklab.data import load_panel
@@ -135,12 +135,7 @@ def test_prediction_for_day_t_ignores_all_later_data(bars):
     before = model(ws.gather(n[pick], t[pick])).detach()
 
     df = long_bars(bars)
-    later = df["date"] > p.dates[day]
-    rng = np.random.default_rng(1)
-    for col in ("open", "high", "low", "close"):
-        df.loc[later, col] *= rng.uniform(0.5, 2.0, later.sum())
-    df.loc[later, "high"] = df.loc[later, ["open", "high", "low", "close"]].max(axis=1)
-    df.loc[later, "low"] = df.loc[later, ["open", "high", "low", "close"]].min(axis=1)
+    later = scramble_prices_after(df, p.dates[day])
     df.loc[later, "volume"] = 1
     p2 = build_panel(df, "ohlcv", horizon=5, label_scale=1.0)
     ws2 = WindowSet(p2, 10, 5, FR, "standard")

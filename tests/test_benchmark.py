@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import long_bars, synthetic_bars, write_ticker_csvs
 
+from stocklab.benchmarks import models as models_suite
 from stocklab.benchmarks.report import daily_rank_ic
 from stocklab.benchmarks.speed import naive_windows, train_flops_per_sample
 from stocklab.config import BenchmarkConfig, StockLabError
@@ -89,38 +90,61 @@ def test_flop_count_sees_the_recurrent_matmuls():
 
 
 @pytest.mark.slow
-def test_models_suite_runs_every_entry_as_runs_of_one_experiment_and_writes_the_report(tmp_path, tracking):
+def test_models_suite_runs_every_entry_is_resumable_and_writes_the_report(tmp_path, tracking, monkeypatch):
     data = write_ticker_csvs(synthetic_bars(n_tickers=6, n_days=320), tmp_path / "csvs")
     report = tmp_path / "rep" / "models.md"
-    entries = "linear,factor:reversal_1m,preset:seed002-lstm"  # a baseline, a factor, a preset
-    cfg = BenchmarkConfig(suite="models", data=str(data), models=entries, seeds=2, folds=2, model_tickers=0, epochs=1,
-                          report=str(report), tear_sheet=False)  # fmt: skip
-    res = run_benchmark(cfg)
+    entries = "preset:seed002-lstm,linear:raw,factor:reversal_1m"  # a preset, a baseline, a factor
+    cfg = BenchmarkConfig(suite="models", data=str(data), models=entries, seeds=2, folds=2, epochs=1,
+                          split="0.5,0.2,0.3", train_every=2, report=str(report))  # fmt: skip
+    # the first session is interrupted (Ctrl-C) in its fourth fit: linear:raw seed 1
+    real, calls = models_suite.train_in_run, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models_suite, "train_in_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(cfg)
+    monkeypatch.setattr(models_suite, "train_in_run", real)
+    res = run_benchmark(cfg)  # the same command again: reopens the parent, fits what is missing
     runs = mlflow.search_runs(experiment_names=["stocklab-benchmark-models"])
     parent = runs[runs["tags.mlflow.runName"] == "benchmark models"]
+    assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
+    assert parent["metrics.fits_reused"].iloc[0] == 3 and "3 of 5 fits read back" in report.read_text()
     children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
-    # two seeds per trained entry, one run for the deterministic factor
-    assert len(parent) == 1 and len(children) == 5 and (children["status"] == "FINISHED").all()
-    assert sorted(children["tags.stocklab.benchmark_entry"].value_counts().to_dict().items()) == [
-        ("factor:reversal_1m", 1), ("linear", 2), ("preset:seed002-lstm", 2)
+    assert children["status"].value_counts().to_dict() == {"FINISHED": 7, "KILLED": 1}
+    done = children[children["status"] == "FINISHED"]
+    # two seeds per trained entry and their ensemble, one run for the deterministic factor
+    assert sorted(done["tags.stocklab.benchmark_entry"].value_counts().to_dict().items()) == [
+        ("factor:reversal_1m", 1), ("linear:raw", 2), ("linear:raw (ensemble)", 1), ("preset:seed002-lstm", 2),
+        ("preset:seed002-lstm (ensemble)", 1),
     ]  # fmt: skip
     text = report.read_text()
     assert text.startswith("# Model comparison") and "-P suite=models" in text and "Machine:" in text
-    for entry in ("| linear |", "| factor:reversal_1m |", "| preset:seed002-lstm |"):
+    for entry in ("| linear:raw |", "| factor:reversal_1m |", "| preset:seed002-lstm |", "| linear:raw (ensemble) |"):
         assert entry in text
     for png in ("models_rank_ic.png", "models_long_short.png"):
         assert (report.parent / png).stat().st_size > 10_000 and f"]({png})" in text
     # the table's rank IC is the mean of the runs' logged per-fold values (seeds x folds)
     client = mlflow.MlflowClient()
-    linear = children[children["tags.stocklab.benchmark_entry"] == "linear"]["run_id"]
+    linear = done[done["tags.stocklab.benchmark_entry"] == "linear:raw"]["run_id"]
     folds = [m.value for r in linear for m in client.get_metric_history(r, "fold/rank_ic")]
-    row = res["table"].set_index("entry").loc["linear"]
+    table = res["table"].set_index("entry")
+    row = table.loc["linear:raw"]
     assert len(folds) == 4 and row["rank_ic"] == pytest.approx(np.mean(folds))
     assert row["rank_ic_std"] == pytest.approx(np.std(folds, ddof=1))
+    # the ensemble scores the seeds' mean prediction
+    records = {(r.entry, r.seed): r for r in res["records"]}
+    members = [records[("linear:raw", s)].predictions.set_index(["date", "ticker"])["prediction"] for s in (0, 1)]
+    ens = records[("linear:raw (ensemble)", -1)].predictions.set_index(["date", "ticker"])["prediction"]
+    assert np.allclose(ens.sort_index(), ((members[0] + members[1]) / 2).sort_index())
+    assert np.isfinite(table.loc["linear:raw (ensemble)", "ls_sharpe_net"])
     # against the factor: the seeds' mean daily rank IC minus the factor's, with its NW error
-    records = res["records"]
-    mine = daily_rank_ic([r for r in records if r.entry == "linear"])
-    factor = daily_rank_ic([r for r in records if r.entry == "factor:reversal_1m"])
+    mine = daily_rank_ic([r for r in res["records"] if r.entry == "linear:raw"])
+    factor = daily_rank_ic([r for r in res["records"] if r.entry == "factor:reversal_1m"])
     diff = (mine - factor).dropna()
     assert row["vs_factor"] == pytest.approx(diff.mean()) and row["vs_factor_se"] == pytest.approx(
         newey_west_se(diff, 19)

@@ -27,6 +27,14 @@ SCALERS = ("standard", "minmax", "standard_ticker", "minmax_ticker", "cs_zscore"
 LABELS = ("raw", "excess", "cs_zscore", "cs_rank")
 LOSSES = ("mse", "ic", "rank")
 DAILY_LOSSES = ("ic", "rank")  # losses over each date's cross-section: they need batching=daily
+# the training recipes the models benchmark fits every catalogue model with. raw: the model's own
+# defaults (MSE on the raw forward return). cs: the cross-sectional recipe of the references
+# (Qlib's Alpha360 benchmarks, HIST, MASTER): prices relative to the window's last close, the
+# label ranked within each day, batches of whole days, the kept epoch by validation rank IC
+RECIPES: dict[str, dict] = {
+    "raw": {},
+    "cs": dict(features="relative", label="cs_rank", batching="daily", select="rank_ic"),
+}
 BATCHINGS = ("random", "daily")
 SELECTS = ("loss", "rank_ic")
 DEVICES = ("auto", "cpu", "cuda")
@@ -289,38 +297,49 @@ class BenchmarkConfig:
     study_jobs: int = opt(4, "speed (d): worker processes compared with one")
     output: str = opt("speed.json", "speed: where to write the results")
     # suite=models: every preset, every catalogue model at its defaults and every baseline
-    models: str = opt("", "models: comma-separated entries to run (e.g. lstm,factor-momentum_12_1; default all)")
-    model_tickers: int = opt(40, "models: tickers (first N by name; 0 = all)")
-    epochs: int = opt(0, "models, recovery: maximum epochs per fit, presets' capped to it (0: models 2, recovery 3)")
-    seeds: int = opt(0, "models, recovery: seeds per trained model, baselines once (0: models 3, recovery 1)")
+    models: str = opt(
+        "",
+        "models: comma-separated entries (e.g. lstm:cs,factor:momentum_12_1); default: every catalogue model "
+        "on every recipe and every baseline; 'all' adds the source-study presets",
+    )
+    model_tickers: int = opt(0, "models: tickers (first N by name; 0 = all)")
+    epochs: int = opt(0, "models, recovery: maximum epochs per fit, presets' capped to it (0: models 15, recovery 3)")
+    seeds: int = opt(0, "models, recovery: seeds per trained model, baselines once (0: models 2, recovery 1)")
     folds: int = opt(3, "models: walk-forward folds")
     walk: str = opt("expanding", "models: walk-forward training span", WALKS)
-    split: str = opt("0.5,0.2,0.3", "models: initial train,valid fractions and the out-of-sample fraction")
+    split: str = opt("0.45,0.15,0.4", "models: initial train,valid fractions and the out-of-sample fraction")
     report: str = opt("", "models, recovery: the report, its plots beside it (default reports/<suite>.md)")
-    tear_sheet: bool = opt(True, "models: log each fit's alphalens tear sheet")
-    # suite=models: the training recipe of entries that do not set it (presets do)
-    label: str = opt("raw", "models: training target of each fit (see train --label)", LABELS)
-    loss: str = opt("mse", "models: training loss of each fit (see train --loss)", LOSSES)
-    batching: str = opt("random", "models: training batches of each fit (see train --batching)", BATCHINGS)
-    select: str = opt("loss", "models: the kept epoch of each fit (see train --select)", SELECTS)
+    tear_sheet: bool = opt(False, "models: log each fit's model, plots and alphalens tear sheet (slower)")
+    # suite=models: how every trained entry is fitted
+    recipes: str = opt("raw,cs", "models: training recipes of the catalogue models: raw (MSE on the return), cs")
+    train_every: int = opt(5, "models: only every k-th end day enters training (see train --train_every)")
+    patience: int = opt(2, "models: early-stopping patience of every fit (see train --patience)")
+    resume: bool = opt(True, "models: read back the fits an earlier run of the same configuration finished")
     # suite=recovery: a synthetic market with a planted cross-sectional signal (benchmarks/recovery.py)
     tickers: int = opt(200, "recovery: tickers of the planted market")
     days: int = opt(1260, "recovery: trading days of the planted market (1260: five years)")
 
     experiment: str = opt("", "MLflow experiment (default: stocklab-benchmark)")
 
-    SUITE_DEFAULTS = {"models": {"epochs": 2, "seeds": 3}, "recovery": {"epochs": 3, "seeds": 1}}
+    SUITE_DEFAULTS = {"models": {"epochs": 15, "seeds": 2}, "recovery": {"epochs": 3, "seeds": 1}}
 
     def validate(self):
         check_choices(self)
         for name in ("epochs", "seeds", "tickers", "days"):
             if getattr(self, name) < 0:
                 raise StockLabError(f"{name}: {getattr(self, name)} must be >= 0")
+        for name in ("train_every", "patience"):
+            if getattr(self, name) < 1:
+                raise StockLabError(f"{name}: {getattr(self, name)} must be >= 1")
+        unknown = [r for r in self.recipe_names() if r not in RECIPES]
+        if unknown or not self.recipe_names():
+            raise StockLabError(f"recipes: {self.recipes!r} must name recipes among {', '.join(RECIPES)}")
         if self.suite == "recovery" and (self.tickers < 10 or self.days < 200):
             raise StockLabError(f"tickers/days: {self.tickers} x {self.days} is too small a market (>= 10 x 200)")
-        if self.loss in DAILY_LOSSES and self.batching != "daily":
-            raise StockLabError(f"loss: '{self.loss}' needs batching=daily (batching is '{self.batching}')")
         return self
+
+    def recipe_names(self) -> list[str]:
+        return [r.strip() for r in self.recipes.split(",") if r.strip()]
 
     def suite_value(self, name: str):
         """epochs, seeds or report with 0/'' replaced by the suite's default."""

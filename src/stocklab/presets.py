@@ -8,16 +8,13 @@ nothing a model's definition fixes (cnn_ta's one-day window: models/cnn_ta.py).
 
 from __future__ import annotations
 
-from stocklab.config import StockLabError
+from stocklab.config import RECIPES, StockLabError
 
 _CNN2D = dict(
     model="cnn2d", features="ohlcv", seq_len=96, horizon=20, batch_size=64, lr=1e-5, epochs=200, patience=20,
 )  # fmt: skip
 
-# the cross-sectional recipe of the references (Qlib's Alpha360 benchmarks, HIST, MASTER):
-# prices relative to the window's last close, the label ranked within each day, batches of
-# whole days, the kept epoch by validation rank IC (the model's own defaults otherwise)
-CS_RECIPE = dict(features="relative", label="cs_rank", batching="daily", select="rank_ic")
+CS_RECIPE = RECIPES["cs"]  # the cross-sectional recipe (config.RECIPES), the model's defaults otherwise
 
 PRESETS: dict[str, dict] = {
     # 2D CNN study: 96-day windows of 7 OHLCV inputs -> 20-day return, batch 64, lr 1e-5, 200 epochs

@@ -7,58 +7,82 @@ the same walk-forward harness, several seeds each, written up as reports/models.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import os
 import platform
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from stocklab import factor_eval, portfolio
 from stocklab.benchmarks import report as model_report
-from stocklab.config import BenchmarkConfig, StockLabError, TrainConfig, split_params, with_values
+from stocklab.config import RECIPES, BenchmarkConfig, StockLabError, TrainConfig, split_params, with_values
 from stocklab.data import load_panel
 from stocklab.errors import describe
-from stocklab.models import BASELINES, MODELS
+from stocklab.models import BASELINES, MODELS, recipe_values
 from stocklab.models.factors import FACTORS
+from stocklab.pipeline.artifacts import log_predictions
 from stocklab.pipeline.fitting import train_in_run
+from stocklab.pipeline.inputs import InputCache
+from stocklab.pipeline.scoring import panel_close, rank_ic_of
 from stocklab.presets import PRESETS
 from stocklab.tracking import job_run, log_params_once
 from stocklab.trainer import configure_cpu_threads, resolve_device
 
 RECOVERY_ONLY = ("tickers", "days")
-Entry = tuple[str, str, dict, dict, bool]  # (name, kind, train values, model overrides, deterministic)
+SETUP_ONLY = ("resume", "report", "experiment")  # change nothing that is fitted: not in the resume key
+KEY_TAG, FIT_TAG = "stocklab.benchmark_key", "stocklab.benchmark_fit"
 
 
-def model_entries() -> list[Entry]:
-    """Every source-study preset, every catalogue model at its defaults, and every baseline."""
+@dataclass(frozen=True)
+class Entry:
+    name: str  # "lstm:cs", "preset:seed000-deep", "factor:momentum_12_1", ...
+    kind: str  # "model", "preset", "baseline"
+    values: dict  # TrainConfig values
+    overrides: dict  # model hyper-parameters
+    deterministic: bool = False  # one run, not one per seed
+
+
+def model_entries(recipes: list[str], presets: bool = True) -> list[Entry]:
+    """Every catalogue model and the linear baseline under every recipe (config.RECIPES), the
+    naive forecasts and the classic factors; the source-study presets first if `presets`."""
     out: list[Entry] = []
-    for name, values in PRESETS.items():
-        train, model_args = split_params(values)
-        out.append((f"preset:{name}", "preset", {**train, "preset": name}, model_args, False))
+    if presets:
+        for name, values in PRESETS.items():
+            train, model_args = split_params(values)
+            out.append(Entry(f"preset:{name}", "preset", {**train, "preset": name}, model_args))
     for name in MODELS:
         if name not in ("naive", "factor"):
-            out.append((name, "baseline" if name in BASELINES else "model", {"model": name}, {}, False))
-    out.append(("naive:zero", "baseline", {"model": "naive"}, {"mode": "zero"}, True))
-    out.append(("naive:mean", "baseline", {"model": "naive"}, {"mode": "mean"}, False))
+            kind = "baseline" if name in BASELINES else "model"
+            for recipe in recipes:
+                out.append(Entry(f"{name}:{recipe}", kind, {"model": name, **recipe_values(name, recipe)}, {}))
+    out.append(Entry("naive:zero", "baseline", {"model": "naive"}, {"mode": "zero"}, True))
+    out.append(Entry("naive:mean", "baseline", {"model": "naive"}, {"mode": "mean"}))
     for factor in FACTORS:
-        out.append((f"factor:{factor}", "baseline", {"model": "factor"}, {"factor": factor}, True))
+        out.append(Entry(f"factor:{factor}", "baseline", {"model": "factor"}, {"factor": factor}, True))
     return out
 
 
 def _selected(cfg: BenchmarkConfig) -> list[Entry]:
-    entries = model_entries()
-    if not cfg.models:
-        return entries
+    """The default set (no presets), 'all', or the named entries; a name without its ':' part
+    (lstm, factor, preset) stands for all of its entries."""
+    if cfg.models in ("", "all"):
+        return model_entries(cfg.recipe_names(), presets=cfg.models == "all")
+    entries = model_entries(cfg.recipe_names())
     wanted = [m.strip() for m in cfg.models.split(",") if m.strip()]
-    names = [e[0] for e in entries]
-    unknown = [w for w in wanted if w not in names]
-    if unknown:
-        raise StockLabError(f"models: unknown entry {unknown[0]!r} (choose from {', '.join(names)})")
-    return [e for e in entries if e[0] in wanted]
+    chosen = [e for e in entries if any(e.name == w or e.name.startswith(w + ":") for w in wanted)]
+    for w in wanted:
+        if not any(e.name == w or e.name.startswith(w + ":") for e in entries):
+            names = ", ".join(e.name for e in entries)
+            raise StockLabError(f"models: unknown entry {w!r} (choose from {names})")
+    return chosen
 
 
 def resolved(cfg: BenchmarkConfig) -> BenchmarkConfig:
@@ -91,53 +115,186 @@ def machine(device) -> str:
     return f"{platform.platform()}, {cores}; device: {gpu}; torch {torch.__version__} ({threads} threads)"
 
 
+def _digest(values) -> str:
+    return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def benchmark_key(cfg: BenchmarkConfig) -> str:
+    """What identifies a benchmark for resuming: every setting that changes what is fitted."""
+    return _digest({k: v for k, v in asdict(cfg).items() if k not in SETUP_ONLY})
+
+
+def fit_key(tcfg: TrainConfig, overrides: dict) -> str:
+    """What identifies one fit: its whole training configuration and model hyper-parameters."""
+    return _digest({"train": asdict(tcfg), "model": overrides})
+
+
+def _earlier_parent(key: str, experiment: str) -> str | None:
+    """The latest `benchmark models` run with this configuration, in the job's experiment or
+    the one `mlflow run` launched in."""
+    client = mlflow.MlflowClient()
+    ids = [e.experiment_id for e in [client.get_experiment_by_name(experiment)] if e is not None]
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        ids.append(os.environ["MLFLOW_EXPERIMENT_ID"])
+    if not ids:
+        return None
+    runs = client.search_runs(sorted(set(ids)), f"tags.`{KEY_TAG}` = '{key}'", max_results=1,
+                              order_by=["attributes.start_time DESC"])  # fmt: skip
+    return runs[0].info.run_id if runs else None
+
+
+def _finished_children(parent) -> dict[str, mlflow.entities.Run]:
+    """{fit key: run} of the parent's FINISHED fits; fits an earlier session left RUNNING (a
+    killed process) are marked KILLED, so the parent never shows a run that will not end."""
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                              max_results=50_000)  # fmt: skip
+    for r in runs:
+        if r.info.status == "RUNNING" and r.info.run_id != parent.info.run_id:
+            client.set_terminated(r.info.run_id, "KILLED")
+    return {r.data.tags[FIT_TAG]: r for r in runs if r.info.status == "FINISHED" and FIT_TAG in r.data.tags}
+
+
+def _history(client, run_id: str, key: str) -> list[float]:
+    return [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def _record(run, entry: str, kind: str, seed: int, extra: dict) -> model_report.RunRecord:
+    """A finished run read back from MLflow: the same path for a fresh fit and a resumed one."""
+    client = mlflow.MlflowClient()
+    run_id = run.info.run_id
+    metrics = {**run.data.metrics, **extra}
+    if "n_params" in run.data.params:
+        metrics["n_params"] = float(run.data.params["n_params"])
+    rec = model_report.RunRecord(entry, kind, seed, run_id, metrics)
+    rec.fold_rank_ic = _history(client, run_id, "fold/rank_ic") or [metrics.get("rank_ic", float("nan"))]
+    rec.fold_best_epoch = _history(client, run_id, "fold/best_epoch") or [metrics.get("best_epoch", float("nan"))]
+    rec.fold_starts = [datetime.date.fromordinal(int(v)) for v in _history(client, run_id, "fold/test_start_ordinal")]
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet")
+    rec.predictions = pd.read_parquet(local)
+    return rec
+
+
+def _fit(entry: Entry, seed: int, tcfg: TrainConfig, key: str, parent, cfg, cache) -> mlflow.entities.Run | str:
+    """One fit as a nested run of the benchmark; its finished run, or the error that ended it."""
+    tags = {"stocklab.benchmark_entry": entry.name, "stocklab.benchmark_kind": entry.kind,
+            "stocklab.role": "benchmark", FIT_TAG: key}  # fmt: skip
+    run = mlflow.start_run(nested=True, run_name=f"{entry.name} s{seed}", tags=tags,
+                           experiment_id=parent.info.experiment_id)  # fmt: skip
+    try:
+        train_in_run(tcfg, entry.overrides, full=cfg.tear_sheet, cache=cache)
+    except Exception as e:  # noqa: BLE001 - one failing model must not lose the others
+        mlflow.set_tag("stocklab.error", describe(e))
+        mlflow.end_run("FAILED")
+        print(f"{entry.name} seed {seed} failed: {describe(e)}")
+        return describe(e)
+    mlflow.end_run("FINISHED")
+    return mlflow.get_run(run.info.run_id)
+
+
+def _ensemble(members: list[model_report.RunRecord], tcfg: TrainConfig, cache, parent, done: dict):
+    """The seeds' mean out-of-sample prediction, scored like a run (the factor metrics, each
+    fold's rank IC and the long-short book) and logged as one more nested run (read back when
+    an earlier session logged it for the same member runs)."""
+    name = f"{members[0].entry} (ensemble)"
+    key = _digest(sorted(m.run_id for m in members))
+    if key in done:
+        return _record(done[key], name, "ensemble", -1, {"horizon": tcfg.horizon})
+    frame = pd.concat([m.predictions for m in members]).groupby(["date", "ticker"], as_index=False)
+    frame = frame[["prediction", "label"]].mean()  # (date, ticker) rows: the seeds' mean
+    metrics, skipped = factor_eval.factor_metrics(frame, tcfg.label_scale)
+    logged = {f"oos_{k}": v for k, v in metrics.items() if k in ("rank_ic", "icir", "ic_tstat")}
+    logged.update({k: v for k, v in metrics.items() if k in ("rank_ic", "hit_rate", "spread_q5_q1")})
+    if not skipped:
+        panel = cache.inputs(tcfg).panel
+        book = portfolio.daily_portfolio(frame, panel_close(panel), tcfg.quantiles, tcfg.holding_days(), tcfg.cost_bps)
+        logged.update(portfolio.portfolio_metrics(book, prefix="oos_"))
+    starts = pd.to_datetime(pd.Series(members[0].fold_starts or [frame["date"].min()]))
+    fold = starts.searchsorted(pd.to_datetime(frame["date"]), side="right")  # 1-based fold of each date
+    fold_ic = [rank_ic_of(frame[fold == k]) for k in range(1, len(starts) + 1)]
+    tags = {"stocklab.benchmark_entry": name, "stocklab.benchmark_kind": "ensemble", "stocklab.role": "benchmark",
+            FIT_TAG: key, "stocklab.benchmark_members": ",".join(m.run_id for m in members)}  # fmt: skip
+    with mlflow.start_run(nested=True, run_name=name, tags=tags, experiment_id=parent.info.experiment_id) as run:
+        mlflow.log_metrics({k: v for k, v in logged.items() if np.isfinite(v)})
+        for k, ic in enumerate(fold_ic, start=1):
+            mlflow.log_metric("fold/rank_ic", ic, step=k)
+        log_predictions(frame, skipped)
+    rec = model_report.RunRecord(name, "ensemble", -1, run.info.run_id, {**logged, "horizon": tcfg.horizon})
+    rec.fold_rank_ic, rec.predictions = fold_ic, frame
+    return rec
+
+
 def run_models_suite(cfg: BenchmarkConfig) -> dict:
     """Fit every entry with `seeds` seeds on walk-forward folds, each fit an MLflow run nested
-    under one `benchmark models` run, then write the report and its plots."""
+    under one `benchmark models` run, add a seed-ensemble per trained entry, then write the
+    report and its plots. With `resume` (the default) the latest earlier run of the same
+    configuration is reopened and its FINISHED fits are read back instead of refitted, so an
+    interrupted benchmark is completed by running the same command again."""
     cfg = resolved(cfg)
     entries = _selected(cfg)
     configure_cpu_threads()
     device = resolve_device(cfg.device)
     base = TrainConfig(data=cfg.data, max_tickers=cfg.model_tickers, folds=cfg.folds, walk=cfg.walk, split=cfg.split,
-                       device=cfg.device, epochs=cfg.epochs, tear_sheet=cfg.tear_sheet, label=cfg.label,
-                       loss=cfg.loss, batching=cfg.batching, select=cfg.select)  # fmt: skip
+                       device=cfg.device, epochs=cfg.epochs, tear_sheet=cfg.tear_sheet, train_every=cfg.train_every,
+                       patience=cfg.patience)  # fmt: skip
     base.validate()
-    started, t0 = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
-    records: list[model_report.RunRecord] = []
-    client = mlflow.MlflowClient()
-    jobs = [(e, seed) for e in entries for seed in range(1 if e[4] else cfg.seeds)]
+    t0 = time.perf_counter()
+    jobs = [(e, seed) for e in entries for seed in range(1 if e.deterministic else cfg.seeds)]
     experiment = cfg.experiment or "stocklab-benchmark-models"
-    with job_run(experiment, bool(cfg.experiment), run_name="benchmark models") as parent:
+    key = benchmark_key(cfg)
+    earlier = _earlier_parent(key, experiment) if cfg.resume else None
+    cache = InputCache()  # seeds and recipes of one model share the loaded panel and folds
+    records: list[model_report.RunRecord] = []
+    with job_run(experiment, bool(cfg.experiment), run_name="benchmark models", run_id=earlier) as parent:
+        mlflow.set_tag(KEY_TAG, key)
         log_params_once({f"benchmark_{k}": v for k, v in asdict(cfg).items() if k not in ("output",)})
-        for (entry, kind, values, overrides, _), seed in tqdm(jobs, desc="benchmark models", unit="fit"):
-            epochs = min(int(values.get("epochs", cfg.epochs)), cfg.epochs)
-            tcfg = with_values(base, {**values, "seed": seed, "epochs": epochs})
-            tags = {"stocklab.benchmark_entry": entry, "stocklab.benchmark_kind": kind, "stocklab.role": "benchmark"}
-            run = mlflow.start_run(nested=True, run_name=f"{entry} s{seed}", tags=tags,
-                                   experiment_id=parent.info.experiment_id)  # fmt: skip
-            rec = model_report.RunRecord(entry, kind, seed, run.info.run_id, {})
-            try:
-                res = train_in_run(tcfg, overrides)
-            except Exception as e:  # noqa: BLE001 - one failing model must not lose the others
-                rec.error = describe(e)
-                mlflow.set_tag("stocklab.error", rec.error)
-                mlflow.end_run("FAILED")
-                print(f"{entry} seed {seed} failed: {rec.error}")
-                records.append(rec)
+        done = _finished_children(parent) if earlier else {}
+        reused = 0
+        for entry, seed in tqdm(jobs, desc="benchmark models", unit="fit"):
+            epochs = min(int(entry.values.get("epochs", cfg.epochs)), cfg.epochs)
+            tcfg = with_values(base, {**entry.values, "seed": seed, "epochs": epochs})
+            fkey = fit_key(tcfg, entry.overrides)
+            run = done.get(fkey)
+            reused += run is not None
+            run = run or _fit(entry, seed, tcfg, fkey, parent, cfg, cache)
+            if isinstance(run, str):
+                records.append(model_report.RunRecord(entry.name, entry.kind, seed, "", {}, error=run))
                 continue
-            mlflow.end_run("FINISHED")
-            rec.metrics = {k: v for k, v in res.items() if isinstance(v, (int, float))}
-            rec.metrics["horizon"] = tcfg.horizon
-            history = client.get_metric_history(run.info.run_id, "fold/rank_ic")
-            rec.fold_rank_ic = [m.value for m in sorted(history, key=lambda m: m.step)] or [res.get("rank_ic")]
-            local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="predictions.parquet")
-            rec.predictions = pd.read_parquet(local)
-            records.append(rec)
-        elapsed = time.perf_counter() - t0
-        out = write_models_report(cfg, records, device, started, elapsed)
+            extra = {"horizon": tcfg.horizon, "epoch_cap": epochs}
+            records.append(_record(run, entry.name, entry.kind, seed, extra))
+            members = [r for r in records if r.entry == entry.name and not r.error]
+            if seed == cfg.seeds - 1 and len(members) == cfg.seeds > 1:  # the entry's last seed
+                records.append(_ensemble(members, tcfg, cache, parent, done))
+        session = time.perf_counter() - t0
+        client = mlflow.MlflowClient()
+        sessions = _history(client, parent.info.run_id, "session_wall_time_s") + [session]
+        mlflow.log_metric("session_wall_time_s", session, step=len(sessions))
+        mlflow.log_metric("wall_time_s", sum(sessions))
+        mlflow.log_metric("fits_reused", reused)
+        started = datetime.datetime.fromtimestamp(parent.info.start_time / 1000, datetime.timezone.utc)
+        resumed = Resumed(sessions=sessions, reused=reused, fits=len(jobs))
+        out = write_models_report(cfg, records, device, started, resumed)
         mlflow.log_artifacts(str(Path(cfg.report).parent), "report")
-        mlflow.log_metric("wall_time_s", elapsed)
     return out
+
+
+@dataclass
+class Resumed:
+    """How the report's runs came about: wall time of every session, fits read back."""
+
+    sessions: list[float]
+    reused: int
+    fits: int
+
+    def describe(self) -> str:
+        total = sum(self.sessions) / 60
+        if len(self.sessions) == 1 and not self.reused:
+            return f"wall time {total:.1f} min"
+        parts = " + ".join(f"{s / 60:.1f}" for s in self.sessions)
+        return (
+            f"wall time {total:.1f} min in {len(self.sessions)} sessions ({parts} min; resumed: "
+            f"{self.reused} of {self.fits} fits read back from the earlier session(s), the rest fitted)"
+        )
 
 
 # the report's fixed text: what each column means
@@ -164,7 +321,7 @@ LONG_SHORT_NOTE = (
 )
 
 
-def write_models_report(cfg: BenchmarkConfig, records, device, started, elapsed: float) -> dict:
+def write_models_report(cfg: BenchmarkConfig, records, device, started, resumed: Resumed) -> dict:
     """reports/models.md + models_rank_ic.png + models_long_short.png from the runs' records."""
     path = Path(cfg.report)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,21 +343,29 @@ def write_models_report(cfg: BenchmarkConfig, records, device, started, elapsed:
     cumulative = {e: float((1 + c).prod() - 1) for e, c in curves.items()}
     table["cum_long_short"] = [cumulative.get(e, float("nan")) for e in table["entry"]]
     failed = [r for r in records if r.error]
+    recipes = ", ".join(f"{r} ({', '.join(f'{k}={v}' for k, v in RECIPES[r].items()) or 'the model defaults'})"
+                        for r in cfg.recipe_names())  # fmt: skip
     lines = [
         "# Model comparison: walk-forward out-of-sample results",
         "",
         f"Command: `{command(cfg)}`  ",
-        f"Date: {started:%Y-%m-%d %H:%M} UTC; wall time {elapsed / 60:.1f} min  ",
+        f"Date: {started:%Y-%m-%d %H:%M} UTC; {resumed.describe()}  ",
         f"Machine: {machine(device)}  ",
-        f"Data: `{cfg.data}`, first {cfg.model_tickers or 'all'} tickers by name; split {cfg.split} "
-        f"(initial train, valid, out-of-sample), {cfg.folds} {cfg.walk} walk-forward folds with the horizon "
-        f"embargo, a refit and a train-only scaler per fold; at most {cfg.epochs} epochs per fit (presets' "
-        f"own epoch counts are capped to it); {cfg.seeds} seeds per trained model, one run for deterministic "
-        "baselines (zero forecast, factors).",
+        f"Data: `{cfg.data}`, {f'first {cfg.model_tickers}' if cfg.model_tickers else 'all'} tickers; split "
+        f"{cfg.split} (initial train, valid, out-of-sample), {cfg.folds} {cfg.walk} walk-forward folds over the "
+        "out-of-sample span with the horizon embargo, a refit and a train-only scaler per fold; every "
+        f"{cfg.train_every}th end day enters training (every day is scored); at most {cfg.epochs} epochs per "
+        f"fit (presets' own counts capped to it), early stopping after {cfg.patience} epochs without a better "
+        f"validation score decides; recipes {recipes}; {cfg.seeds} seeds per trained entry and their "
+        "seed-ensemble (the mean prediction), one run for deterministic baselines (zero forecast, factors).",
         "",
         "## Findings (computed from the runs)",
         "",
         *[f"- {f}" for f in model_report.findings(table, records)],
+        "",
+        "## The best deep model against 12-1 momentum",
+        "",
+        *model_report.head_to_head(table),
         "",
         "## Results",
         "",

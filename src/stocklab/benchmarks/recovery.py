@@ -3,7 +3,7 @@
 A synthetic market shaped like the real data (a few hundred tickers, five years of daily OHLCV)
 carries a planted cross-sectional signal of known strength, and every catalogue model (and the
 linear baseline) is trained on it twice: with the raw recipe (the model's defaults: raw-return
-MSE on shuffled windows) and with the cross-sectional recipe (presets.CS_RECIPE). The report
+MSE on shuffled windows) and with the cross-sectional recipe (config.RECIPES). The report
 lists each fit's out-of-sample rank IC as a fraction of the oracle's (the planted score's own
 rank IC on the same test windows): its recovery ratio.
 
@@ -38,10 +38,9 @@ from tqdm.auto import tqdm  # noqa: E402
 from stocklab.benchmarks.models import command, machine, resolved  # noqa: E402
 from stocklab.config import CACHE_DIR, BenchmarkConfig, StockLabError, TrainConfig, with_values  # noqa: E402
 from stocklab.errors import describe  # noqa: E402
-from stocklab.models import BASELINES, MODELS  # noqa: E402
+from stocklab.models import BASELINES, MODELS, recipe_values  # noqa: E402
 from stocklab.pipeline.fitting import train_in_run  # noqa: E402
 from stocklab.pipeline.scoring import rank_ic_of  # noqa: E402
-from stocklab.presets import CS_RECIPE  # noqa: E402
 from stocklab.tracking import job_run, log_params_once  # noqa: E402
 from stocklab.trainer import configure_cpu_threads, resolve_device  # noqa: E402
 
@@ -92,12 +91,8 @@ def planted_market(tickers: int, days: int, seed: int = 0, strength: float = STR
 
 
 def recipes(model: str) -> dict[str, dict]:
-    """The two recipes every model is trained with. A model with its own feature set
-    (cnn_ta's indicator image) keeps it under the cross-sectional recipe."""
-    cs = dict(CS_RECIPE)
-    if MODELS[model][0].auto_features is not None:
-        cs.pop("features")
-    return {"raw": {}, "cs": cs}
+    """The two recipes every model is trained with (config.RECIPES)."""
+    return {name: recipe_values(model, name) for name in ("raw", "cs")}
 
 
 def catalogue() -> list[str]:

@@ -28,6 +28,8 @@ class RunRecord:
     run_id: str
     metrics: dict
     fold_rank_ic: list[float] = field(default_factory=list)
+    fold_best_epoch: list[float] = field(default_factory=list)
+    fold_starts: list = field(default_factory=list)  # first test day of each walk-forward fold
     predictions: pd.DataFrame | None = None  # date, ticker, prediction, label (out of sample)
     error: str = ""
 
@@ -96,28 +98,32 @@ def summary_table(records: list[RunRecord]) -> pd.DataFrame:
             }
         )
     table = pd.DataFrame(rows)
-    return _against_best_factor(table, daily)
-
-
-def _against_best_factor(table: pd.DataFrame, daily: dict) -> pd.DataFrame:
-    """vs_factor: mean daily rank IC minus the best classic factor's on their common days, and
-    its Newey-West standard error (the larger horizon's lags)."""
     factors = table[table["entry"].str.startswith("factor:")].dropna(subset=["rank_ic"]) if len(table) else table
-    table["vs_factor"], table["vs_factor_se"] = np.nan, np.nan
-    if not len(factors):
-        return table
-    best = factors.sort_values("rank_ic", ascending=False)["entry"].iloc[0]
-    ref, ref_lags = daily[best]
-    table.attrs["best_factor"] = best
+    if len(factors):
+        best = factors.sort_values("rank_ic", ascending=False)["entry"].iloc[0]
+        table.attrs["best_factor"] = best
+        _against(table, daily, best, "vs_factor")
+    if MOMENTUM in daily:
+        _against(table, daily, MOMENTUM, "vs_momentum")
+    return table
+
+
+MOMENTUM = "factor:momentum_12_1"
+
+
+def _against(table: pd.DataFrame, daily: dict, ref_entry: str, column: str) -> None:
+    """column: mean daily rank IC minus `ref_entry`'s on their common days; column_se: its
+    Newey-West standard error (the larger horizon's lags)."""
+    table[column], table[f"{column}_se"] = np.nan, np.nan
+    ref, ref_lags = daily[ref_entry]
     for i, entry in table["entry"].items():
-        if entry == best or entry not in daily:
+        if entry == ref_entry or entry not in daily:
             continue
         own, lags = daily[entry]
         diff = (own - ref).dropna()
         if len(diff) > 1:
-            table.loc[i, "vs_factor"] = float(diff.mean())
-            table.loc[i, "vs_factor_se"] = newey_west_se(diff, max(lags, ref_lags))
-    return table
+            table.loc[i, column] = float(diff.mean())
+            table.loc[i, f"{column}_se"] = newey_west_se(diff, max(lags, ref_lags))
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -154,14 +160,15 @@ def markdown_table(table: pd.DataFrame) -> str:
 def findings(table: pd.DataFrame, records: list[RunRecord]) -> list[str]:
     """Statements computed from the runs (what the models learn beyond the mean, early stops)."""
     ok = [r for r in records if not r.error]
-    trained = [r for r in ok if r.kind != "baseline" or r.entry in ("linear", "naive mean")]
+    trained = [r for r in ok if _trained(r.entry, r.kind)]
     out = []
     if trained:
-        first = sum(1 for r in trained if r.metrics.get("best_epoch", 0) <= 1.0 + 1e-9)
-        most = max(int(r.metrics.get("epochs_run", 0) / max(len(r.fold_rank_ic), 1)) for r in trained)
+        kept = np.array([e for r in trained for e in r.fold_best_epoch], dtype=float)
+        caps = np.array([r.metrics.get("epoch_cap", np.nan) for r in trained for _ in r.fold_best_epoch], dtype=float)
         out.append(
-            f"{first} of {len(trained)} trained runs kept the weights of their first epoch on every fold "
-            f"(of at most {most} epochs per fold): after one pass the validation loss stops improving."
+            f"Kept epoch (early stopping on validation) over {kept.size} trained fold fits: median "
+            f"{np.nanmedian(kept):.0f}, {int(np.sum(kept <= 1))} kept their first epoch, {int(np.sum(kept >= caps))} "
+            f"the last one allowed (the cap of {int(np.nanmax(caps))} epochs)."
         )
     t = table.dropna(subset=["rank_ic"]) if "rank_ic" in table else table
     if len(t):
@@ -193,6 +200,45 @@ def findings(table: pd.DataFrame, records: list[RunRecord]) -> list[str]:
     return out
 
 
+def _trained(entry: str, kind: str) -> bool:
+    """A fitted entry (network, preset, linear model, the mean forecast), not a fixed score."""
+    return kind in ("model", "preset") or entry.startswith(("linear", "naive:mean"))
+
+
+def head_to_head(table: pd.DataFrame) -> list[str]:
+    """The deep entry with the best *validation* rank IC (and its seed-ensemble) beside 12-1
+    momentum, out of sample, and one sentence: does any trained entry beat momentum by more
+    than two Newey-West standard errors."""
+    t = table.set_index("entry")
+    deep = t[t["kind"].isin(["model", "preset"])].dropna(subset=["valid_rank_ic"]) if len(t) else t
+    if MOMENTUM not in t.index or not len(deep):
+        return ["(needs a trained deep entry and factor:momentum_12_1)"]
+    best = deep["valid_rank_ic"].idxmax()
+    rows = [best] + [e for e in (f"{best} (ensemble)", MOMENTUM) if e in t.index]
+    cols = [("rank_ic", "rank IC", 4), ("rank_ic_se", "NW s.e.", 4), ("vs_momentum", "vs momentum", 4),
+            ("vs_momentum_se", "± s.e.", 4), ("ls_sharpe_net", "net Sharpe", 2),
+            ("ls_return_ann_net", "net ann. ret", 3), ("ls_max_drawdown", "max DD", 3),
+            ("ls_turnover", "turnover", 2), ("valid_rank_ic", "valid rank IC", 4)]  # fmt: skip
+    lines = ["| entry | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for e in rows:
+        lines.append(f"| {e} | " + " | ".join(_fmt(t.loc[e].get(k), d) for k, _, d in cols) + " |")
+    trained = t[[_trained(e, k) or k == "ensemble" for e, k in zip(t.index, t["kind"])]]
+    beat = trained[trained["vs_momentum"] > 2 * trained["vs_momentum_se"]].index.tolist()
+    margin = (trained["vs_momentum"] / trained["vs_momentum_se"]).dropna()
+    closest = margin.idxmax() if len(margin) else None
+    sentence = (
+        "Trained entries whose rank IC beats 12-1 momentum's by more than two Newey-West standard errors: "
+        + (", ".join(beat) if beat else "none")
+        + (f" (closest: {closest}, {t.loc[closest, 'vs_momentum']:+.4f} ± {t.loc[closest, 'vs_momentum_se']:.4f})."
+           if closest and not beat else ".")
+    )  # fmt: skip
+    chosen = (
+        f"{best} is the deep entry with the highest validation rank IC (chosen on validation, reported out of "
+        "sample); vs momentum: mean daily rank IC difference on common days ± its Newey-West s.e."
+    )
+    return [chosen, "", *lines, "", sentence]
+
+
 def _n_folds(records: list[RunRecord]) -> int:
     counts = [len(r.fold_rank_ic) for r in records if r.fold_rank_ic]
     return max(int(np.median(counts)), 1) if counts else 1
@@ -201,7 +247,7 @@ def _n_folds(records: list[RunRecord]) -> int:
 def plot_rank_ic(table: pd.DataFrame, path: Path) -> None:
     """Mean out-of-sample rank IC per model with ± one standard deviation over seeds x folds."""
     t = table.dropna(subset=["rank_ic"]).sort_values("rank_ic")
-    colors = {"preset": "tab:purple", "model": "tab:blue", "baseline": "tab:grey"}
+    colors = {"preset": "tab:purple", "model": "tab:blue", "ensemble": "tab:cyan", "baseline": "tab:grey"}
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(t) + 1.5))
     ax.barh(t["entry"], t["rank_ic"], xerr=t["rank_ic_std"].fillna(0), color=[colors[k] for k in t["kind"]],
             capsize=3)  # fmt: skip

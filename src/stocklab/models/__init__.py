@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from stocklab.config import StockLabError, TrainConfig, check_choices, with_values
+from stocklab.config import RECIPES, StockLabError, TrainConfig, check_choices, with_values
 from stocklab.losses import objective
 from stocklab.models.attention import Attention, AttentionConfig
 from stocklab.models.base import StockModel
@@ -67,6 +67,15 @@ def effective_config(cfg: TrainConfig, mcfg) -> TrainConfig:
     cls = MODELS[cfg.model][0]
     objective(cls.output, cfg.loss)
     return dataclasses.replace(cfg, **cls.fixed_inputs(mcfg))
+
+
+def recipe_values(name: str, recipe: str) -> dict:
+    """The TrainConfig values of training recipe `recipe` (config.RECIPES) for model `name`. A
+    model with its own feature set (cnn_ta's indicator image) keeps it under every recipe."""
+    values = dict(RECIPES[recipe])
+    if MODELS[name][0].auto_features is not None:
+        values.pop("features", None)
+    return values
 
 
 def fixed_values(name: str, values: dict) -> dict:

@@ -39,14 +39,14 @@ def mse_of(df: pd.DataFrame) -> float:
     return float(np.mean(err**2)) if len(err) else float("nan")
 
 
-def close_prices(ws: WindowSet) -> pd.DataFrame:
-    """The panel's close prices as (dates x tickers): what the portfolio trades at."""
-    return pd.DataFrame(ws.panel.close.T, index=ws.panel.dates, columns=ws.panel.tickers)
+def panel_close(panel) -> pd.DataFrame:
+    """A panel's close prices as (dates x tickers): what the portfolio trades at."""
+    return pd.DataFrame(panel.close.T, index=panel.dates, columns=panel.tickers)
 
 
 def portfolio_of(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig) -> pd.DataFrame:
     """The daily long-short book of a predictions frame (portfolio.py), with cfg's settings."""
-    return portfolio.daily_portfolio(df, close_prices(ws), cfg.quantiles, cfg.holding_days(), cfg.cost_bps)
+    return portfolio.daily_portfolio(df, panel_close(ws.panel), cfg.quantiles, cfg.holding_days(), cfg.cost_bps)
 
 
 def split_metrics(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig) -> tuple[dict, str | None]:

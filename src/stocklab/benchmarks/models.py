@@ -249,26 +249,29 @@ def run_models_suite(cfg: BenchmarkConfig) -> dict:
         mlflow.set_tag(KEY_TAG, key)
         log_params_once({f"benchmark_{k}": v for k, v in asdict(cfg).items() if k not in ("output",)})
         done = _finished_children(parent) if earlier else {}
-        reused = 0
-        for entry, seed in tqdm(jobs, desc="benchmark models", unit="fit"):
-            epochs = min(int(entry.values.get("epochs", cfg.epochs)), cfg.epochs)
-            tcfg = with_values(base, {**entry.values, "seed": seed, "epochs": epochs})
-            fkey = fit_key(tcfg, entry.overrides)
-            run = done.get(fkey)
-            reused += run is not None
-            run = run or _fit(entry, seed, tcfg, fkey, parent, cfg, cache)
-            if isinstance(run, str):
-                records.append(model_report.RunRecord(entry.name, entry.kind, seed, "", {}, error=run))
-                continue
-            extra = {"horizon": tcfg.horizon, "epoch_cap": epochs}
-            records.append(_record(run, entry.name, entry.kind, seed, extra))
-            members = [r for r in records if r.entry == entry.name and not r.error]
-            if seed == cfg.seeds - 1 and len(members) == cfg.seeds > 1:  # the entry's last seed
-                records.append(_ensemble(members, tcfg, cache, parent, done))
-        session = time.perf_counter() - t0
         client = mlflow.MlflowClient()
-        sessions = _history(client, parent.info.run_id, "session_wall_time_s") + [session]
-        mlflow.log_metric("session_wall_time_s", session, step=len(sessions))
+        sessions = _history(client, parent.info.run_id, "session_wall_time_s")
+        reused = 0
+        try:
+            for entry, seed in tqdm(jobs, desc="benchmark models", unit="fit"):
+                epochs = min(int(entry.values.get("epochs", cfg.epochs)), cfg.epochs)
+                tcfg = with_values(base, {**entry.values, "seed": seed, "epochs": epochs})
+                fkey = fit_key(tcfg, entry.overrides)
+                run = done.get(fkey)
+                reused += run is not None
+                run = run or _fit(entry, seed, tcfg, fkey, parent, cfg, cache)
+                if isinstance(run, str):
+                    records.append(model_report.RunRecord(entry.name, entry.kind, seed, "", {}, error=run))
+                    continue
+                records.append(
+                    _record(run, entry.name, entry.kind, seed, {"horizon": tcfg.horizon, "epoch_cap": epochs})
+                )
+                members = [r for r in records if r.entry == entry.name and not r.error]
+                if seed == cfg.seeds - 1 and len(members) == cfg.seeds > 1:  # the entry's last seed
+                    records.append(_ensemble(members, tcfg, cache, parent, done))
+        finally:  # an interrupted session's time counts too: the report adds up every session
+            sessions.append(time.perf_counter() - t0)
+            mlflow.log_metric("session_wall_time_s", sessions[-1], step=len(sessions))
         mlflow.log_metric("wall_time_s", sum(sessions))
         mlflow.log_metric("fits_reused", reused)
         started = datetime.datetime.fromtimestamp(parent.info.start_time / 1000, datetime.timezone.utc)

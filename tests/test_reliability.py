@@ -4,6 +4,7 @@ no traceback, and no password anywhere it is printed."""
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 import time
 
@@ -11,8 +12,11 @@ import mlflow
 import pytest
 from conftest import cli_error, synthetic_bars, write_ticker_csvs
 
+from stocklab.config import StockLabError, TrainConfig, TuneConfig
 from stocklab.data import load_panel
 from stocklab.errors import mask_secrets, one_line
+from stocklab.models import MODELS, build_model, model_config
+from stocklab.spaces import load_space
 
 
 def _train(data, *extra):
@@ -173,3 +177,35 @@ def test_only_the_first_sigterm_interrupts_a_job_a_second_one_cannot_cut_its_cle
         signal.signal(signal.SIGTERM, before)
     err = capfd.readouterr().err
     assert "received signal 15" in err and "signal 15 again while stopping" in err
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: TuneConfig(timeout=NAN), "timeout: nan must be a finite number"),
+        (lambda: TrainConfig(label_scale=INF), "label_scale: inf must be a finite number"),
+        (lambda: TrainConfig(weight_decay=INF), "weight_decay: inf must be a finite number"),
+        (lambda: TrainConfig(lr=NAN), "lr: nan must be a finite number"),
+        (lambda: TrainConfig(split="0.6,0.4,nan"), "split: fractions '0.6,0.4,nan' must be three non-negative"),
+        (lambda: TrainConfig(split="nan,nan,nan"), "split: fractions 'nan,nan,nan' must be three non-negative"),
+        (lambda: TrainConfig(seed=-1), "seed: -1 must be in [0, 4294967295]"),
+        (lambda: TrainConfig(seed=2**32), "seed: 4294967296 must be in [0, 4294967295]"),
+        (lambda: model_config("linear", {"alpha": NAN}), "alpha: nan must be a finite number"),
+        (lambda: build_model("cnn1d", 7, 20, model_config("cnn1d", {"kernel": 100})),
+         "kernel: 100 is longer than the window (seq_len=20)"),
+    ],
+)  # fmt: skip
+def test_numbers_that_make_no_sense_are_errors_naming_their_own_parameter(make, message):
+    with pytest.raises(StockLabError, match=re.escape(message)):
+        cfg = make()
+        cfg.validate()
+
+
+def test_a_log_scaled_search_range_from_zero_is_an_error_before_the_study(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text("lr: {type: float, low: 0.0, high: 0.01, log: true}\n")
+    with pytest.raises(StockLabError, match=re.escape("lr: log: true needs low > 0 (low is 0.0)")):
+        load_space("lstm", MODELS["lstm"][1], str(space))

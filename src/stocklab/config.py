@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -60,6 +61,9 @@ CACHE_DIR = ".stocklab_cache"
 #   recorded: changes no input, but is kept with the model to rebuild its run (the seed of plots)
 # A logged model's Bundle keeps every field with a role and rebuilds its TrainConfig from them.
 INPUT_ROLES = ("panel", "windows", "recorded")
+
+
+MAX_SEED = 2**32 - 1
 
 
 def opt(default, help: str = "", choices: tuple | None = None, role: str | None = None):  # noqa: A002
@@ -129,7 +133,7 @@ class TrainConfig:
             parts = tuple(float(p) for p in self.split.split(","))
         except ValueError:
             raise StockLabError(f"split: '{self.split}' is not three comma-separated numbers") from None
-        if len(parts) != 3 or any(p < 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
+        if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
             raise StockLabError(f"split: fractions '{self.split}' must be three non-negative numbers summing to 1")
         if min(parts) == 0:
             raise StockLabError(f"split: every fraction in '{self.split}' must be > 0")
@@ -137,6 +141,7 @@ class TrainConfig:
 
     def validate(self):
         """Raise StockLabError naming the first bad parameter; return self."""
+        check_fields(self)
         checks = [
             (self.horizon >= 1, "horizon", "must be >= 1"),
             (self.seq_len >= 1, "seq_len", "must be >= 1"),
@@ -147,6 +152,7 @@ class TrainConfig:
             (self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),
             (self.lr > 0, "lr", "must be > 0"),
             (self.patience >= 1, "patience", "must be >= 1"),
+            (0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}] (numpy's seed range)"),
             (self.label_scale > 0, "label_scale", "must be > 0"),
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.max_tickers >= 0, "max_tickers", "must be >= 0"),
@@ -159,7 +165,6 @@ class TrainConfig:
         for ok, name, problem in checks:
             if not ok:
                 raise StockLabError(f"{name}: {getattr(self, name)!r} {problem}")
-        check_choices(self)
         if self.loss in DAILY_LOSSES and self.batching != "daily":
             raise StockLabError(
                 f"loss: '{self.loss}' is computed over each date's cross-section and needs batching=daily "
@@ -243,7 +248,7 @@ class EvaluateConfig:
             raise StockLabError("run_id/model_uri: give exactly one of them")
         if self.folds < 1:
             raise StockLabError(f"folds: {self.folds} must be >= 1")
-        check_choices(self)
+        check_fields(self)
         return self
 
 
@@ -272,7 +277,7 @@ class PromoteConfig:
     experiment: str = opt("", "MLflow experiment (default: stocklab-registry)")
 
     def validate(self):
-        check_choices(self)
+        check_fields(self)
         return self
 
 
@@ -324,7 +329,7 @@ class BenchmarkConfig:
     SUITE_DEFAULTS = {"models": {"epochs": 15, "seeds": 2}, "recovery": {"epochs": 3, "seeds": 1}}
 
     def validate(self):
-        check_choices(self)
+        check_fields(self)
         for name in ("epochs", "seeds", "tickers", "days"):
             if getattr(self, name) < 0:
                 raise StockLabError(f"{name}: {getattr(self, name)} must be >= 0")
@@ -399,11 +404,17 @@ def convert(value, typ: type, name: str):
         raise StockLabError(f"{name}: {value!r} is not a valid {typ.__name__}") from None
 
 
-def check_choices(cfg) -> None:
+def check_fields(cfg) -> None:
+    """Every field of dataclass `cfg` against what any parameter must be: one of its choices,
+    and a finite number where it is a float (a nan or inf learning rate, alpha or timeout has
+    no meaning, and would fail later under another parameter's name)."""
     for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
         allowed = f.metadata.get("choices")
-        if allowed and getattr(cfg, f.name) not in allowed:
-            raise StockLabError(f"{f.name}: {getattr(cfg, f.name)!r} must be one of {', '.join(map(str, allowed))}")
+        if allowed and value not in allowed:
+            raise StockLabError(f"{f.name}: {value!r} must be one of {', '.join(map(str, allowed))}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise StockLabError(f"{f.name}: {value!r} must be a finite number")
 
 
 def with_values(cfg, values: dict, what: str | None = None):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from stocklab.config import RECIPES, StockLabError, TrainConfig, check_choices, with_values
+from stocklab.config import RECIPES, StockLabError, TrainConfig, check_fields, with_values
 from stocklab.losses import objective
 from stocklab.models.attention import Attention, AttentionConfig
 from stocklab.models.base import StockModel
@@ -52,7 +52,7 @@ def model_config(name: str, overrides: dict | None = None):
     check_model(name)
     cfg = with_values(MODELS[name][1], overrides or {}, what=f"model '{name}'")
     cfg.validate()
-    check_choices(cfg)
+    check_fields(cfg)
     return cfg
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from stocklab.config import opt
+from stocklab.config import StockLabError, opt
 from stocklab.models.base import StockModel, check_ranges
 
 
@@ -26,7 +26,9 @@ class CNN1DConfig:
 class CNN1D(StockModel):
     def __init__(self, n_features: int, seq_len: int, cfg: CNN1DConfig):
         super().__init__()
-        k = min(cfg.kernel, seq_len)
+        if cfg.kernel > seq_len:  # clamping it would log one kernel and train another
+            raise StockLabError(f"kernel: {cfg.kernel} is longer than the window (seq_len={seq_len})")
+        k = cfg.kernel
         self.conv = nn.Conv1d(n_features, cfg.channels, k)  # over time, features as channels
         self.norm = nn.BatchNorm1d(cfg.channels) if cfg.batch_norm else nn.Identity()
         self.head = nn.Sequential(

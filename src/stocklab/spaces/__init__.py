@@ -83,6 +83,8 @@ def load_space(model: str, model_cfg, path: str = "", fixed=frozenset()) -> dict
                     spec[key] = convert(spec[key], typ, name)
                 if not spec["low"] <= spec["high"]:
                     raise StockLabError(f"{name}: low {spec['low']} > high {spec['high']}")
+                if spec.get("log") and not spec["low"] > 0:  # Optuna's log scale: low > 0
+                    raise StockLabError(f"{name}: log: true needs low > 0 (low is {spec['low']})")
         except KeyError as e:
             raise StockLabError(f"space: {where}: '{name}' needs '{e.args[0]}'") from None
         except StockLabError as e:

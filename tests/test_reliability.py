@@ -17,6 +17,7 @@ from stocklab.data import load_panel
 from stocklab.errors import mask_secrets, one_line
 from stocklab.models import MODELS, build_model, model_config
 from stocklab.spaces import load_space
+from stocklab.study.storage import claim_study
 
 
 def _train(data, *extra):
@@ -209,3 +210,13 @@ def test_a_log_scaled_search_range_from_zero_is_an_error_before_the_study(tmp_pa
     space.write_text("lr: {type: float, low: 0.0, high: 0.01, log: true}\n")
     with pytest.raises(StockLabError, match=re.escape("lr: log: true needs low > 0 (low is 0.0)")):
         load_space("lstm", MODELS["lstm"][1], str(space))
+
+
+def test_a_study_keeps_its_objective_and_names_it(tmp_path):
+    journal = str(tmp_path / "journal.log")
+    study, created = claim_study(TuneConfig(storage=journal, study_name="s", metric="valid_rank_ic"))
+    assert created and study.metric_names == ["valid_rank_ic"]
+    assert claim_study(TuneConfig(storage=journal, study_name="s", metric="valid_rank_ic"))[1] is False
+    for other in ("valid_loss", "valid_ls_sharpe_net"):  # another direction, or the same one
+        with pytest.raises(StockLabError, match="metric: study 's' in .* optimises valid_rank_ic, not " + other):
+            claim_study(TuneConfig(storage=journal, study_name="s", metric=other))

@@ -124,10 +124,18 @@ def claim_study(cfg: TuneConfig, claim: bool = True) -> tuple[optuna.Study, bool
         )
         if claim:
             try:
-                return optuna.create_study(**kwargs, load_if_exists=False), True
+                study = optuna.create_study(**kwargs, load_if_exists=False)
             except optuna.exceptions.DuplicatedStudyError:
                 pass  # another process (or an earlier run) made it: load it below
-        return optuna.create_study(**kwargs, load_if_exists=True), False
+            else:
+                with warnings.catch_warnings():  # "experimental" since Optuna 3.2, stable in use
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(list(TUNE_METRICS[cfg.metric]))  # named in the dashboard, dataframes
+                study.set_user_attr(METRIC_ATTR, cfg.metric)
+                return study, True
+        study = optuna.create_study(**kwargs, load_if_exists=True)
+        _check_same_objective(study, cfg, url)
+        return study, False
     except ImportError as e:  # Optuna re-raises the driver's ModuleNotFoundError as a bare ImportError
         scheme = url.split("://", 1)[0]
         driver = getattr(e, "name", None) or (scheme.split("+", 1)[1] if "+" in scheme else f"the {scheme} default")
@@ -135,11 +143,31 @@ def claim_study(cfg: TuneConfig, claim: bool = True) -> tuple[optuna.Study, bool
             f"storage: {mask_secrets(url)} needs the database driver '{driver}', which is not installed "
             "(PostgreSQL: pip install 'psycopg[binary]' and a postgresql+psycopg:// URL)"
         ) from None
+    except StockLabError:
+        raise
     except ValueError as e:  # e.g. the study exists with other directions
         raise StockLabError(f"study_name: {one_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError/ArgumentError, a bad journal path
         where = _host_port(url)
         raise StockLabError(f"storage: cannot open {mask_secrets(url)}{where}: {one_line(e, 300)}") from None
+
+
+METRIC_ATTR = "stocklab_metric"
+
+
+def _check_same_objective(study: optuna.Study, cfg: TuneConfig, url: str) -> None:
+    """A loaded study keeps the objective it was made with: trials of another metric would be
+    ranked together with its own (a rank IC read as a loss). Studies made before the metric was
+    recorded are checked by their directions."""
+    old = study.user_attrs.get(METRIC_ATTR)
+    new_dirs = [DIRECTIONS[o] for o in TUNE_METRICS[cfg.metric]]
+    old_dirs = [d.name.lower() for d in study.directions]
+    if (old is not None and old != cfg.metric) or old_dirs != new_dirs:
+        was = old or f"direction {', '.join(old_dirs)}"
+        raise StockLabError(
+            f"metric: study '{study.study_name}' in {mask_secrets(url)} optimises {was}, not {cfg.metric}: "
+            f"rerun with --metric {old or '<its metric>'} or start a new study with --study_name"
+        )
 
 
 def _host_port(url: str) -> str:

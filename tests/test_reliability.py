@@ -220,3 +220,15 @@ def test_a_study_keeps_its_objective_and_names_it(tmp_path):
     for other in ("valid_loss", "valid_ls_sharpe_net"):  # another direction, or the same one
         with pytest.raises(StockLabError, match="metric: study 's' in .* optimises valid_rank_ic, not " + other):
             claim_study(TuneConfig(storage=journal, study_name="s", metric=other))
+
+
+def test_a_study_whose_every_trial_failed_exits_non_zero_with_the_reasons(tmp_path, tracking, capsys):
+    data = write_ticker_csvs(synthetic_bars(n_tickers=3, n_days=120), tmp_path / "csvs")
+    space = tmp_path / "space.yaml"
+    space.write_text("dropout: {type: float, low: 1.5, high: 1.6}\n")  # every trial's model is invalid
+    argv = ["tune", "--data", str(data), "--n_trials", "1", "--epochs", "1", "--horizon", "1", "--seq_len", "5",
+            "--space", str(space), "--storage", str(tmp_path / "j.log"), "--study_name", "bad"]  # fmt: skip
+    line = cli_error(capsys, argv)
+    assert "study 'bad': no trial completed (1 trial(s): " in line and "dropout: 1.5" in line
+    parent = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`stocklab.role` = 'study'")
+    assert list(parent["status"]) == ["FAILED"]

@@ -31,7 +31,7 @@ import optuna
 from optuna.trial import TrialState
 
 from stocklab import tracking
-from stocklab.config import TuneConfig
+from stocklab.config import StockLabError, TuneConfig
 from stocklab.errors import mask_secrets
 from stocklab.interrupts import install_signal_handlers
 from stocklab.models import MODELS, check_model
@@ -77,7 +77,10 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
             # left behind (a queued retry, an open slot), within the same deadline
             work(setup, deadline)
             busy = trials_of_other_workers(study)  # looked at first: with none running, the best is final
-            return report.finish(study, cfg, parent.info.run_id, busy)
+            summary = report.finish(study, cfg, parent.info.run_id, busy)
+            if not busy:
+                _check_some_trial_completed(study)
+            return summary
     finally:
         if joined is not None:
             hand_parent_to_other_workers(study, joined)
@@ -99,3 +102,15 @@ def _start_parent(study: optuna.Study, setup: StudySetup, trials: list) -> None:
         f"{cfg.n_jobs} worker{'s' if cfg.n_jobs > 1 else ''}"
     )
     print(f"trials table in the MLflow UI: {tracking.ui_link(view)}")
+
+
+def _check_some_trial_completed(study: optuna.Study) -> None:
+    """A study with no completed trial has no result: an error with the trials' reasons (the
+    parent run ends FAILED and the exit is non-zero), never a quiet success."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        return
+    reasons = dict.fromkeys(t.user_attrs.get("fail_reason", t.state.name) for t in trials)
+    raise StockLabError(
+        f"study '{study.study_name}': no trial completed ({len(trials)} trial(s): {'; '.join(reasons) or 'none ran'})"
+    )

@@ -302,6 +302,8 @@ class Resumed:
 
 # the report's fixed text: what each column means
 LEGEND = (
+    "Entries: <model>:raw and <model>:cs are one model under the two recipes; an '(ensemble)' row scores "
+    "the mean out-of-sample prediction of its entry's seeds (it has no validation, MSE or epoch columns). "
     "rank IC: mean daily Spearman IC of each fold's test period, mean ± std over every (seed, fold). "
     "NW s.e.: the standard error of the mean of the seeds' average daily rank IC over the out-of-sample days, "
     "Newey-West with h - 1 lags (neighbouring days' h-day labels overlap). vs best factor: the mean daily "

@@ -178,12 +178,13 @@ def findings(table: pd.DataFrame, records: list[RunRecord]) -> list[str]:
             + (", ".join(beat_mean) if beat_mean else "none")
             + ". MSE/zero < 1 alone only says the forecast learned the average return of a rising market."
         )
-        sig = t[(t["rank_ic"] > 0) & (t["rank_ic"] > 2 * t["rank_ic_std"] / np.sqrt(_n_folds(records)))]
+        sig = t[(t["rank_ic"] > 0) & (t["rank_ic"] > 2 * t["rank_ic_se"])]
         out.append(
-            "Positive out-of-sample rank IC more than two standard errors above zero (over seeds x folds): "
+            "Positive out-of-sample rank IC more than two Newey-West standard errors above zero: "
             + (", ".join(sig["entry"]) if len(sig) else "none")
             + "."
         )
+        out += _recipe_findings(t)
         flips = t[(t["valid_rank_ic"] > 0) & (t["rank_ic"] < 0)]["entry"].tolist()
         if flips:
             out.append("Positive validation rank IC but negative out-of-sample rank IC: " + ", ".join(flips) + ".")
@@ -198,6 +199,22 @@ def findings(table: pd.DataFrame, records: list[RunRecord]) -> list[str]:
                 + "."
             )
     return out
+
+
+def _recipe_findings(t: pd.DataFrame) -> list[str]:
+    """raw against cs for every model fitted under both recipes, on validation and out of sample."""
+    by = t.set_index("entry")
+    pairs = [e[: -len(":raw")] for e in by.index if e.endswith(":raw") and e[: -len(":raw")] + ":cs" in by.index]
+    if not pairs:
+        return []
+    oos = [m for m in pairs if by.loc[f"{m}:cs", "rank_ic"] > by.loc[f"{m}:raw", "rank_ic"]]
+    valid = [m for m in pairs if by.loc[f"{m}:cs", "valid_rank_ic"] > by.loc[f"{m}:raw", "valid_rank_ic"]]
+    gain = np.mean([by.loc[f"{m}:cs", "rank_ic"] - by.loc[f"{m}:raw", "rank_ic"] for m in pairs])
+    return [
+        f"The cross-sectional recipe (cs) has the higher out-of-sample rank IC for {len(oos)} of {len(pairs)} "
+        f"models ({', '.join(oos) or 'none'}; mean difference cs - raw {gain:+.4f}) and the higher validation "
+        f"rank IC for {len(valid)} of {len(pairs)}."
+    ]
 
 
 def _trained(entry: str, kind: str) -> bool:
@@ -237,11 +254,6 @@ def head_to_head(table: pd.DataFrame) -> list[str]:
         "sample); vs momentum: mean daily rank IC difference on common days ± its Newey-West s.e."
     )
     return [chosen, "", *lines, "", sentence]
-
-
-def _n_folds(records: list[RunRecord]) -> int:
-    counts = [len(r.fold_rank_ic) for r in records if r.fold_rank_ic]
-    return max(int(np.median(counts)), 1) if counts else 1
 
 
 def plot_rank_ic(table: pd.DataFrame, path: Path) -> None:

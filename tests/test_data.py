@@ -81,7 +81,7 @@ def test_cache_is_keyed_by_file_contents(tmp_path, csv_dir):
 
 def _one_file(tmp_path, df, name="BAD_data.csv"):
     folder = tmp_path / "bad"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     df.to_csv(folder / name, index=False)
     return str(folder), str(folder / name)
 
@@ -108,3 +108,61 @@ def test_empty_folder_and_missing_path(tmp_path):
         load_panel(str(tmp_path / "empty"), cache_dir=None)
     with pytest.raises(StockLabError, match="is not 'sample', an existing folder or a file"):
         load_panel(str(tmp_path / "nope"), cache_dir=None)
+
+
+def _dates_as(fmt: str):
+    return lambda d: d.assign(date=pd.to_datetime(d["date"]).dt.strftime(fmt))
+
+
+@pytest.mark.parametrize(
+    "rewrite",
+    [
+        _dates_as("%d/%m/%Y"),  # day-first: read right, not month-first where the day is <= 12
+        _dates_as("%m/%d/%Y"),
+        _dates_as("%d.%m.%Y"),
+        lambda d: d.assign(date=pd.to_datetime(d["date"]).dt.strftime("%Y%m%d").astype(int)),
+        # one exchange's local midnight with the offset of its season (-05:00 / -04:00)
+        lambda d: d.assign(date=[f"{x} 00:00:00{'-04:00' if i % 2 else '-05:00'}" for i, x in enumerate(d["date"])]),
+    ],
+)
+def test_every_date_format_of_a_file_gives_the_same_dates(tmp_path, rewrite):
+    bars = synthetic_bars(n_tickers=1, n_days=60)
+    truth, _ = load_panel(_one_file(tmp_path / "a", bars)[0], cache_dir=None)
+    panel, _ = load_panel(_one_file(tmp_path / "b", rewrite(bars))[0], cache_dir=None)
+    pd.testing.assert_series_equal(panel["date"], truth["date"])
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.iloc[:5].assign(date=pd.to_datetime(d["date"][:5]).dt.strftime("%m/%d/%Y")),
+         "has an ambiguous day/month order"),
+        (lambda d: d.assign(date=["31/01/2015", "01/31/2015"] + list(d["date"][2:])),
+         "mixes day-first and month-first"),
+        (lambda d: d.assign(date=["2300-01-02"] + list(d["date"][1:])),
+         "date '2300-01-02' in column 'date' is outside 1678-2261"),
+        (lambda d: d.assign(close=d["close"].map(lambda v: f"{v:.4f}".replace(".", ","))),
+         "column 'close' has 30 value(s) that are not numbers (e.g. '"),
+        (lambda d: d.assign(open=["$" + str(v) for v in d["open"]]),
+         "column 'open' has 30 value(s) that are not numbers"),
+        (lambda d: d.assign(Name=["AAA"] * 15 + ["BBB"] * 15), "column 'Name' holds 2 tickers (AAA, BBB)"),
+    ],
+)  # fmt: skip
+def test_dirty_dates_numbers_and_tickers_are_errors_naming_the_file(tmp_path, mutate, message):
+    folder, file = _one_file(tmp_path, mutate(synthetic_bars(n_tickers=1, n_days=30)))
+    with pytest.raises(StockLabError) as e:
+        load_panel(folder, cache_dir=None)
+    assert message in str(e.value) and file in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_absurd_values_are_dropped_as_outliers_and_a_heavy_loss_is_named(tmp_path, capsys):
+    df = synthetic_bars(n_tickers=2, n_days=50).astype({"volume": float})
+    df.loc[3, "volume"] = 1e30  # one typo: it would set the volume scaler of every ticker
+    df.loc[4, "close"] = float("inf")
+    df.loc[df.index[df["Name"] == df["Name"].iloc[-1]][:10], "open"] = float("nan")
+    panel, report = load_panel(str(write_ticker_csvs(df, tmp_path / "dirty")), cache_dir=None)
+    assert report.dropped == {"outlier": 1, "infinite_value": 1, "missing_price": 10}
+    assert panel["volume"].max() < 1e12 and len(panel) == 100 - 12
+    last = df["Name"].iloc[-1]
+    assert report.heavy_losses == {last: {"missing_price": 10}}
+    assert f"ticker '{last}' lost 10 of 50 rows in cleaning (missing_price: 10)" in capsys.readouterr().err

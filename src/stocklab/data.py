@@ -8,11 +8,14 @@ Sources (one `data` string, auto-detected):
 Cleaning rules (each counted in the data report logged to every run):
   * duplicated (ticker, date) rows: the last one is kept;
   * a missing or non-positive price (open/high/low/close present in the file): row dropped;
+  * an infinite value, or one beyond 1e6 x (or below 1e-6 x) the ticker's median: row dropped;
   * ``high < low``: row dropped (which side is wrong cannot be told, so nothing is invented);
   * open or close outside [low, high]: high/low widened to include them (repaired);
   * missing or negative volume: row dropped (zero volume is kept: a real halted day).
+A ticker losing more than 5% of its rows is named in a warning with the rules that dropped them.
 Errors (one line, naming the file): no files, a missing date/close/ticker column,
-unparseable dates, intraday timestamps.
+unparseable, ambiguous (d/m vs m/d) or out-of-range dates, intraday timestamps, values that are
+not numbers (decimal commas, currency signs), a per-ticker file holding several tickers.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ PRICE_COLS = ("open", "high", "low", "close")
 VALUE_COLS = ("open", "high", "low", "close", "volume", "vwap")
 DATE_NAMES = ("date", "datetime", "timestamp", "time")
 TICKER_NAMES = ("name", "ticker", "symbol")
-CACHE_VERSION = "1"  # bump when cleaning rules change so old caches are not reused
+CACHE_VERSION = "2"  # bump when cleaning rules change so old caches are not reused
 
 
 @dataclass
@@ -54,6 +57,7 @@ class DataReport:
     date_min: str = ""
     date_max: str = ""
     columns: list = field(default_factory=list)
+    heavy_losses: dict = field(default_factory=dict)  # ticker -> rule -> rows, tickers losing > MAX_DROP
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -80,14 +84,7 @@ def _normalise(df: pd.DataFrame, where: str, ticker: str | None) -> pd.DataFrame
     if "close" not in lower and "adj close" not in lower:
         raise StockLabError(f"{where}: missing required column 'close'")
     out = pd.DataFrame(index=df.index)
-    raw_dates = df[date_col]
-    dates = pd.to_datetime(raw_dates, errors="coerce", format="mixed")
-    bad = dates.isna() & raw_dates.notna()
-    if bad.any():
-        example = raw_dates[bad].iloc[0]
-        raise StockLabError(f"{where}: unparseable date {example!r} in column '{date_col}'")
-    if getattr(dates.dt, "tz", None) is not None:
-        dates = dates.dt.tz_localize(None)
+    dates = _parse_dates(df[date_col], where, date_col)
     if (dates != dates.dt.normalize()).any():
         example = dates[dates != dates.dt.normalize()].iloc[0]
         raise StockLabError(
@@ -100,33 +97,114 @@ def _normalise(df: pd.DataFrame, where: str, ticker: str | None) -> pd.DataFrame
             raise StockLabError(f"{where}: missing ticker column (expected one of {TICKER_NAMES})")
         out["ticker"] = df[tcol].astype(str)
     else:
-        # a Name column inside a per-ticker file wins over the file name
+        # a Name column inside a per-ticker file wins over the file name; it holds one ticker
         tcol = next((lower[n] for n in TICKER_NAMES if n in lower), None)
+        names = df[tcol].dropna().astype(str).unique() if tcol is not None else []
+        if len(names) > 1:
+            raise StockLabError(
+                f"{where}: column '{tcol}' holds {len(names)} tickers ({', '.join(names[:3])}); a per-ticker "
+                "file holds one (split it, or pass the file itself as a long-format table)"
+            )
         out["ticker"] = df[tcol].astype(str) if tcol is not None else ticker
     for col in VALUE_COLS:
         src = lower.get(col)
         if col == "close" and src is None:
             src = lower["adj close"]
         if src is not None:
-            out[col] = pd.to_numeric(df[src], errors="coerce").astype("float64")
+            out[col] = _numbers(df[src], where, src)
     return out[out["date"].notna()]
+
+
+# d/m/y or m/d/y with any of / . - between the parts, then anything (a time)
+_DAY_MONTH = re.compile(r"^(\d{1,2})[/.-](\d{1,2})[/.-](\d{4})")
+# a UTC offset after a time of day ("00:00:00-05:00", "00:00Z"): the time is kept, the offset cut
+_OFFSET = re.compile(r"(\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*(?:[+-]\d{2}:?\d{2}|Z)$")
+
+
+def _parse_dates(raw: pd.Series, where: str, col: str) -> pd.Series:
+    """Dates of one file with one explicit reading: ISO strings, yyyymmdd integers, or d/m/y vs
+    m/d/y decided from the values (a first field above 12 means day-first); timestamps with UTC
+    offsets keep the local date they were written with (mixed -05:00/-04:00 of one exchange)."""
+    values = raw.dropna()
+    try:
+        if pd.api.types.is_datetime64_any_dtype(raw):
+            dates = raw.dt.tz_localize(None) if raw.dt.tz is not None else raw
+        elif pd.api.types.is_numeric_dtype(raw):
+            if not (values.between(1678_01_01, 2261_12_31) & (values % 1 == 0)).all():
+                raise StockLabError(
+                    f"{where}: numeric dates in column '{col}' (e.g. {values.iloc[0]!r}) are not yyyymmdd"
+                )
+            dates = pd.to_datetime(raw.astype("Int64").astype("string"), format="%Y%m%d", errors="coerce")
+        else:
+            text = raw.astype("string").str.strip().str.replace(_OFFSET, r"\1", regex=True)
+            parts = text.str.extract(_DAY_MONTH).dropna().astype(int)
+            dayfirst = False
+            if len(parts):
+                first, second = bool((parts[0] > 12).any()), bool((parts[1] > 12).any())
+                if first == second:
+                    how = "mixes day-first and month-first dates" if first else "has an ambiguous day/month order"
+                    raise StockLabError(
+                        f"{where}: column '{col}' {how} (e.g. {values.iloc[0]!r}); write them as YYYY-MM-DD"
+                    )
+                dayfirst = first
+            dates = pd.to_datetime(text, errors="coerce", format="mixed", dayfirst=dayfirst)
+    except (OverflowError, pd.errors.OutOfBoundsDatetime) as e:
+        raise StockLabError(f"{where}: a date in column '{col}' is outside 1678-2261 ({one_line(e)})") from None
+    bad = dates.isna() & raw.notna()
+    if bad.any():
+        example = raw[bad].iloc[0]
+        years = re.findall(r"\d{4}", str(example))
+        why = " (outside 1678-2261)" if years and not 1678 <= int(years[0]) <= 2261 else ""
+        raise StockLabError(f"{where}: unparseable date {example!r} in column '{col}'{why}")
+    # pandas parses far dates at a coarser unit; the panel's nanosecond dates end in 2262
+    outside = dates.notna() & ((dates.dt.year > 2261) | (dates.dt.year < 1678))
+    if outside.any():
+        raise StockLabError(f"{where}: date {raw[outside].iloc[0]!r} in column '{col}' is outside 1678-2261")
+    return dates.astype("datetime64[ns]")
+
+
+_NA_TEXT = {"", "na", "n/a", "nan", "null", "none", "-"}
+
+
+def _numbers(raw: pd.Series, where: str, col: str) -> pd.Series:
+    """A value column as float64. Empty cells are missing values (their rows are dropped and
+    counted); text that is not a number (decimal commas, currency signs) is an error: read as
+    missing it would drop the whole ticker without a word."""
+    values = pd.to_numeric(raw, errors="coerce").astype("float64")
+    if raw.dtype == object or pd.api.types.is_string_dtype(raw):
+        text = raw.astype("string").str.strip()
+        junk = values.isna() & raw.notna() & ~text.str.lower().isin(_NA_TEXT)
+        if junk.any():
+            example = raw[junk].iloc[0]
+            raise StockLabError(
+                f"{where}: column '{col}' has {int(junk.sum())} value(s) that are not numbers (e.g. {example!r}); "
+                "write plain numbers with a decimal point, without currency signs or thousands separators"
+            )
+    return values
 
 
 def _clean(df: pd.DataFrame, report: DataReport) -> pd.DataFrame:
     """Apply the documented cleaning rules, counting every dropped or repaired row."""
     dropped, repaired = report.dropped, report.repaired
+    rows_read = df["ticker"].value_counts()
+    lost: dict[str, dict[str, int]] = {}  # ticker -> rule -> rows
 
     def drop(mask: pd.Series, reason: str) -> pd.DataFrame:
         n = int(mask.sum())
         if n:
             dropped[reason] = dropped.get(reason, 0) + n
+            for ticker, k in df.loc[mask, "ticker"].value_counts().items():
+                lost.setdefault(ticker, {})[reason] = int(k)
         return df[~mask]
 
     df = df.sort_values(["ticker", "date"], kind="stable")
     df = drop(df.duplicated(["ticker", "date"], keep="last"), "duplicate_ticker_date")
     prices = [c for c in PRICE_COLS if c in df.columns]
+    values = [c for c in VALUE_COLS if c in df.columns]
+    df = drop(np.isinf(df[values]).any(axis=1), "infinite_value")
     df = drop(df[prices].isna().any(axis=1), "missing_price")
     df = drop((df[prices] <= 0).any(axis=1), "nonpositive_price")
+    df = drop(_outliers(df, values), "outlier")
     if "high" in df.columns and "low" in df.columns:
         df = drop(df["high"] < df["low"], "high_below_low")
         body = [c for c in ("open", "close") if c in df.columns]
@@ -139,7 +217,40 @@ def _clean(df: pd.DataFrame, report: DataReport) -> pd.DataFrame:
         df = drop(df["volume"].isna() | (df["volume"] < 0), "bad_volume")
     if "vwap" in df.columns:
         df = drop(df["vwap"].isna() | (df["vwap"] <= 0), "bad_vwap")
+    _warn_heavy_losses(lost, rows_read, report)
     return df.reset_index(drop=True)
+
+
+OUTLIER_FACTOR = 1e6  # a value this many times its ticker's median (or below 1/this of it) is a typo
+MAX_DROP = 0.05  # a ticker losing more of its rows in cleaning is named in a warning
+
+
+def _outliers(df: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """Rows with a value beyond OUTLIER_FACTOR x the ticker's own median (one volume of 1e30
+    would set the scaler of every ticker). Zero volumes are real (a halted day) and kept."""
+    median = df.groupby("ticker")[columns].transform("median")
+    ratio = df[columns] / median.where(median > 0)
+    high = (ratio > OUTLIER_FACTOR).any(axis=1)
+    low = (ratio[[c for c in columns if c != "volume"]] < 1 / OUTLIER_FACTOR).any(axis=1)
+    return high | low
+
+
+def _warn_heavy_losses(lost: dict, rows_read: pd.Series, report: DataReport) -> None:
+    """Name the tickers that lost more than MAX_DROP of their rows (and by which rules)."""
+    heavy = {t: rules for t, rules in lost.items() if sum(rules.values()) > MAX_DROP * rows_read[t]}
+    report.heavy_losses = heavy
+    for ticker, rules in list(heavy.items())[:3]:
+        why = ", ".join(f"{k}: {v}" for k, v in rules.items())
+        print(
+            f"stocklab: warning: data: ticker '{ticker}' lost {sum(rules.values())} of {rows_read[ticker]} rows "
+            f"in cleaning ({why}); see data_report.json",
+            file=sys.stderr,
+        )
+    if len(heavy) > 3:
+        print(
+            f"stocklab: warning: data: {len(heavy) - 3} more ticker(s) lost > {MAX_DROP:.0%} of their rows",
+            file=sys.stderr,
+        )
 
 
 def _files_fingerprint(paths: list[Path]) -> str:

@@ -166,3 +166,17 @@ def test_absurd_values_are_dropped_as_outliers_and_a_heavy_loss_is_named(tmp_pat
     last = df["Name"].iloc[-1]
     assert report.heavy_losses == {last: {"missing_price": 10}}
     assert f"ticker '{last}' lost 10 of 50 rows in cleaning (missing_price: 10)" in capsys.readouterr().err
+
+
+def test_a_corrupt_cache_entry_is_rebuilt_and_an_unusable_cache_dir_is_an_error(tmp_path, csv_dir, capsys):
+    cache = tmp_path / "cache"
+    first, _ = load_panel(str(csv_dir), cache_dir=str(cache))
+    entry = next(cache.glob("panel-*.parquet"))
+    entry.write_bytes(entry.read_bytes()[:100])  # truncated (a full disk, a killed writer)
+    again, _ = load_panel(str(csv_dir), cache_dir=str(cache))
+    pd.testing.assert_frame_equal(first, again)
+    assert f"cache entry '{entry}' is unreadable" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(load_panel(str(csv_dir), cache_dir=str(cache))[0], first)
+    assert capsys.readouterr().err == ""  # the rebuilt entry reads
+    with pytest.raises(StockLabError, match="cache_dir: cannot write the parsed-panel cache in '/dev/null'"):
+        load_panel(str(csv_dir), cache_dir="/dev/null")

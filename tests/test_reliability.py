@@ -125,6 +125,10 @@ def test_mask_secrets():
         == "postgresql://u:***@h:5432/d and http://a:***@c/"
     )
     assert mask_secrets("postgresql://u@h/d sqlite:///x.db") == "postgresql://u@h/d sqlite:///x.db"
+    assert (
+        mask_secrets("postgresql+psycopg://u@h/d?sslmode=require&password=s3cr3t https://x/?Token=abc")
+        == "postgresql+psycopg://u@h/d?sslmode=require&password=*** https://x/?Token=***"
+    )
     assert one_line(RuntimeError("cannot reach postgresql://u:pw@h/d")) == "cannot reach postgresql://u:***@h/d"
 
 

@@ -299,19 +299,31 @@ def load_panel(data: str, cache_dir: str | None = CACHE_DIR) -> tuple[pd.DataFra
     if cache is not None:
         cached, meta = cache / f"panel-{fp[:20]}.parquet", cache / f"panel-{fp[:20]}.json"
         if cached.exists() and meta.exists():
-            report = DataReport(**json.loads(meta.read_text()))
-            # the same bytes may sit at another path: the report names this run's input
-            report.source = str(path.resolve())
-            return pd.read_parquet(cached), report
+            try:
+                report = DataReport(**json.loads(meta.read_text()))
+                panel = pd.read_parquet(cached)
+            except Exception as e:  # noqa: BLE001 - a truncated or corrupt entry: parse the files again
+                print(f"stocklab: warning: cache entry '{cached}' is unreadable ({one_line(e, 200)}); rebuilding it",
+                      file=sys.stderr)  # fmt: skip
+            else:
+                # the same bytes may sit at another path: the report names this run's input
+                report.source = str(path.resolve())
+                return panel, report
 
     report = DataReport(source=str(path.resolve()), fingerprint=fp, files=len(files))
     panel = _finish(_read_files(files, path, data, report), report)
     if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        # concurrent workers may build the same entry: each writes a private file and renames it
-        # into place (atomic), the report last, so a reader never sees a half-written panel
-        _write_atomic(cached, lambda tmp: panel.to_parquet(tmp))
-        _write_atomic(meta, lambda tmp: tmp.write_text(json.dumps(report.to_dict())))
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            # concurrent workers may build the same entry: each writes a private file and renames it
+            # into place (atomic), the report last, so a reader never sees a half-written panel
+            _write_atomic(cached, lambda tmp: panel.to_parquet(tmp))
+            _write_atomic(meta, lambda tmp: tmp.write_text(json.dumps(report.to_dict())))
+        except OSError as e:
+            raise StockLabError(
+                f"cache_dir: cannot write the parsed-panel cache in '{cache}' ({e.strerror or one_line(e)}); "
+                "choose a writable folder, or --cache_dir '' for none"
+            ) from None
     return panel, report
 
 

@@ -11,9 +11,15 @@ _URL_PASSWORD = re.compile(
 )  # up to the last @
 
 
+# ?password=... / &token=... in a URL's query string (psycopg, SQLAlchemy and HTTP URLs take them)
+_QUERY_SECRET = re.compile(r"(?P<head>[?&](?:password|passwd|pwd|token|secret|api_key|apikey)=)[^&\s]*", re.I)
+
+
 def mask_secrets(text) -> str:
-    """`text` with the password of every URL in it replaced by `***`."""
-    return _URL_PASSWORD.sub(lambda m: m.group("head") + "***", str(text))
+    """`text` with the password of every URL in it (user:password@ or a password/token query
+    parameter) replaced by `***`."""
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + "***", str(text))
+    return _QUERY_SECRET.sub(lambda m: m.group("head") + "***", text)
 
 
 class StockLabError(ValueError):

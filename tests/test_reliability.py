@@ -236,3 +236,12 @@ def test_a_study_whose_every_trial_failed_exits_non_zero_with_the_reasons(tmp_pa
     assert "study 'bad': no trial completed (1 trial(s): " in line and "dropout: 1.5" in line
     parent = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`stocklab.role` = 'study'")
     assert list(parent["status"]) == ["FAILED"]
+
+
+def test_predict_onto_a_folder_is_an_error_before_any_model_is_loaded(tmp_path):
+    from stocklab.config import PredictConfig
+    from stocklab.jobs.predict import run_predict
+
+    (folder := tmp_path / "preds.csv").mkdir()
+    with pytest.raises(StockLabError, match=f"output: '{folder}' is a folder; name a .csv or .parquet file"):
+        run_predict(PredictConfig(model_uri="models:/nothing@champion", output=str(folder)))

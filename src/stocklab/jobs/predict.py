@@ -25,6 +25,9 @@ from stocklab.registry import champion_uri
 
 def run_predict(cfg: PredictConfig) -> pd.DataFrame:
     cfg.validate()
+    out = Path(cfg.output)
+    if out.is_dir():  # checked before the model is loaded and the data scored
+        raise StockLabError(f"output: '{out.resolve()}' is a folder; name a .csv or .parquet file")
     uri = cfg.model_uri or champion_uri(cfg.model)
     try:
         model, bundle = load_model_bundle(uri)
@@ -43,11 +46,13 @@ def run_predict(cfg: PredictConfig) -> pd.DataFrame:
             "prediction": pred,
         }
     ).sort_values(["date", "ticker"], kind="stable")
-    out = Path(cfg.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() == ".csv":
-        df.to_csv(out, index=False)
-    else:
-        df.to_parquet(out, index=False)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".csv":
+            df.to_csv(out, index=False)
+        else:
+            df.to_parquet(out, index=False)
+    except OSError as e:  # a read-only mount, a full disk, a file where a folder should be
+        raise StockLabError(f"output: cannot write '{out.resolve()}' ({e.strerror or one_line(e)})") from None
     print(f"wrote {len(df)} predictions ({df['date'].min().date()}..{df['date'].max().date()}) to {out}")
     return df

@@ -114,6 +114,8 @@ def test_models_suite_runs_every_entry_is_resumable_and_writes_the_report(tmp_pa
     parent = runs[runs["tags.mlflow.runName"] == "benchmark models"]
     assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
     assert parent["metrics.fits_reused"].iloc[0] == 3 and "3 of 5 fits read back" in report.read_text()
+    sessions = mlflow.MlflowClient().get_metric_history(parent["run_id"].iloc[0], "session_wall_time_s")
+    assert sorted(m.step for m in sessions) == [1, 2] and "in 2 sessions" in report.read_text()
     children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
     assert children["status"].value_counts().to_dict() == {"FINISHED": 7, "KILLED": 1}
     done = children[children["status"] == "FINISHED"]
@@ -142,6 +144,7 @@ def test_models_suite_runs_every_entry_is_resumable_and_writes_the_report(tmp_pa
     ens = records[("linear:raw (ensemble)", -1)].predictions.set_index(["date", "ticker"])["prediction"]
     assert np.allclose(ens.sort_index(), ((members[0] + members[1]) / 2).sort_index())
     assert np.isfinite(table.loc["linear:raw (ensemble)", "ls_sharpe_net"])
+    assert np.isnan(table.loc["linear:raw (ensemble)", "params"]) and table.loc["linear:raw", "params"] > 0
     # against the factor: the seeds' mean daily rank IC minus the factor's, with its NW error
     mine = daily_rank_ic([r for r in res["records"] if r.entry == "linear:raw"])
     factor = daily_rank_ic([r for r in res["records"] if r.entry == "factor:reversal_1m"])

@@ -271,7 +271,8 @@ def run_models_suite(cfg: BenchmarkConfig) -> dict:
                     records.append(_ensemble(members, tcfg, cache, parent, done))
         finally:  # an interrupted session's time counts too: the report adds up every session
             sessions.append(time.perf_counter() - t0)
-            mlflow.log_metric("session_wall_time_s", sessions[-1], step=len(sessions))
+            # by id: when a fit is interrupted its nested run, not the parent, is the active one
+            client.log_metric(parent.info.run_id, "session_wall_time_s", sessions[-1], step=len(sessions))
         mlflow.log_metric("wall_time_s", sum(sessions))
         mlflow.log_metric("fits_reused", reused)
         started = datetime.datetime.fromtimestamp(parent.info.start_time / 1000, datetime.timezone.utc)

@@ -93,7 +93,7 @@ def summary_table(records: list[RunRecord]) -> pd.DataFrame:
                 "valid_rank_ic": mean("valid_rank_ic", np.nan),
                 "best_epoch": mean("best_epoch", np.nan),
                 "train_s": mean("train_time_s", np.nan),
-                "params": int(m["n_params"].iloc[0]) if "n_params" in m else 0,
+                "params": int(m["n_params"].iloc[0]) if "n_params" in m else None,  # blank: an ensemble
                 **book,
             }
         )
@@ -131,8 +131,8 @@ def _fmt(v, digits: int = 3) -> str:
         return v
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "-"
-    if isinstance(v, (int, np.integer)):
-        return f"{v:,}"
+    if isinstance(v, (int, np.integer)) or (digits == 0 and float(v).is_integer()):
+        return f"{int(v):,}"
     return f"{v:.{digits}f}"
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import ROOT, launched
 
-from stocklab.pipeline.logged import load_model_bundle
+from stocklab.pipeline.logged import load_network
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 
@@ -67,7 +67,7 @@ def test_mlflow_run_train_end_to_end(tmp_path, csv_dir, tracking):
         assert math.isfinite(run.data.metrics[k]), k
     p = run.data.params
     assert p["hidden_size"] == "8" and p["epochs"] == "2" and float(p["lr"]) == 1e-3 and p["data"] == str(csv_dir)
-    model, bundle = load_model_bundle(f"runs:/{run.info.run_id}/model")
+    model, bundle = load_network(f"runs:/{run.info.run_id}/model")
     with torch.no_grad():
         out = model(torch.randn(3, 10, 7))
     assert out.shape == (3,) and torch.isfinite(out).all()

@@ -18,7 +18,7 @@ from stocklab.features import build_panel
 from stocklab.jobs.train import run_train
 from stocklab.models import BASELINES, MODELS, build_model, model_config
 from stocklab.pipeline.inputs import prepare
-from stocklab.pipeline.logged import load_model_bundle
+from stocklab.pipeline.logged import load_network
 from stocklab.trainer import fit, mean_loss, predict
 from stocklab.windows import WindowSet
 
@@ -96,7 +96,7 @@ def test_each_model_through_the_train_job_and_mlflow_round_trip(tracking, csv_di
     res = run_train(cfg, {"factor": "reversal_1m"} if name == "factor" else None)
     run = mlflow.get_run(res["run_id"])
     assert math.isfinite(run.data.metrics["test_mse"]) and int(run.data.params["n_params"]) == res["n_params"]
-    model, bundle = load_model_bundle(f"runs:/{res['run_id']}/model")
+    model, bundle = load_network(f"runs:/{res['run_id']}/model")
     prep = prepare(bundle.train_config(cache_dir=""), bundle=bundle)  # as `evaluate` rebuilds it
     pred, y, _, _ = predict(model, prep.ws, "test")
     assert float(np.mean((pred - y) ** 2)) == pytest.approx(run.data.metrics["test_mse"], rel=1e-4, abs=1e-9)

@@ -9,6 +9,7 @@ import sys
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, cli_error
@@ -16,7 +17,7 @@ from conftest import ROOT, cli_error
 from stocklab.config import TrainConfig
 from stocklab.jobs.train import run_train
 from stocklab.pipeline.inputs import latest_windows, prepare
-from stocklab.pipeline.logged import load_model_bundle
+from stocklab.pipeline.logged import load_network
 from stocklab.pipeline.scoring import predict_windows
 
 SUMMARY = ("test_mse", "valid_loss_min", "valid_mse_min", "best_epoch", "train_time_s", "naive_mse", "mse_skill")
@@ -48,15 +49,16 @@ def test_run_records_params_metrics_artifacts_and_model(tracking, csv_dir, model
     assert m["valid_mse_min"] == pytest.approx(m["valid_loss_min"], rel=1e-5)  # a regressor's objective is its MSE
     assert "lr" not in m  # no schedule: the learning rate is a param, not a metric
     # the logged model and its Bundle (that they reproduce test_mse: test_models.py, every model)
-    loaded, bundle = load_model_bundle(f"runs:/{res['run_id']}/model")
+    loaded, bundle = load_network(f"runs:/{res['run_id']}/model")
     assert (bundle.seq_len, bundle.features, bundle.model) == (10, "ohlcv", model)
     assert bundle.data_fingerprint.startswith(p["data_fingerprint"])
     prep = prepare(_cfg(csv_dir, model=model), bundle=bundle)
     x = prep.ws.gather(*(a[:8] for a in prep.ws.index["test"]))
     with torch.no_grad():
         pred = loaded(x).numpy()
-    pyfunc = mlflow.pyfunc.load_model(f"runs:/{res['run_id']}/model")
-    np.testing.assert_allclose(np.asarray(pyfunc.predict(x.numpy())).ravel(), pred, rtol=1e-5)
+    logged = mlflow.artifacts.download_artifacts(run_id=res["run_id"], artifact_path="predictions.parquet")
+    expected = pd.read_parquet(logged)
+    np.testing.assert_array_equal(pred, expected["prediction"].to_numpy()[:8])
 
 
 @pytest.mark.slow
@@ -125,7 +127,7 @@ def test_predict_is_bit_for_bit_the_training_pipeline(tracking, tmp_path, bars, 
     full = write_ticker_csvs(bars, tmp_path / "full")
     cfg = _cfg(full, features=features, scaler=scaler, seq_len=6, epochs=1)
     uri = mlflow.get_run(run_train(cfg)["run_id"]).data.tags["stocklab.model_uri"]
-    model, bundle = load_model_bundle(uri)
+    model, bundle = load_network(uri)
 
     # the training pipeline: its own fitted scaler, the windows ending on the last training day
     train_prep = prepare(cfg)

@@ -327,6 +327,23 @@ def load_panel(data: str, cache_dir: str | None = CACHE_DIR) -> tuple[pd.DataFra
     return panel, report
 
 
+def read_bars(df: pd.DataFrame, where: str = "bars") -> pd.DataFrame:
+    """A long frame of bars already in memory (a serving request, a Spark batch) read like a
+    file: columns matched by name, dates and numbers parsed; its row order and index are kept.
+    An optional column with no value at all is absent (a Spark UDF passes every column of the
+    model's signature, the ones the caller has not as nulls)."""
+    if not isinstance(df, pd.DataFrame):
+        raise StockLabError(f"{where}: expected a DataFrame of daily bars, got {type(df).__name__}")
+    empty = [c for c in df.columns if str(c).strip().lower() in VALUE_COLS and c != "close" and df[c].isna().all()]
+    return _normalise(df.drop(columns=empty), where, None)
+
+
+def clean_bars(df: pd.DataFrame, where: str = "bars") -> tuple[pd.DataFrame, DataReport]:
+    """`read_bars`, then the cleaning rules a data file gets (counted in the report)."""
+    report = DataReport(source=where, files=1)
+    return _finish(read_bars(df, where).reset_index(drop=True), report), report
+
+
 def _input_files(path: Path, data: str) -> list[Path]:
     """The CSV/Parquet files behind `data` (a folder's, or the one file)."""
     if path.is_file():

@@ -9,18 +9,13 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
-import warnings
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
-from mlflow.models.signature import ModelSignature
-from mlflow.types.schema import Schema, TensorSpec
 
-from stocklab.errors import StockLabError, describe, mask_secrets
+from stocklab.errors import StockLabError, mask_secrets
 from stocklab.models import fixed_values
 
 
@@ -322,41 +317,3 @@ def config_params(*configs) -> dict:
 
 def log_json(obj: dict, artifact_file: str) -> None:
     mlflow.log_dict(obj, artifact_file)
-
-
-def signature_for(seq_len: int, n_features: int) -> ModelSignature:
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, seq_len, n_features))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1,))]),
-    )
-
-
-def log_model(model: torch.nn.Module, example: np.ndarray, bundle: dict, bundle_file: str):
-    """Log the model (torch.export `pt2`, MLflow 3's default; pickle if export fails) together
-    with its preprocessing bundle as `bundle_file` so it can score raw bars on its own."""
-    model = model.to("cpu").eval()
-    sig = signature_for(example.shape[1], example.shape[2])
-    torch_req = torch.__version__.split("+")[0]
-    reqs = [f"torch=={torch_req}", f"mlflow=={mlflow.__version__}", f"numpy=={np.__version__}"]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / bundle_file
-        path.write_text(json.dumps(bundle))
-        kwargs = dict(
-            name="model",
-            signature=sig,
-            input_example=example.astype(np.float32),
-            extra_files=[str(path)],
-            pip_requirements=reqs,  # explicit: skips MLflow's slow requirement inference
-        )
-        try:
-            with warnings.catch_warnings():
-                # nn.LSTM re-assigns its flat weights while torch.export traces it: harmless
-                warnings.filterwarnings("ignore", message="The tensor attributes .* were assigned during export")
-                info = mlflow.pytorch.log_model(model, serialization_format="pt2", **kwargs)
-            fmt = "pt2"
-        except Exception as e:  # noqa: BLE001 - e.g. an op torch.export cannot trace
-            mlflow.set_tag("model_pt2_error", describe(e))
-            info = mlflow.pytorch.log_model(model, serialization_format="pickle", **kwargs)
-            fmt = "pickle"
-    mlflow.set_tags({"model_serialization": fmt, "stocklab.model_uri": info.model_uri})
-    return info

@@ -99,10 +99,7 @@ def eval_batches(ws: WindowSet, split: str, batch_size: int):
 
 
 def eval_mode(model: nn.Module) -> None:
-    try:
-        model.eval()
-    except NotImplementedError:  # a loaded torch.export (pt2) module: traced in eval mode already
-        pass
+    model.eval()
 
 
 @torch.no_grad()

@@ -383,13 +383,17 @@ def select_tickers(panel: Panel, keep: np.ndarray) -> Panel:
     return replace(panel, tickers=tickers, X=X[: len(kept)], y=panel.y[keep], close=panel.close[keep])
 
 
+class TooShort(StockLabError):
+    """No ticker has bars enough for one window: scoring (serving.py) answers with no rows."""
+
+
 def drop_short_tickers(panel: Panel, seq_len: int, horizon: int) -> tuple[Panel, int]:
     """Drop tickers with fewer rows than one window (`seq_len` days) plus the horizon; error if
     none is left. The panel is consumed (see select_tickers)."""
     rows = np.isfinite(panel.X).all(axis=-1).sum(axis=1)  # (N,)
     keep = rows >= seq_len + horizon
     if not keep.any():
-        raise StockLabError(
+        raise TooShort(
             f"data: no ticker has at least seq_len + horizon = {seq_len + horizon} usable rows "
             f"(longest has {int(rows.max()) if rows.size else 0})"
         )

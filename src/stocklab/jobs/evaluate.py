@@ -20,7 +20,7 @@ from stocklab.errors import describe, one_line
 from stocklab.pipeline.artifacts import evaluate_split
 from stocklab.pipeline.fitting import train_in_run
 from stocklab.pipeline.inputs import prepare
-from stocklab.pipeline.logged import load_model_bundle
+from stocklab.pipeline.logged import load_network
 
 
 def _source(cfg: EvaluateConfig) -> tuple[str, str]:
@@ -44,7 +44,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     model_uri, source_run_id = _source(cfg)
     if cfg.folds > 1:
         return _walk_forward(cfg, model_uri, source_run_id)
-    model, bundle = load_model_bundle(model_uri)
+    model, bundle = load_network(model_uri)
     data = cfg.data or bundle.data
     if not data:
         raise StockLabError("data: the model's bundle records no data path; pass -P data=...")

@@ -2,24 +2,24 @@
 
     mlflow run . -e predict --env-manager local -P model=lstm -P data=path/to/csvs -P output=preds.csv
 
-Loads `models:/stocklab-<model>@champion` (or `model_uri`) with its Bundle and builds its inputs
-through the same `pipeline.inputs.prepare` as training (features, column order, train-fitted scaler;
-no labels needed), then writes (date, ticker, prediction) for the latest date on which each
-ticker has a complete window.
+Reads `data` like training does (files, cleaning rules, the parsed-panel cache) and hands the
+bars to the logged model's raw-bar pyfunc (`models:/stocklab-<model>@champion`, or `model_uri`),
+the same scoring model `mlflow models serve` and Spark call (serving.py): it rebuilds the
+model's inputs with its Bundle (features, column order, train-fitted scaler) and writes
+(date, ticker, prediction) for the latest date on which each ticker has a complete window.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 
 from stocklab.config import PredictConfig, StockLabError
+from stocklab.data import load_panel
 from stocklab.errors import one_line
-from stocklab.pipeline.inputs import latest_windows, prepare
-from stocklab.pipeline.logged import load_model_bundle
-from stocklab.pipeline.scoring import predict_windows
+from stocklab.pipeline.logged import load_scoring_model
 from stocklab.registry import champion_uri
 
 
@@ -30,22 +30,18 @@ def run_predict(cfg: PredictConfig) -> pd.DataFrame:
         raise StockLabError(f"output: '{out.resolve()}' is a folder; name a .csv or .parquet file")
     uri = cfg.model_uri or champion_uri(cfg.model)
     try:
-        model, bundle = load_model_bundle(uri)
+        model = load_scoring_model(uri)
     except StockLabError:
         raise
     except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing model/alias
         raise StockLabError(f"model: cannot load '{uri}' ({one_line(e, 200)})") from None
-    tcfg = bundle.train_config(data=cfg.data, cache_dir=cfg.cache_dir, max_tickers=0)
-    prep = prepare(tcfg, "cpu", bundle, labels=False)
-    n, t = latest_windows(prep)
-    pred = predict_windows(model, prep.ws.gather(n, t), cfg.eval_batch_size)  # (B,)
-    df = pd.DataFrame(
-        {
-            "date": prep.panel.dates[t.numpy()],
-            "ticker": np.asarray(prep.panel.tickers)[n.numpy()],
-            "prediction": pred,
-        }
-    ).sort_values(["date", "ticker"], kind="stable")
+    bars, _ = load_panel(cfg.data, cfg.cache_dir)
+    try:
+        df = model.predict(bars, params={"batch_size": cfg.eval_batch_size})
+    except MlflowException as e:  # the scoring model's own one-line errors (serving.py)
+        raise StockLabError(e.message) from None
+    if df.empty:
+        raise StockLabError(f"data: no ticker in '{cfg.data}' has a complete window for {uri}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.suffix.lower() == ".csv":

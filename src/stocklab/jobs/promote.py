@@ -92,6 +92,10 @@ def run_promote(cfg: PromoteConfig) -> dict:
     beats = not math.isfinite(champ_score) or sign * best_score < sign * champ_score
     action = _move_aliases(name, cfg.metric, direction, beats, (champ, champ_score), (best, best_score))
     print(action)
+    # each version's description keeps what promote did to it (the audit run keeps the rest)
+    registry.note_version(name, best.version, action)
+    if beats and champ is not None:
+        registry.note_version(name, champ.version, f"{registry.CHAMPION} moved to v{best.version}: {action}")
     final = registry.alias_version(name, registry.CHAMPION)
     return {"action": action, "champion": int(final.version), "candidate": int(best.version)}
 

@@ -17,13 +17,13 @@ import mlflow
 import pandas as pd
 import torch
 
-from stocklab import factor_eval, plots, tracking
+from stocklab import factor_eval, plots, serving
 from stocklab.config import TrainConfig
+from stocklab.data import load_panel
 from stocklab.errors import describe
 from stocklab.pipeline.inputs import Prepared
 from stocklab.pipeline.scoring import portfolio_of, predictions_frame, split_metrics
 
-BUNDLE_FILE = "preprocess.json"  # inside the logged model's directory (extra_files)
 BUNDLE_ARTIFACT = "model_bundle/preprocess.json"  # the same, as a run artifact for the UI
 WEIGHTS_ARTIFACT = "model_state/state_dict.pt"  # a trial's weights until complete_run logs its model
 SKIPPED_TAG = "factor_metrics_skipped"  # why a run has no factor metrics (too few stocks a day)
@@ -86,8 +86,9 @@ def log_full_evaluation(
     model, prep: Prepared, test: pd.DataFrame, cfg: TrainConfig, bundle: dict, skipped: str | None
 ) -> None:
     """What a model that may be used gets, in the active run: prediction plots and the tear sheet
-    of its out-of-sample predictions, the attention heatmap, and the model itself (torch.export
-    pt2, with its Bundle) that evaluate/predict/the registry load."""
+    of its out-of-sample predictions, the attention heatmap, and the model itself: the raw-bar
+    scoring pyfunc (serving.py) with its weights and Bundle, which predict, serving and the
+    registry load, with a few of its tickers' bars as the input example."""
     log_evaluation_plots(test, prep, cfg, skipped)
     ws = prep.ws
     n, t = (a[:8] for a in ws.index["test"])
@@ -97,9 +98,9 @@ def log_full_evaluation(
         labels = [f"{prep.panel.tickers[i]} {prep.panel.dates[d].date()}" for i, d in zip(n.tolist(), t.tolist())]
         heatmap = plots.attention_heatmap(weights.float().cpu().numpy(), labels)
         plots.log_figure(heatmap, "plots/attention_heatmap.png")
-    n, t = (a[:2] for a in ws.index["test"])
-    example = ws.gather(n, t).cpu().numpy()  # (2, T, F): batch > 1 keeps the batch dim dynamic
-    tracking.log_model(model, example, bundle, BUNDLE_FILE)
+    raw, _ = load_panel(cfg.data, cfg.cache_dir)  # the parsed-panel cache: no second parse
+    example = serving.example_bars(raw, bundle["tickers"], cfg.seq_len, cfg.window_stride)
+    serving.log_scoring_model(model, bundle, example)
 
 
 def log_weights(model: torch.nn.Module) -> None:

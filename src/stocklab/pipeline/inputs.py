@@ -33,6 +33,7 @@ from stocklab.models import MODELS
 from stocklab.windows import (
     Fold,
     Scaler,
+    TooShort,
     WindowSet,
     drop_short_tickers,
     select_tickers,
@@ -40,6 +41,8 @@ from stocklab.windows import (
     walk_forward_folds,
     window_span,
 )
+
+Loaded = tuple[pd.DataFrame, DataReport]  # clean long bars and their report (data.load_panel)
 
 
 @dataclass
@@ -122,7 +125,9 @@ def _dataset(raw: pd.DataFrame, cfg: TrainConfig, report: DataReport):
     return MetaDataset(source=source, name=name, digest=ds.digest, schema=ds.schema)
 
 
-def prepare(cfg: TrainConfig, device="cpu", bundle: Bundle | None = None, *, labels: bool = True) -> Prepared:
+def prepare(
+    cfg: TrainConfig, device="cpu", bundle: Bundle | None = None, *, labels: bool = True, bars: Loaded | None = None
+) -> Prepared:
     """Load, clean, featurise, split and scale `cfg.data` into a WindowSet.
 
     Training (`bundle=None`) fits the scaler on the training days and, for the `technical`
@@ -130,8 +135,9 @@ def prepare(cfg: TrainConfig, device="cpu", bundle: Bundle | None = None, *, lab
     feature set, the column order and the scaler (a per-ticker scaler keeps the tickers it knows).
     `labels=False` builds a prediction-only set (no split; a ticker needs one window, no label).
     With walk-forward folds the splits are the last fold's (the one a logged model was fit on).
+    `bars`: clean bars already in memory (data.clean_bars) instead of reading `cfg.data`.
     """
-    prep = load_inputs(cfg, bundle, labels=labels)
+    prep = load_inputs(cfg, bundle, labels=labels, bars=bars)
     fold = folds_of(cfg, len(prep.panel.dates))[-1] if labels else None
     scaler = bundle.scaler if bundle is not None else None
     if scaler is not None and scaler.per_ticker:
@@ -145,10 +151,12 @@ def folds_of(cfg: TrainConfig, n_days: int) -> list[Fold]:
     return walk_forward_folds(n_days, cfg.split_fractions(), cfg.horizon, cfg.folds, cfg.walk)
 
 
-def load_inputs(cfg: TrainConfig, bundle: Bundle | None = None, *, labels: bool = True) -> Prepared:
+def load_inputs(
+    cfg: TrainConfig, bundle: Bundle | None = None, *, labels: bool = True, bars: Loaded | None = None
+) -> Prepared:
     """Everything before scaling: load -> validate -> features -> tickers -> column order.
     The returned Prepared has no WindowSet yet (`with_windows` adds one per fold)."""
-    raw, report = load_panel(cfg.data, cfg.cache_dir)
+    raw, report = bars if bars is not None else load_panel(cfg.data, cfg.cache_dir)
     if bundle is None:
         features = resolve_feature_set(cfg.features, report.columns, MODELS[cfg.model][0].auto_features)
     else:
@@ -266,7 +274,7 @@ def latest_windows(prep: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
     has = ok.any(axis=1)
     if not has.any():
         span = window_span(prep.ws.seq_len, prep.ws.stride)
-        raise StockLabError(f"data: no ticker has a complete window of {span} days")
+        raise TooShort(f"data: no ticker has a complete window of {span} days")
     last = ok.shape[1] - 1 - np.argmax(ok[:, ::-1], axis=1)  # (N,) latest complete window
     n = np.nonzero(has)[0]
     return torch.from_numpy(n).to(prep.ws.device), torch.from_numpy(last[n]).to(prep.ws.device)

@@ -1,4 +1,5 @@
-"""Logged models: load one with its Bundle, and complete a trial's run into one.
+"""Logged models: load one (its raw-bar pyfunc, or its plain network with its Bundle), and
+complete a trial's run into one.
 
 A tune trial logs its weights only (artifacts.log_weights); `complete_run` gives the run its
 model, plots and tear sheet when the study picks it (or when `evaluate` asks for it).
@@ -13,10 +14,10 @@ import mlflow
 import pandas as pd
 import torch
 
-from stocklab import factor_eval
+from stocklab import factor_eval, serving
 from stocklab.config import CACHE_DIR, StockLabError
 from stocklab.models import build_model, model_config
-from stocklab.pipeline.artifacts import BUNDLE_ARTIFACT, BUNDLE_FILE, WEIGHTS_ARTIFACT, log_full_evaluation
+from stocklab.pipeline.artifacts import BUNDLE_ARTIFACT, WEIGHTS_ARTIFACT, log_full_evaluation
 from stocklab.pipeline.inputs import Bundle, prepare
 from stocklab.trainer import eval_mode
 
@@ -52,17 +53,28 @@ def complete_run(run_id: str, cache_dir: str = CACHE_DIR, tear_sheet: bool = Tru
     return True
 
 
-def load_model_bundle(model_uri: str):
-    """(callable model, Bundle) from a logged model URI (runs:/..., models:/...). A tune trial
-    that logged weights only gets its model logged first (`complete_run`), on request."""
+def load_network(model_uri: str) -> tuple[torch.nn.Module, Bundle]:
+    """The plain torch network (a normal `nn.Module` in eval mode on CPU, ready for `.train()`,
+    fine-tuning or inspection) and its Bundle, from a logged model URI (runs:/..., models:/...).
+    A tune trial that logged weights only gets its model logged first (`complete_run`)."""
+    ensure_model(model_uri)
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    weights, bundle = local / "artifacts" / serving.WEIGHTS, local / "artifacts" / serving.BUNDLE
+    if not (weights.exists() and bundle.exists()):
+        raise StockLabError(f"model: {model_uri} has no artifacts/{serving.WEIGHTS} (not a stocklab scoring model)")
+    return serving.network_from_files(weights, bundle)
+
+
+def load_scoring_model(model_uri: str):
+    """The raw-bar pyfunc (serving.py) of a logged model URI, as MLflow's own tools load it."""
+    ensure_model(model_uri)
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def ensure_model(model_uri: str) -> None:
+    """A `runs:/<id>/...` URI of a tune trial that logged weights only: log its model now."""
     if model_uri.startswith("runs:/"):
         run_id = model_uri[len("runs:/") :].split("/")[0]
         client = mlflow.MlflowClient()
         if not has_model(run_id) and client.list_artifacts(run_id, Path(WEIGHTS_ARTIFACT).parent.as_posix()):
             complete_run(run_id)
-    local = Path(mlflow.artifacts.download_artifacts(model_uri))
-    model = mlflow.pytorch.load_model(str(local))
-    found = list(local.rglob(BUNDLE_FILE))
-    if not found:
-        raise StockLabError(f"model: {model_uri} has no {BUNDLE_FILE} (not logged by stocklab)")
-    return model, Bundle.from_dict(json.loads(found[0].read_text()))

@@ -30,7 +30,7 @@ def _shape(name: str) -> tuple[int, int]:
     return (1, 225) if name == "cnn_ta" else (10, 3)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"lgbm"}))  # trees exist once fitted: test_lgbm.py
 def test_output_shape(name):
     seq_len, n_features = _shape(name)
     model = build_model(name, n_features, seq_len, model_config(name)).eval()

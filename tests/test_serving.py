@@ -119,7 +119,7 @@ def test_the_plain_network_loads_for_research_in_train_and_eval_mode(tracking, c
     # the logged model directory: no pickle anywhere, the weights and bundle as artifacts
     local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model")
     files = {os.path.relpath(os.path.join(d, f), local) for d, _, fs in os.walk(local) for f in fs}
-    assert {"artifacts/state_dict.pt", "artifacts/preprocess.json", "pyfunc_model.py"} <= files
+    assert {"artifacts/state/state_dict.pt", "artifacts/preprocess.json", "pyfunc_model.py"} <= files
     assert not [f for f in files if f.endswith((".pkl", ".pickle"))]
     example = pd.read_json(os.path.join(local, "input_example.json"), orient="split")
     assert {"date", "ticker", "close", "volume"} <= set(example.columns)

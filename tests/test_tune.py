@@ -306,6 +306,10 @@ def test_every_trainable_model_has_a_shipped_space_covering_its_dimensions():
     for name in trainable:
         cfg = MODELS[name][1]
         space = load_space(name, cfg)
+        if name == "lgbm":  # trees: their own size, shrinkage, sampling and rounds
+            assert {"num_leaves", "learning_rate", "feature_fraction", "n_estimators", "seq_len"} <= set(space)
+            assert space["learning_rate"].get("log")
+            continue
         assert {"lr"} <= set(space) and ("seq_len" in space or name == "cnn_ta"), name
         if name != "linear":  # the ridge baseline has no layers to normalise or drop out
             assert {"dropout", "batch_norm", "weight_decay", "batch_size"} <= set(space), name
@@ -332,7 +336,7 @@ def test_conditional_dimensions_follow_their_condition():
         assert ("dropout" in params) == (layers > 1)
 
 
-@pytest.mark.parametrize("model", sorted(set(MODELS) - set(BASELINES)) + ["linear"])
+@pytest.mark.parametrize("model", sorted(set(MODELS) - set(BASELINES)) + ["linear", "lgbm"])
 def test_every_shipped_space_draws_configurations_that_train(bars, model):
     """What the shipped space of every trainable model draws (Optuna's sampler, `when`
     conditions included) goes through the trial's own steps (split_params -> TrainConfig ->

@@ -17,10 +17,11 @@ ticker whose bars are too few (or too dirty) for one window gets no row and a lo
 saying why; the batch never fails for it.
 
 Logged as MLflow "models from code" (pyfunc_model.py is the entry script) with this package's
-source as the model's code, the network's weights (`artifacts/state_dict.pt`, read with
-`torch.load(weights_only=True)`) and its Bundle (`artifacts/preprocess.json`). Loading runs our
-code and reads tensors and JSON: nothing is unpickled, unlike a pickled PythonModel, and the
-plain `nn.Module` stays available for research (`pipeline.logged.load_network`).
+source as the model's code, the network's fitted state (`artifacts/state/`: `state_dict.pt`
+read with `torch.load(weights_only=True)`, or a LightGBM booster's own text file) and its
+Bundle (`artifacts/preprocess.json`). Loading runs our code and reads tensors, text and JSON:
+nothing is unpickled, unlike a pickled PythonModel, and the plain model stays available for
+research (`pipeline.logged.load_network`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from stocklab.windows import TooShort, window_span
 
 log = logging.getLogger("stocklab.serving")
 
-WEIGHTS = "state_dict.pt"  # artifacts/ of the logged model
+STATE = "state"  # artifacts/ of the logged model: StockModel.save_state's files
 BUNDLE = "preprocess.json"
 ENTRY = Path(__file__).with_name("pyfunc_model.py")
 REQUIRED = ("date", "ticker", "close")
@@ -77,11 +78,11 @@ def signature() -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
-def network_from_files(weights: str | Path, bundle: str | Path) -> tuple[torch.nn.Module, Bundle]:
+def network_from_files(state: str | Path, bundle: str | Path) -> tuple[torch.nn.Module, Bundle]:
     """The plain network (eval mode, CPU) and its Bundle from a logged model's two artifacts."""
     b = Bundle.from_dict(json.loads(Path(bundle).read_text()))
     network = build_model(b.model, len(b.feature_names), b.seq_len, model_config(b.model, b.model_config))
-    network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    network.load_state(Path(state))
     return network.eval(), b
 
 
@@ -168,7 +169,7 @@ class RawBarModel(mlflow.pyfunc.PythonModel):
     """The pyfunc every logged stocklab model is: raw bars in, (date, ticker, prediction) out."""
 
     def load_context(self, context) -> None:
-        self.network, self.bundle = network_from_files(context.artifacts["weights"], context.artifacts["bundle"])
+        self.network, self.bundle = network_from_files(context.artifacts["state"], context.artifacts["bundle"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
@@ -205,13 +206,14 @@ def requirements() -> list[str]:
 def log_scoring_model(network: torch.nn.Module, bundle: dict, example: pd.DataFrame):
     """Log `network` with its Bundle as the active run's `model` (the raw-bar pyfunc)."""
     with tempfile.TemporaryDirectory() as tmp:
-        weights, bundle_file = Path(tmp) / WEIGHTS, Path(tmp) / BUNDLE
-        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
+        state, bundle_file = Path(tmp) / STATE, Path(tmp) / BUNDLE
+        state.mkdir()
+        network.save_state(state)
         bundle_file.write_text(json.dumps(bundle))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(ENTRY),
-            artifacts={"weights": str(weights), "bundle": str(bundle_file)},
+            artifacts={"state": str(state), "bundle": str(bundle_file)},
             code_paths=[str(Path(__file__).parent)],
             signature=signature(),
             input_example=example,

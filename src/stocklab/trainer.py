@@ -280,6 +280,10 @@ def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallba
     knows whether it is the best so far (MLflow logging, Optuna `trial.report`); it may raise
     to stop training (e.g. optuna.TrialPruned).
     """
+    if model.trained_by == "boosting":  # trees: boosting.py keeps this function's contract
+        from stocklab.boosting import fit_booster  # it imports this module: imported on use
+
+        return fit_booster(model, ws, cfg, on_epoch)
     model.to(ws.device)
     params = [p for p in model.parameters() if p.requires_grad]
     loss_fn, _ = objective(model.output, cfg.loss)

@@ -18,6 +18,7 @@ from stocklab.models.cnn1d import CNN1D, CNN1DConfig
 from stocklab.models.cnn2d import CNN2D, VARIANTS, CNN2DConfig
 from stocklab.models.cnn_ta import CNNTA, CNNTAConfig
 from stocklab.models.factors import Factor, FactorConfig
+from stocklab.models.lgbm import LGBM, LGBMConfig
 from stocklab.models.lstm import GRU, LSTM, LSTMConfig
 from stocklab.models.rnn import RNN, RNNConfig
 from stocklab.models.seq2seq import Seq2Seq, Seq2SeqConfig
@@ -36,8 +37,11 @@ MODELS: dict[str, tuple[type[StockModel], object]] = {
     "linear": (Linear, LinearConfig()),
     "naive": (Naive, NaiveConfig()),
     "factor": (Factor, FactorConfig()),
+    "lgbm": (LGBM, LGBMConfig()),
 }
-BASELINES = ("linear", "naive", "factor")
+# the yardsticks: not networks of the source studies (the models report's "best deep model"
+# is chosen among the others)
+BASELINES = ("linear", "naive", "factor", "lgbm")
 
 assert set(VARIANTS) == set(dataclasses.fields(CNN2DConfig)[0].metadata["choices"])
 

@@ -11,6 +11,11 @@ the model trains on and needs is declared here, never sniffed with `hasattr`:
     fixed_inputs(cfg) TrainConfig values its definition fixes (cnn_ta's one-day image, a factor's
                       look-back): applied before anything is built or named
     attention(x)      (B, T) attention over the window for the heatmap, or None
+    trained_by        "gradient" (the shared trainer: Adam on the output's loss) or "boosting"
+                      (boosting.py: gradient-boosted trees on the flattened window)
+    save_state(dir) / load_state(dir)
+                      the fitted state as files: `state_dict.pt` (tensors, read back with
+                      weights_only=True) unless the family keeps another format (LightGBM text)
 
 Each model's config dataclass checks its own values (`validate`, with `check_ranges`).
 """
@@ -18,6 +23,7 @@ Each model's config dataclass checks its own values (`validate`, with `check_ran
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,10 +31,19 @@ from torch import nn
 from stocklab.config import StockLabError
 from stocklab.losses import RETURN, Output
 
+STATE_FILE = "state_dict.pt"
+
 
 class StockModel(nn.Module):
     output: Output = RETURN
     auto_features: str | None = None  # the feature set `features=auto` means for it (None: by the data)
+    trained_by: str = "gradient"
+
+    def save_state(self, folder: Path) -> None:
+        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, Path(folder) / STATE_FILE)
+
+    def load_state(self, folder: Path) -> None:
+        self.load_state_dict(torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True))
 
     def train_outputs(self, x: torch.Tensor) -> torch.Tensor:
         return self(x)  # (B,)

@@ -4,7 +4,7 @@ the weights of a trial and, for a model that may be used, the model itself with 
     evaluate_split:      score one split into the active run (the `evaluate` job)
     log_portfolio:       the daily long-short book of a run's predictions
     log_full_evaluation: plots, tear sheet, attention heatmap and the logged model
-    log_weights:         a trial's weights only (logged.complete_run turns them into a model)
+    log_state:           a trial's fitted state only (logged.complete_run turns it into a model)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from stocklab.pipeline.inputs import Prepared
 from stocklab.pipeline.scoring import portfolio_of, predictions_frame, split_metrics
 
 BUNDLE_ARTIFACT = "model_bundle/preprocess.json"  # the same, as a run artifact for the UI
-WEIGHTS_ARTIFACT = "model_state/state_dict.pt"  # a trial's weights until complete_run logs its model
+STATE_ARTIFACT = "model_state"  # a trial's fitted state (StockModel.save_state) until complete_run logs its model
 SKIPPED_TAG = "factor_metrics_skipped"  # why a run has no factor metrics (too few stocks a day)
 
 
@@ -103,12 +103,11 @@ def log_full_evaluation(
     serving.log_scoring_model(model, bundle, example)
 
 
-def log_weights(model: torch.nn.Module) -> None:
-    """A trial's weights (KBs): enough for complete_run to log its model if the trial is picked."""
+def log_state(model) -> None:
+    """A trial's fitted state (KBs): enough for complete_run to log its model if the trial is picked."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(WEIGHTS_ARTIFACT).name
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, path)
-        mlflow.log_artifact(str(path), str(Path(WEIGHTS_ARTIFACT).parent))
+        model.save_state(Path(tmp))
+        mlflow.log_artifacts(tmp, STATE_ARTIFACT)
 
 
 def log_dataset(dataset) -> None:

@@ -26,7 +26,7 @@ from stocklab.pipeline.artifacts import (
     log_full_evaluation,
     log_portfolio,
     log_predictions,
-    log_weights,
+    log_state,
 )
 from stocklab.pipeline.inputs import Bundle, InputCache, Prepared, folds_of, load_inputs, with_windows
 from stocklab.pipeline.scoring import (
@@ -190,7 +190,7 @@ def train_in_run(
     if full:
         log_full_evaluation(last.model, last.prep, test, cfg, bundle, sheet_skipped)
     else:
-        log_weights(last.model)
+        log_state(last.model)
     return {"run_id": run.info.run_id, **metrics, "n_params": last.n_params}
 
 

@@ -1,7 +1,7 @@
 """Logged models: load one (its raw-bar pyfunc, or its plain network with its Bundle), and
 complete a trial's run into one.
 
-A tune trial logs its weights only (artifacts.log_weights); `complete_run` gives the run its
+A tune trial logs its its fitted state only (artifacts.log_weights); `complete_run` gives the run its
 model, plots and tear sheet when the study picks it (or when `evaluate` asks for it).
 """
 
@@ -17,7 +17,7 @@ import torch
 from stocklab import factor_eval, serving
 from stocklab.config import CACHE_DIR, StockLabError
 from stocklab.models import build_model, model_config
-from stocklab.pipeline.artifacts import BUNDLE_ARTIFACT, WEIGHTS_ARTIFACT, log_full_evaluation
+from stocklab.pipeline.artifacts import BUNDLE_ARTIFACT, STATE_ARTIFACT, log_full_evaluation
 from stocklab.pipeline.inputs import Bundle, prepare
 from stocklab.trainer import eval_mode
 
@@ -27,7 +27,7 @@ def has_model(run_id: str) -> bool:
 
 
 def complete_run(run_id: str, cache_dir: str = CACHE_DIR, tear_sheet: bool = True) -> bool:
-    """Give a finished light run (a tune trial: metrics, predictions, Bundle and weights only)
+    """Give a finished light run (a tune trial: metrics, predictions, Bundle and its fitted state only)
     the full evaluation of `log_full_evaluation`: its model, tear sheet and plots. The weights
     are loaded into a fresh model and the inputs rebuilt from the Bundle through `prepare`, as
     `evaluate` does, so the logged model is exactly the trial's. False if it already had one."""
@@ -39,8 +39,7 @@ def complete_run(run_id: str, cache_dir: str = CACHE_DIR, tear_sheet: bool = Tru
     tcfg = b.train_config(cache_dir=cache_dir, tear_sheet=tear_sheet)
     prep = prepare(tcfg, "cpu", b)
     model = build_model(b.model, prep.ws.n_features, b.seq_len, model_config(b.model, b.model_config))
-    weights = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=WEIGHTS_ARTIFACT)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.load_state(Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=STATE_ARTIFACT)))
     eval_mode(model)
     test = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet"))
     # the tear sheet's own condition on these predictions (for walk-forward folds it differs
@@ -56,13 +55,13 @@ def complete_run(run_id: str, cache_dir: str = CACHE_DIR, tear_sheet: bool = Tru
 def load_network(model_uri: str) -> tuple[torch.nn.Module, Bundle]:
     """The plain torch network (a normal `nn.Module` in eval mode on CPU, ready for `.train()`,
     fine-tuning or inspection) and its Bundle, from a logged model URI (runs:/..., models:/...).
-    A tune trial that logged weights only gets its model logged first (`complete_run`)."""
+    A tune trial that logged its fitted state only gets its model logged first (`complete_run`)."""
     ensure_model(model_uri)
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
-    weights, bundle = local / "artifacts" / serving.WEIGHTS, local / "artifacts" / serving.BUNDLE
-    if not (weights.exists() and bundle.exists()):
-        raise StockLabError(f"model: {model_uri} has no artifacts/{serving.WEIGHTS} (not a stocklab scoring model)")
-    return serving.network_from_files(weights, bundle)
+    state, bundle = local / "artifacts" / serving.STATE, local / "artifacts" / serving.BUNDLE
+    if not (state.is_dir() and bundle.exists()):
+        raise StockLabError(f"model: {model_uri} has no artifacts/{serving.STATE} (not a stocklab scoring model)")
+    return serving.network_from_files(state, bundle)
 
 
 def load_scoring_model(model_uri: str):
@@ -72,9 +71,9 @@ def load_scoring_model(model_uri: str):
 
 
 def ensure_model(model_uri: str) -> None:
-    """A `runs:/<id>/...` URI of a tune trial that logged weights only: log its model now."""
+    """A `runs:/<id>/...` URI of a tune trial that logged its fitted state only: log its model now."""
     if model_uri.startswith("runs:/"):
         run_id = model_uri[len("runs:/") :].split("/")[0]
         client = mlflow.MlflowClient()
-        if not has_model(run_id) and client.list_artifacts(run_id, Path(WEIGHTS_ARTIFACT).parent.as_posix()):
+        if not has_model(run_id) and client.list_artifacts(run_id, STATE_ARTIFACT):
             complete_run(run_id)

@@ -1,0 +1,86 @@
+"""`lgbm`: LightGBM gradient-boosted trees, the non-network yardstick every network must beat.
+
+The trees see exactly what a network sees: the same scaled windows, splits, folds and labels,
+one row per (ticker, end day) with the window's T x F values flattened into T*F columns. The
+flat window rather than per-window summary statistics: trees split on single values, so they
+pick the few lags that matter themselves, and a summary (means, slopes) would hand them less
+than the networks get and blur the comparison. Trained by boosting.py, not the gradient
+trainer; `objective=lambdarank` ranks each date's cross-section (one LightGBM query per date,
+relevance = the date's quantile bucket of the target), the trees' counterpart of `loss=rank`.
+The fitted booster is kept in LightGBM's own text format (`booster.txt`), never pickled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stocklab.config import StockLabError, opt
+from stocklab.models.base import StockModel, check_ranges
+
+BOOSTER_FILE = "booster.txt"
+
+
+@dataclass
+class LGBMConfig:
+    objective: str = opt("regression", "regression (L2 on the target) or lambdarank (a query per date)",
+                         ("regression", "lambdarank"))  # fmt: skip
+    num_leaves: int = opt(31, "leaves per tree")
+    learning_rate: float = opt(0.05, "shrinkage per boosting round")
+    feature_fraction: float = opt(0.8, "share of the T*F columns each tree sees")
+    bagging_fraction: float = opt(0.8, "share of the rows each round sees (bagging every round)")
+    min_data_in_leaf: int = opt(200, "rows a leaf holds at least")
+    lambda_l2: float = opt(1.0, "L2 penalty on the leaf values")
+    n_estimators: int = opt(500, "boosting rounds at most (early stopping on the validation split)")
+    rounds_per_epoch: int = opt(25, "boosting rounds per reported epoch (logging, pruning, patience)")
+    relevance_levels: int = opt(10, "lambdarank: relevance grades (each date's quantile buckets)")
+
+    def validate(self):
+        check_ranges(self, at_least_1=("num_leaves", "n_estimators", "rounds_per_epoch", "min_data_in_leaf"),
+                     at_least_0=("lambda_l2",))  # fmt: skip
+        for name in ("learning_rate", "feature_fraction", "bagging_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise StockLabError(f"{name}: {getattr(self, name)} must be in (0, 1]")
+        if not 2 <= self.relevance_levels <= 31:  # LightGBM's default label_gain has 31 grades
+            raise StockLabError(f"relevance_levels: {self.relevance_levels} must be in [2, 31]")
+
+
+class LGBM(StockModel):
+    """x (B, T, F) scaled windows -> (B,) the booster's score of the flattened window."""
+
+    trained_by = "boosting"
+
+    @classmethod
+    def fixed_inputs(cls, cfg: LGBMConfig) -> dict:
+        """Its epochs are `n_estimators` in steps of `rounds_per_epoch` (train's --epochs is not
+        its budget: the rounds are)."""
+        return {"epochs": math.ceil(cfg.n_estimators / cfg.rounds_per_epoch)}
+
+    def __init__(self, n_features: int, seq_len: int, cfg: LGBMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.n_inputs = seq_len * n_features
+        self.booster = None  # lightgbm.Booster once fitted (boosting.fit_booster) or loaded
+        self.best_iteration: int | None = None  # rounds kept by early stopping (None: all)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)
+        if self.booster is None:
+            raise StockLabError("lgbm: the booster is not fitted yet")
+        flat = x.detach().float().cpu().numpy().reshape(len(x), -1)  # (B, T*F)
+        pred = self.booster.predict(flat, num_iteration=self.best_iteration) if len(flat) else np.zeros(0)
+        return torch.from_numpy(np.asarray(pred, dtype=np.float32)).to(x.device)  # (B,)
+
+    def save_state(self, folder: Path) -> None:
+        self.booster.save_model(str(Path(folder) / BOOSTER_FILE), num_iteration=self.best_iteration)
+
+    def load_state(self, folder: Path) -> None:
+        import lightgbm as lgb
+
+        self.booster = lgb.Booster(model_file=str(Path(folder) / BOOSTER_FILE))
+        self.best_iteration = None  # the file holds the kept rounds only
+        if self.booster.num_feature() != self.n_inputs:
+            raise StockLabError(f"lgbm: the booster reads {self.booster.num_feature()} columns, not {self.n_inputs}")

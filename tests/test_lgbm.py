@@ -63,8 +63,8 @@ def test_lambdarank_ranks_each_date_and_its_grades_are_daily_quantiles(planted_w
 
 def test_a_network_loss_or_a_bad_parameter_is_a_clear_error(planted_ws):
     mcfg = model_config("lgbm")
-    with pytest.raises(StockLabError, match="loss: 'ic' is a network loss"):
-        fit(build_model("lgbm", planted_ws.n_features, 10, mcfg), planted_ws, TrainConfig(loss="ic", batching="daily"))
+    with pytest.raises(StockLabError, match="loss: 'ic' is a network loss"):  # before any data is read
+        effective_config(TrainConfig(model="lgbm", loss="ic", batching="daily"), mcfg)
     with pytest.raises(StockLabError, match=r"learning_rate: 0.0 must be in \(0, 1\]"):
         model_config("lgbm", {"learning_rate": 0.0})
     with pytest.raises(StockLabError, match="booster is not fitted"):

@@ -69,8 +69,6 @@ def fit_booster(model, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallback 
     best epoch's rounds (model.best_iteration). Same contract and History as trainer.fit."""
     import lightgbm as lgb
 
-    if cfg.loss != "mse":
-        raise StockLabError(f"loss: '{cfg.loss}' is a network loss; lgbm's is -P objective=regression|lambdarank")
     mc = model.cfg
     start = time.perf_counter()
     X, y, days = rows(ws, "train", ws.index)

@@ -70,6 +70,10 @@ def effective_config(cfg: TrainConfig, mcfg) -> TrainConfig:
     the model's output cannot be trained with is an error here, before any data is read."""
     cls = MODELS[cfg.model][0]
     objective(cls.output, cfg.loss)
+    if cls.trained_by == "boosting" and cfg.loss != "mse":
+        raise StockLabError(
+            f"loss: '{cfg.loss}' is a network loss; {cfg.model} trains -P objective=regression|lambdarank"
+        )
     return dataclasses.replace(cfg, **cls.fixed_inputs(mcfg))
 
 

@@ -120,7 +120,8 @@ def test_the_plain_network_loads_for_research_in_train_and_eval_mode(tracking, c
     local = mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model")
     files = {os.path.relpath(os.path.join(d, f), local) for d, _, fs in os.walk(local) for f in fs}
     assert {"artifacts/state/state_dict.pt", "artifacts/preprocess.json", "pyfunc_model.py"} <= files
-    assert not [f for f in files if f.endswith((".pkl", ".pickle"))]
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pyc"))]
+    assert "code/stocklab/serving.py" in files  # the model scores with the code that trained it
     example = pd.read_json(os.path.join(local, "input_example.json"), orient="split")
     assert {"date", "ticker", "close", "volume"} <= set(example.columns)
 

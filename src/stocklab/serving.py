@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -210,11 +211,13 @@ def log_scoring_model(network: torch.nn.Module, bundle: dict, example: pd.DataFr
         state.mkdir()
         network.save_state(state)
         bundle_file.write_text(json.dumps(bundle))
+        code = Path(tmp) / "code" / "stocklab"  # the package's source, without bytecode caches
+        shutil.copytree(Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(ENTRY),
             artifacts={"state": str(state), "bundle": str(bundle_file)},
-            code_paths=[str(Path(__file__).parent)],
+            code_paths=[str(code)],
             signature=signature(),
             input_example=example,
             pip_requirements=requirements(),  # explicit: skips MLflow's slow requirement inference

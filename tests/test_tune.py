@@ -236,6 +236,10 @@ def test_multi_objective_study_registers_the_pareto_trial_with_the_best_rank_ic(
     res = run_tune(cfg)
     study = optuna.load_study(study_name="linear-csvs", storage=make_storage(str(tmp_path / "j.log")))
     assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
+    assert study.metric_names == ["valid_loss", "valid_rank_ic"]  # named in optuna-dashboard
+    parent_run = mlflow.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert study.user_attrs["mlflow_experiment_id"] == parent_run.info.experiment_id
+    assert study.user_attrs["mlflow_tracking_uri"] == tracking
     front = study.best_trials
     chosen = max(front, key=lambda t: t.values[1])
     assert res["best_trial"] == chosen.number and chosen.number in [t.number for t in front]

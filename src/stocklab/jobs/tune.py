@@ -40,7 +40,15 @@ from stocklab.study import report
 from stocklab.study.budget import budget_trials, fail_dead_local_trials, trials_of_other_workers
 from stocklab.study.objective import StudySetup
 from stocklab.study.storage import claim_study, resolve_storage
-from stocklab.study.workers import PARENT_ATTR, hand_parent_to_other_workers, run_workers, wait_for_parent, work
+from stocklab.study.workers import (
+    EXPERIMENT_ATTR,
+    PARENT_ATTR,
+    TRACKING_ATTR,
+    hand_parent_to_other_workers,
+    run_workers,
+    wait_for_parent,
+    work,
+)
 
 
 def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[str] | frozenset = frozenset()) -> dict:
@@ -68,6 +76,9 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
             joined = parent.info.run_id
             if parent_id is None:  # the study's creator: every later worker joins this run
                 study.set_user_attr(PARENT_ATTR, parent.info.run_id)
+                # where the runs are, from the study alone (optuna-dashboard, another machine)
+                study.set_user_attr(TRACKING_ATTR, mask_secrets(mlflow.get_tracking_uri()))
+                study.set_user_attr(EXPERIMENT_ATTR, parent.info.experiment_id)
             setup = StudySetup(cfg, model_overrides, space, parent.info.run_id, parent.info.experiment_id)
             _start_parent(study, setup, trials)
             deadline = time.time() + cfg.timeout if cfg.timeout else None

@@ -37,6 +37,8 @@ from stocklab.study.objective import StudySetup, make_objective
 from stocklab.study.storage import open_study
 
 PARENT_ATTR = "mlflow_parent_run_id"  # study user attribute: the study's one parent run
+TRACKING_ATTR = "mlflow_tracking_uri"  # ... the tracking store it is in (passwords masked)
+EXPERIMENT_ATTR = "mlflow_experiment_id"  # ... and its experiment
 PARENT_WAIT_S = 30.0  # how long a joining worker waits for the study's creator to make its parent
 
 

@@ -155,4 +155,11 @@ def test_models_suite_runs_every_entry_is_resumable_and_writes_the_report(tmp_pa
     assert row["rank_ic_se"] == pytest.approx(newey_west_se(mine, 19))  # horizon 20: 19 lags
     assert np.isfinite(row["ls_sharpe_net"]) and "by more than two Newey-West standard errors" in text
     with pytest.raises(StockLabError, match="models: unknown entry 'lstmx'"):
-        run_benchmark(BenchmarkConfig(suite="models", models="lstmx"))
+        run_benchmark(BenchmarkConfig(suite="models", models="lstmx", data=str(data)))
+
+
+def test_a_benchmark_without_its_data_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a fresh clone has no ../shared beside it
+    with pytest.raises(StockLabError, match=rf"looked for '{tmp_path.parent}/shared/data/sp500_5yr'.*-P data=<folder>"):
+        BenchmarkConfig(suite="models").validate()
+    BenchmarkConfig(suite="recovery").validate()  # a planted market needs no data

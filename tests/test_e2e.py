@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +61,7 @@ def test_mlflow_run_train_end_to_end(tmp_path, csv_dir, tracking):
     run = mlflow.get_run(runs.loc[0, "run_id"])
     # the run is in the train experiment, named by what it is; the launcher points to it
     assert mlflow.get_experiment(run.info.experiment_id).name == "stocklab-train"
-    assert run.info.run_name == "lstm h8 L2 T10 lr1e-03"
+    assert re.fullmatch(r"lstm h8 L2 T10 lr1e-03 #[0-9a-f]{4}", run.info.run_name)  # unique per run
     launcher = mlflow.get_run(run.data.tags["stocklab.launcher_run_id"])
     assert launcher.info.experiment_id == "0" and launcher.data.tags["stocklab.launched_run_id"] == run.info.run_id
     for k in ("test_mse", "valid_mse_min", "best_epoch", "train_time_s", "naive_mse", "mse_skill"):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import ROOT, cli_error
 
-from stocklab.config import TrainConfig
+from stocklab.config import StockLabError, TrainConfig
 from stocklab.jobs.train import run_train
 from stocklab.pipeline.inputs import latest_windows, prepare
 from stocklab.pipeline.logged import load_network
@@ -230,3 +230,19 @@ def test_an_unusable_tracking_store_is_a_one_line_error(tmp_path, tracking, caps
     assert main(["train", "--data", str(data), "--epochs", "1", "--cache_dir", ""]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("stocklab: error: MLflow: ") and "file" in err[0].lower()
+
+
+def test_system_metrics_are_one_flag_away_on_cpu(tracking, csv_dir, monkeypatch):
+    """STOCKLAB_SYSTEM_METRICS=true gives a CPU run MLflow's system metrics (on by default only
+    where CUDA is available); a value that is not a boolean is a one-line error."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
+    monkeypatch.setenv("STOCKLAB_SYSTEM_METRICS", "true")
+    on = mlflow.get_run(run_train(_cfg(csv_dir, epochs=3))["run_id"]).data.metrics
+    assert "system/cpu_utilization_percentage" in on and "system/system_memory_usage_megabytes" in on
+    monkeypatch.setenv("STOCKLAB_SYSTEM_METRICS", "false")
+    off = mlflow.get_run(run_train(_cfg(csv_dir, epochs=1))["run_id"]).data.metrics
+    assert not [k for k in off if k.startswith("system/")]
+    monkeypatch.setenv("STOCKLAB_SYSTEM_METRICS", "maybe")
+    with pytest.raises(StockLabError, match="STOCKLAB_SYSTEM_METRICS: 'maybe' must be true or false"):
+        run_train(_cfg(csv_dir, epochs=1))

@@ -113,6 +113,9 @@ def test_mlflow_run_tune_records_every_trial_its_parent_and_the_best_model(study
     prun = client.get_run(parent_id)
     assert prun.data.metrics["best_value"] == pytest.approx(best.value)
     assert prun.data.params["best_lr"] == str(best.params["lr"])
+    # the parent names the space, not base values of what was searched (those are the trials')
+    assert "lr" not in prun.data.params and "hidden_size" not in prun.data.params
+    assert json.loads(prun.data.params["search_space"])["lr"]["log"] is True
     arts = {a.path for a in client.list_artifacts(parent_id)} | {
         a.path for a in client.list_artifacts(parent_id, "plots")
     }

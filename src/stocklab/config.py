@@ -336,6 +336,13 @@ class BenchmarkConfig:
         for name in ("train_every", "patience"):
             if getattr(self, name) < 1:
                 raise StockLabError(f"{name}: {getattr(self, name)} must be >= 1")
+        if self.suite != "recovery" and self.data != "sample" and not Path(self.data).expanduser().exists():
+            # the default is the project's reference data beside a development checkout
+            raise StockLabError(
+                f"data: '{self.data}' does not exist (looked for '{Path(self.data).expanduser().resolve()}'); the "
+                f"{self.suite} benchmark reads daily bars of many stocks, e.g. one CSV per ticker of the S&P 500 "
+                "5-year set (date, open, high, low, close, volume, Name): pass -P data=<folder>"
+            )
         unknown = [r for r in self.recipe_names() if r not in RECIPES]
         if unknown or not self.recipe_names():
             raise StockLabError(f"recipes: {self.recipes!r} must name recipes among {', '.join(RECIPES)}")

@@ -349,7 +349,9 @@ def _input_files(path: Path, data: str) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise StockLabError(f"data: '{data}' is not 'sample', an existing folder or a file")
+        raise StockLabError(
+            f"data: '{data}' is not 'sample', an existing folder or a file (looked for '{path.resolve()}')"
+        )
     files = sorted(p for p in path.iterdir() if p.is_file() and re.search(r"\.(csv|csv\.gz|parquet)$", p.name, re.I))
     if not files:
         raise StockLabError(f"data: folder '{data}' contains no .csv or .parquet files")

@@ -10,6 +10,7 @@ import platform
 import shlex
 import sys
 import time
+import uuid
 
 import mlflow
 import numpy as np
@@ -153,7 +154,8 @@ def job_run(
         launch_exp = os.environ.get("MLFLOW_EXPERIMENT_ID") or mlflow.get_run(launcher).info.experiment_id
         target = mlflow.get_experiment_by_name(experiment)
         if (not explicit and launch_exp != DEFAULT_EXPERIMENT_ID) or (target and target.experiment_id == launch_exp):
-            run = mlflow.start_run(run_name=run_name, tags=tags)  # the run `mlflow run` opened
+            # the run `mlflow run` opened
+            run = mlflow.start_run(run_name=run_name, tags=tags, log_system_metrics=system_metrics())
             with _ending(run):
                 yield run
             return
@@ -161,9 +163,11 @@ def job_run(
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # this process's runs go elsewhere
             os.environ.pop(var, None)
     if run_id is not None:
-        run = mlflow.start_run(run_id=run_id)
+        run = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics())
     else:
-        run = mlflow.start_run(experiment_id=use_experiment(experiment), run_name=run_name, tags=tags)
+        run = mlflow.start_run(
+            experiment_id=use_experiment(experiment), run_name=run_name, tags=tags, log_system_metrics=system_metrics()
+        )
     with _ending(run, launcher):
         if launcher and launcher != run.info.run_id:
             client = mlflow.MlflowClient()
@@ -177,6 +181,24 @@ def job_run(
             )
             mlflow.set_tag("stocklab.launcher_run_id", launcher)
         yield run
+
+
+SYSTEM_METRICS_ENV = "STOCKLAB_SYSTEM_METRICS"
+
+
+def system_metrics() -> bool | None:
+    """Whether a job's run logs system metrics (CPU, memory, disk, network; GPU utilisation and
+    memory with the `gpu` extra): `STOCKLAB_SYSTEM_METRICS=true|false`; unset, on where CUDA is
+    available (what a GPU run is judged by) and MLflow's own default otherwise (off unless
+    MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=true)."""
+    value = os.environ.get(SYSTEM_METRICS_ENV, "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    if value:
+        raise StockLabError(f"{SYSTEM_METRICS_ENV}: {value!r} must be true or false")
+    return True if torch.cuda.is_available() else None
 
 
 def check_tracking_server(timeout: float = 5.0) -> None:
@@ -234,14 +256,17 @@ def _end_if_active(run, status: str) -> None:
 
 
 # short names of the hyper-parameters that tell runs apart in the UI's run list
-_SHORT = {"variant": "", "hidden_size": "h", "d_model": "d", "num_layers": "L", "channels": "c", "cell": ""}
+_SHORT = {"variant": "", "hidden_size": "h", "d_model": "d", "num_layers": "L", "channels": "c", "cell": "",
+          "objective": "", "num_leaves": "nl"}  # fmt: skip
 
 
 def run_name(model: str, model_params: dict, seq_len: int, lr: float, prefix: str = "") -> str:
     """A readable run name: model, its key sizes, window length, learning rate
     (e.g. `lstm h32 L2 T20 lr1e-03`, `cnn2d deep T96 lr1e-05`, `cnn_ta T1 lr1e-03`): the window
-    length the model trains on, which its definition may fix (models.fixed_values)."""
+    length the model trains on, which its definition may fix (models.fixed_values); a tree
+    model's own learning rate (`lgbm regression nl31 T20 lr5e-02`)."""
     seq_len = fixed_values(model, model_params).get("seq_len", seq_len)
+    lr = model_params.get("learning_rate", lr)
     parts = [model]
     for key, short in _SHORT.items():
         if key in model_params:
@@ -250,6 +275,12 @@ def run_name(model: str, model_params: dict, seq_len: int, lr: float, prefix: st
         parts.append(f"c{model_params['channels1']}x{model_params['channels2']}")
     parts += [f"T{seq_len}", f"lr{float(lr):.0e}"]
     return " ".join(([prefix] if prefix else []) + parts)
+
+
+def unique_name(name: str) -> str:
+    """`name` and a short random suffix: runs of one configuration (a rerun, a failed one) are
+    told apart in the UI's run lists and compare page."""
+    return f"{name} #{uuid.uuid4().hex[:4]}"
 
 
 def claim_run(run_id: str, key: str, owner: str) -> str | None:

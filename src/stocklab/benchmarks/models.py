@@ -33,7 +33,7 @@ from stocklab.pipeline.fitting import train_in_run
 from stocklab.pipeline.inputs import InputCache
 from stocklab.pipeline.scoring import panel_close, rank_ic_of
 from stocklab.presets import PRESETS
-from stocklab.tracking import job_run, log_params_once
+from stocklab.tracking import job_run, log_params_once, system_metrics
 from stocklab.trainer import configure_cpu_threads, resolve_device
 
 RECOVERY_ONLY = ("tickers", "days")
@@ -180,7 +180,7 @@ def _fit(entry: Entry, seed: int, tcfg: TrainConfig, key: str, parent, cfg, cach
     tags = {"stocklab.benchmark_entry": entry.name, "stocklab.benchmark_kind": entry.kind,
             "stocklab.role": "benchmark", FIT_TAG: key}  # fmt: skip
     run = mlflow.start_run(nested=True, run_name=f"{entry.name} s{seed}", tags=tags,
-                           experiment_id=parent.info.experiment_id)  # fmt: skip
+                           experiment_id=parent.info.experiment_id, log_system_metrics=system_metrics())  # fmt: skip
     try:
         train_in_run(tcfg, entry.overrides, full=cfg.tear_sheet, cache=cache)
     except Exception as e:  # noqa: BLE001 - one failing model must not lose the others

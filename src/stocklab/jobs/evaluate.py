@@ -53,7 +53,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
     )
     prep = prepare(tcfg, "cpu", bundle)
     same_data = prep.report.fingerprint == bundle.data_fingerprint
-    name = f"evaluate {bundle.model} {cfg.split}"
+    name = tracking.unique_name(f"evaluate {bundle.model} {cfg.split}")
     with tracking.job_run(cfg.experiment or "stocklab-evaluate", bool(cfg.experiment), run_name=name) as run:
         mlflow.set_tags(
             {
@@ -93,7 +93,7 @@ def _walk_forward(cfg: EvaluateConfig, model_uri: str, source_run_id: str) -> di
     if cfg.data:
         values["data"] = cfg.data
     tcfg = with_values(TrainConfig(), values)
-    name = f"evaluate {tcfg.model} walk-forward {cfg.folds} folds"
+    name = tracking.unique_name(f"evaluate {tcfg.model} walk-forward {cfg.folds} folds")
     with tracking.job_run(cfg.experiment or "stocklab-evaluate", bool(cfg.experiment), run_name=name) as run:
         mlflow.set_tags({"stocklab.source_run_id": source_run_id or "", "stocklab.source_model_uri": model_uri})
         try:

@@ -28,6 +28,7 @@ def run_train(cfg: TrainConfig, model_overrides: dict | None = None) -> dict:
     """Train in a run of the experiment `stocklab-train` (or `cfg.experiment`); a failure ends
     it FAILED with the reason as the tag `stocklab.error`, keeping whatever was already logged."""
     name = tracking.run_name(cfg.model, {**model_defaults(cfg.model), **(model_overrides or {})}, cfg.seq_len, cfg.lr)
+    name = tracking.unique_name(name)
     with tracking.job_run(cfg.experiment or EXPERIMENT, bool(cfg.experiment), run_name=name) as run:
         # the UI's runs table shows no metric until one is picked: a saved view picks them
         tracking.save_runs_view(

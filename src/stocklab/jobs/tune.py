@@ -24,6 +24,7 @@ sheet) and is registered as a new version of `stocklab-<model>`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 import mlflow
@@ -102,7 +103,12 @@ def _start_parent(study: optuna.Study, setup: StudySetup, trials: list) -> None:
     cfg, study_name = setup.cfg, study.study_name
     mlflow.set_tags({"stocklab.study": study_name, "stocklab.role": "study", "stocklab.model": cfg.model})
     view = report.save_study_view(cfg, study_name, setup.space, setup.experiment_id)
-    params = {**dataclasses.asdict(cfg), **setup.model_overrides, "study_name_resolved": study_name}
+    # a searched parameter's base value would read as a trial's: the parent logs the space
+    # instead (`search_space`, and search_space.json), and its trials their drawn values
+    values = {**dataclasses.asdict(cfg), **setup.model_overrides}
+    params = {k: v for k, v in values.items() if k not in setup.space}
+    params |= {"study_name_resolved": study_name, "search_space": _space_param(setup.space)}
+    mlflow.log_dict(setup.space, "search_space.json")
     params["storage"] = mask_secrets(cfg.storage)  # never a password in the tracking store
     params["storage_resolved"] = mask_secrets(resolve_storage(cfg))
     tracking.log_params_once(params)
@@ -113,6 +119,13 @@ def _start_parent(study: optuna.Study, setup: StudySetup, trials: list) -> None:
         f"{cfg.n_jobs} worker{'s' if cfg.n_jobs > 1 else ''}"
     )
     print(f"trials table in the MLflow UI: {tracking.ui_link(view)}")
+
+
+def _space_param(space: dict) -> str:
+    """The searched dimensions in one param (MLflow keeps 6,000 characters; the JSON artifact
+    has all of it)."""
+    text = json.dumps(space, separators=(",", ":"), default=str)
+    return text if len(text) <= 6000 else text[:5980] + "... (search_space.json)"
 
 
 def _check_some_trial_completed(study: optuna.Study) -> None:

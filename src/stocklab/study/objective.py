@@ -71,6 +71,7 @@ def trial_run(trial: optuna.Trial, setup: StudySetup, name: str):
         experiment_id=setup.experiment_id,
         parent_run_id=setup.parent_run_id,
         nested=mlflow.active_run() is not None,
+        log_system_metrics=tracking.system_metrics(),
     )
     trial.set_user_attr("mlflow_run_id", run.info.run_id)
     try:

@@ -9,9 +9,11 @@ import shutil
 import time
 
 import mlflow
+import numpy as np
 import pytest
 from conftest import cli_error, synthetic_bars, write_ticker_csvs
 
+from stocklab.cli import main
 from stocklab.config import StockLabError, TrainConfig, TuneConfig
 from stocklab.data import load_panel
 from stocklab.errors import mask_secrets, one_line
@@ -245,3 +247,20 @@ def test_predict_onto_a_folder_is_an_error_before_any_model_is_loaded(tmp_path):
     (folder := tmp_path / "preds.csv").mkdir()
     with pytest.raises(StockLabError, match=f"output: '{folder}' is a folder; name a .csv or .parquet file"):
         run_predict(PredictConfig(model_uri="models:/nothing@champion", output=str(folder)))
+
+
+def test_constant_predictions_fail_the_run_with_a_tag_and_a_nonzero_exit(tracking, csv_dir, capsys, monkeypatch):
+    """A trained model whose test predictions are constant is no result: the run keeps what it
+    logged, is tagged `stocklab.degenerate` and ends FAILED, and the CLI exits 2 with one line.
+    (The naive baselines are constant by design and exempt: the same model passes then.)"""
+    from stocklab.models.baselines import Naive
+
+    args = ["train", "--data", str(csv_dir), "--model", "naive", "--mode", "mean", "--epochs", "1",
+            "--cache_dir", "", "--tear_sheet", "false"]  # fmt: skip
+    assert main(args) == 0  # exempt
+    monkeypatch.setattr(Naive, "constant_forecast", False)  # as if a network had collapsed to a constant
+    message = cli_error(capsys, args)
+    assert message.startswith("stocklab: error: predictions: the ") and "test predictions are constant" in message
+    run = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time DESC"]).iloc[0]
+    assert run["status"] == "FAILED" and "constant" in run["tags.stocklab.degenerate"]
+    assert "metrics.test_mse" in run and np.isfinite(run["metrics.test_mse"])  # nothing recorded was lost

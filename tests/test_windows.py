@@ -178,3 +178,18 @@ def test_train_every_thins_training_end_days_and_keeps_every_scored_day(bars):
     assert 0.3 < len(t_third) / len(t_all) < 0.37
     for split in ("valid", "test"):
         assert all(torch.equal(a, b) for a, b in zip(every.index[split], third.index[split]))
+
+
+@pytest.mark.parametrize("kind", ["standard", "standard_ticker"])
+def test_one_absurd_value_does_not_set_the_scaler(kind):
+    """A volume of 1e30 in one cell (the issue's case): the fitted statistics are those of the
+    data without it, not a shift of 1e25 that flattens every other value."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(5.0, 2.0, size=(6, 300, 3)).astype(np.float32)  # (N, D, F)
+    clean = Scaler.fit(X, 200, kind)
+    X[2, 50, 1] = 1e30
+    dirty = Scaler.fit(X, 200, kind)
+    X[2, 50, 1] = np.nan
+    assert np.array_equal(dirty.shift, Scaler.fit(X, 200, kind).shift)
+    assert np.array_equal(dirty.scale, Scaler.fit(X, 200, kind).scale)
+    assert np.allclose(dirty.shift, clean.shift, atol=0.2) and np.allclose(dirty.scale, clean.scale, atol=0.2)

@@ -441,7 +441,12 @@ def with_values(cfg, values: dict, what: str | None = None):
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are StockLabErrors ("lr: 'abc' is not a valid float"), so every bad
-    parameter gives the CLI's one-line error instead of argparse's usage dump."""
+    parameter gives the CLI's one-line error instead of argparse's usage dump. No abbreviations:
+    a model parameter that is the prefix of another (`--mode` of naive, `--model`) would be
+    read as that other one before the model's own parameters are known."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message: str):
         m = re.match(r"argument --([\w-]+)(?:/--[\w-]+)*: (.*)", message)

@@ -93,9 +93,26 @@ def end_day_ranges(n_days: int, fractions, horizon: int) -> dict[str, tuple[int,
     return walk_forward_folds(n_days, fractions, horizon)[0].end_day_ranges(horizon)
 
 
+ROBUST_MADS = 1000.0  # standard scaling leaves out values beyond median +- this many MADs
+
+
+def _without_absurd(part: np.ndarray, axis) -> np.ndarray:
+    """`part` with values beyond median +- ROBUST_MADS x MAD (per feature, over `axis`: days,
+    or tickers and days) set to NaN: one absurd value (a volume of 1e30) would otherwise set
+    the mean and the standard deviation of its feature and flatten every other value. On the
+    S&P 500 set no value is that far (the widest, volume, reaches ~100 MADs), so real data
+    scales exactly as without the rule."""
+    med = np.nanmedian(part, axis=axis, keepdims=True)
+    mad = np.nanmedian(np.abs(part - med), axis=axis, keepdims=True)
+    width = np.where(mad > 0, ROBUST_MADS * mad, np.inf)  # a constant feature has no MAD: keep it
+    return np.where(np.abs(part - med) > width, np.nan, part)
+
+
 @dataclass
 class Scaler:
     """Per-feature affine scaling fitted on the training days only: x' = (x - shift) / scale.
+    `standard` (and `standard_ticker`) fit the mean and standard deviation of the training
+    values within median +- 1000 MAD (`_without_absurd`): a single absurd value is left out.
 
     `shift` and `scale` are (1, F) for a global scaler or (N, F) per ticker. `cs_zscore` fits
     nothing: each feature is z-scored within each day across the tickers scored together
@@ -126,6 +143,7 @@ class Scaler:
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN tickers
                 if kind.startswith("standard"):
+                    part = _without_absurd(part, axis)
                     shift.append(np.nanmean(part, axis=axis, dtype=np.float64))
                     scale.append(np.nanstd(part, axis=axis, dtype=np.float64))
                 else:

@@ -11,6 +11,8 @@ the model trains on and needs is declared here, never sniffed with `hasattr`:
     fixed_inputs(cfg) TrainConfig values its definition fixes (cnn_ta's one-day image, a factor's
                       look-back): applied before anything is built or named
     attention(x)      (B, T) attention over the window for the heatmap, or None
+    constant_forecast True for a forecast constant by design (the naive baselines): exempt from
+                      the degenerate-run check (pipeline.fitting.degenerate)
     trained_by        "gradient" (the shared trainer: Adam on the output's loss) or "boosting"
                       (boosting.py: gradient-boosted trees on the flattened window)
     save_state(dir) / load_state(dir)
@@ -38,6 +40,7 @@ class StockModel(nn.Module):
     output: Output = RETURN
     auto_features: str | None = None  # the feature set `features=auto` means for it (None: by the data)
     trained_by: str = "gradient"
+    constant_forecast: bool = False
 
     def save_state(self, folder: Path) -> None:
         torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, Path(folder) / STATE_FILE)

@@ -46,6 +46,8 @@ class NaiveConfig:
 
 
 class Naive(StockModel):
+    constant_forecast = True  # zero, or the training mean: constant on purpose
+
     def __init__(self, n_features: int, seq_len: int, cfg: NaiveConfig):
         super().__init__()
         self.mode = cfg.mode

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from stocklab import factor_eval, plots, portfolio, tracking
-from stocklab.config import TrainConfig
+from stocklab.config import StockLabError, TrainConfig
 from stocklab.crosssection import MIN_TICKERS, label_target
 from stocklab.models import build_model, effective_config, model_config
 from stocklab.pipeline.artifacts import (
@@ -191,7 +191,39 @@ def train_in_run(
         log_full_evaluation(last.model, last.prep, test, cfg, bundle, sheet_skipped)
     else:
         log_state(last.model)
+    why = None if last.model.constant_forecast else degenerate(test, metrics, skipped)
+    if why:  # everything is logged for inspection; the run must not pass for a result
+        mlflow.set_tag("stocklab.degenerate", why)
+        raise DegenerateRun(
+            f"predictions: {why}; the model learned nothing usable (see data_report.json for extreme values; "
+            "try a lower lr or other features)"
+        )
     return {"run_id": run.info.run_id, **metrics, "n_params": last.n_params}
+
+
+class DegenerateRun(StockLabError):
+    """A trained model whose test predictions carry no signal: the run ends FAILED, exit 2."""
+
+
+CONSTANT_TOL = 1e-6  # predictions whose std is below this x max(1, |mean|) are constant
+
+
+def degenerate(test: pd.DataFrame, metrics: dict, skipped: str | None) -> str | None:
+    """Why a run's out-of-sample predictions are no result (None when they are one): some are
+    not finite, they are constant, or their factor metrics are NaN though the cross-section
+    was large enough to compute them."""
+    pred = test["prediction"].to_numpy(np.float64)
+    if not len(pred):
+        return None
+    bad = int((~np.isfinite(pred)).sum())
+    if bad:
+        return f"{bad} of {len(pred)} test predictions are NaN or infinite"
+    spread, centre = float(pred.std()), float(pred.mean())
+    if spread <= CONSTANT_TOL * max(1.0, abs(centre)):
+        return f"the {len(pred)} test predictions are constant (std {spread:.2g} around {centre:.4g})"
+    if not skipped and not np.isfinite(metrics.get("rank_ic", np.nan)):
+        return "the test rank IC is NaN (no test day has a spread of predictions)"
+    return None
 
 
 def _log_setup(cfg: TrainConfig, mcfg, base: Prepared, device) -> None:

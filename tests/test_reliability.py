@@ -238,6 +238,11 @@ def test_a_study_whose_every_trial_failed_exits_non_zero_with_the_reasons(tmp_pa
     assert "study 'bad': no trial completed (1 trial(s): " in line and "dropout: 1.5" in line
     parent = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`stocklab.role` = 'study'")
     assert list(parent["status"]) == ["FAILED"]
+    # fixed, the same command runs the trial it lacks: a failed trial does not fill the budget
+    space.write_text("dropout: {type: float, low: 0.0, high: 0.1}\n")
+    assert main(argv) == 0
+    study = claim_study(TuneConfig(storage=str(tmp_path / "j.log"), study_name="bad"))[0]
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]
 
 
 def test_predict_onto_a_folder_is_an_error_before_any_model_is_loaded(tmp_path):
@@ -264,3 +269,52 @@ def test_constant_predictions_fail_the_run_with_a_tag_and_a_nonzero_exit(trackin
     run = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time DESC"]).iloc[0]
     assert run["status"] == "FAILED" and "constant" in run["tags.stocklab.degenerate"]
     assert "metrics.test_mse" in run and np.isfinite(run["metrics.test_mse"])  # nothing recorded was lost
+
+
+def test_an_interrupted_trial_prints_no_optuna_traceback(caplog):
+    """Ctrl-C or SIGTERM inside a trial: Optuna would log the failed trial with the whole
+    KeyboardInterrupt traceback before re-raising it; the job's one line is all that shows."""
+    import optuna
+
+    from stocklab.interrupts import quiet_optuna_interrupts
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.enable_propagation()  # Optuna's records reach caplog
+    quiet_optuna_interrupts()
+
+    def stopped(trial):
+        raise KeyboardInterrupt("stopped by signal 15")
+
+    def broken(trial):
+        raise ValueError("a real bug")
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            optuna.create_study().optimize(stopped, n_trials=1)
+        assert not [r for r in caplog.records if r.exc_info]  # no traceback logged
+        optuna.create_study().optimize(broken, n_trials=1, catch=(ValueError,))
+        assert "a real bug" in caplog.text  # other failures keep Optuna's message
+    finally:
+        optuna.logging.disable_propagation()
+
+
+def test_a_study_whose_parent_is_in_another_tracking_store_carries_on_here(tmp_path, tracking, monkeypatch, capsys):
+    """The user deleted mlflow.db (or pointed MLFLOW_TRACKING_URI elsewhere) and kept the
+    journal: the study goes on in the new store with a new parent and a warning naming both."""
+    from stocklab.jobs.tune import run_tune
+
+    data = write_ticker_csvs(synthetic_bars(n_tickers=4, n_days=150), tmp_path / "csvs")
+    cfg = TuneConfig(data=str(data), model="linear", n_trials=1, epochs=1, horizon=1, seq_len=5, cache_dir="",
+                     storage=str(tmp_path / "j.log"), study_name="moved", pruner="none", tear_sheet=False)  # fmt: skip
+    run_tune(cfg)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", other)
+    mlflow.set_tracking_uri(other)
+    summary = run_tune(TuneConfig(**{**cfg.__dict__, "n_trials": 2}))
+    err = capsys.readouterr().err
+    assert "is not in this tracking store" in err and tracking in err and other in err
+    parents = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`stocklab.role` = 'study'")
+    assert list(parents["status"]) == ["FINISHED"] and summary["parent_run_id"] == parents["run_id"].iloc[0]
+    study = claim_study(TuneConfig(storage=cfg.storage, study_name="moved"))[0]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert study.user_attrs["mlflow_parent_run_id"] == summary["parent_run_id"]

@@ -56,7 +56,7 @@ def study(tmp_path_factory):
     ):
         pinned.enqueue_trial({**p, "batch_size": 32})
     params = {"data": data, "n_trials": 4, "epochs": 2, "study_name": "s1", "storage": journal, "space": space,
-              "horizon": 1, "features": "returns", "seed": 0}  # fmt: skip
+              "horizon": 1, "features": "returns", "seed": 0, "count_failed": "true"}  # fmt: skip
     r = mlflow_run("tune", params, uri, tmp)
     mlflow.set_tracking_uri(uri)
     try:

@@ -219,7 +219,7 @@ def test_budget_counts_running_and_waiting_but_not_retried_surplus_or_interrupte
         )
 
     add(TrialState.COMPLETE)
-    add(TrialState.FAIL)  # a real failure: counts (a study that always fails must end)
+    add(TrialState.FAIL)  # a real failure: counts only with count_failed
     add(TrialState.FAIL, surplus=True)
     add(TrialState.FAIL, interrupted=True)
     add(TrialState.FAIL)  # #4: its worker died; retried as #5
@@ -230,13 +230,14 @@ def test_budget_counts_running_and_waiting_but_not_retried_surplus_or_interrupte
         system_attrs={"failed_trial": 4, "retry_history": [4]},
     )
     study.add_trial(retry)
-    assert [t.number for t in budget_trials(study.trials)] == [0, 1, 5]
-    assert open_budget(study, 2)  # a waiting retry is always run
-    assert open_budget(study, 3)
+    assert [t.number for t in budget_trials(study.trials, count_failed=True)] == [0, 1, 5]
+    assert [t.number for t in budget_trials(study.trials)] == [0, 5]  # the default: no failure counts
+    assert open_budget(study, 2, count_failed=True)  # a waiting retry is always run
+    assert open_budget(study, 3, count_failed=True)
     study2 = optuna.create_study(storage=make_storage(str(tmp_path / "j2.log")))
-    for t in budget_trials(study.trials)[:2]:
+    for t in budget_trials(study.trials, count_failed=True)[:2]:
         study2.add_trial(t)
-    assert not open_budget(study2, 2) and open_budget(study2, 3)
+    assert not open_budget(study2, 2, count_failed=True) and open_budget(study2, 3, count_failed=True)
 
 
 def test_per_trial_seeding_gives_distinct_draws_and_is_reproducible():

@@ -193,6 +193,7 @@ class TuneConfig(TrainConfig):
 
     epochs: int = opt(4, "maximum epochs per trial")
     n_trials: int = opt(8, "total finished trials of the study (a resumed study runs the rest)")
+    count_failed: bool = opt(False, "failed trials count towards n_trials (false: a rerun after a fix runs them again)")
     timeout: float = opt(0.0, "seconds for this invocation (0 = no limit)")
     study_name: str = opt("", "default: <model>-<data folder name>")
     storage: str = opt("", f"Optuna storage: a journal file (default {DEFAULT_JOURNAL}) or an RDB URL")

@@ -37,6 +37,22 @@ def install_signal_handlers() -> None:
             _term_when_parent_dies()
 
 
+def quiet_optuna_interrupts() -> None:
+    """Optuna logs a trial stopped by Ctrl-C or SIGTERM as a failed trial with the whole
+    KeyboardInterrupt traceback (~20 lines) before re-raising it; the job's own one line
+    (`stocklab: interrupted ...`) says it already. Other failures keep Optuna's message."""
+    import logging
+
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _DropInterrupts) for f in logger.filters):
+        logger.addFilter(_DropInterrupts())
+
+
+class _DropInterrupts:
+    def filter(self, record) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))
+
+
 def _note(text: str) -> None:
     # a raw write: the interrupted code may be inside a print to stderr (tqdm), and a buffered
     # write from a signal handler would raise "reentrant call" instead of stopping the job

@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 from stocklab import tracking
 from stocklab.config import StockLabError, TuneConfig
 from stocklab.errors import mask_secrets
-from stocklab.interrupts import install_signal_handlers
+from stocklab.interrupts import install_signal_handlers, quiet_optuna_interrupts
 from stocklab.models import MODELS, check_model
 from stocklab.spaces import check_comparable, load_space
 from stocklab.study import report
@@ -64,9 +64,10 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
     study_name = cfg.resolved_study_name()
     study, created = claim_study(cfg)
     fail_dead_local_trials(study)
-    trials = budget_trials(study.get_trials(deepcopy=False))  # before this worker starts any
+    trials = budget_trials(study.get_trials(deepcopy=False), cfg.count_failed)  # before this worker starts any
     install_signal_handlers()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # print_trial gives one line per trial
+    quiet_optuna_interrupts()
     parent_id = None if created else wait_for_parent(study)
     experiment = cfg.experiment or f"stocklab-tune-{study_name}"  # one experiment per study
     joined: str | None = None  # the parent run this process ended, once it has one

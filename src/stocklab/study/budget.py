@@ -21,10 +21,13 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def budget_trials(trials: list) -> list:
-    """The trials that count towards `n_trials`: all but failed ones that were retried (a dead
-    worker's trial: its retry counts instead), interrupted ones (Ctrl-C, SIGTERM: a resume
-    replaces them) and surplus ones (started in a race, never run)."""
+def budget_trials(trials: list, count_failed: bool = False) -> list:
+    """The trials that count towards `n_trials`: all but failed ones, unless `count_failed`;
+    then still not those that were retried (a dead worker's trial: its retry counts instead),
+    interrupted ones (Ctrl-C, SIGTERM: a resume replaces them) and surplus ones (started in a
+    race, never run)."""
+    if not count_failed:
+        return [t for t in trials if t.state != TrialState.FAIL]
     # RetryFailedTrialCallback records, in each retry, the numbers of the trials it replaces
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
     return [t for t in trials if not (t.state == TrialState.FAIL and (t.number in retried or _uncounted(t)))]
@@ -34,10 +37,10 @@ def _uncounted(trial) -> bool:
     return bool(trial.user_attrs.get("surplus") or trial.user_attrs.get("interrupted"))
 
 
-def open_budget(study: optuna.Study, n_trials: int) -> bool:
+def open_budget(study: optuna.Study, n_trials: int, count_failed: bool = False) -> bool:
     """True while the study needs more trials started: fewer than n_trials finished or running,
     or a retry waiting to be run."""
-    trials = budget_trials(study.get_trials(deepcopy=False))
+    trials = budget_trials(study.get_trials(deepcopy=False), count_failed)
     waiting = sum(t.state == TrialState.WAITING for t in trials)
     return waiting > 0 or len(trials) - waiting < n_trials
 

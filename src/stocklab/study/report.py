@@ -4,6 +4,7 @@ parent run, and the best trial's full evaluation and registration (`finish`)."""
 from __future__ import annotations
 
 import hashlib
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -142,6 +143,14 @@ def register_best(study: optuna.Study, cfg: TuneConfig, run_id: str) -> dict:
     return {"registered_name": name, "registered_version": version}
 
 
+def _in_this_store(run_id: str) -> bool:
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
 def finish(study: optuna.Study, cfg: TuneConfig, parent_run_id: str, busy: list[int]) -> dict:
     """The study's summary on the active parent run; then, if no other worker's trial still runs
     (`busy`) and no other worker claimed it first, the best trial's full evaluation (model,
@@ -149,6 +158,13 @@ def finish(study: optuna.Study, cfg: TuneConfig, parent_run_id: str, busy: list[
     summary = log_study(study, cfg)
     summary["parent_run_id"] = parent_run_id
     best_run = summary.get("best_run_id")
+    if best_run and not _in_this_store(best_run):  # a study carried on from another tracking store
+        print(
+            f"stocklab: warning: the best trial's run {best_run} is in another tracking store; its model is not "
+            "evaluated or registered here (point MLFLOW_TRACKING_URI at that store to register it)",
+            file=sys.stderr,
+        )
+        return summary
     if best_run and busy:
         # the best may still change: the last worker to end evaluates and registers it
         print(

@@ -23,8 +23,8 @@ import optuna
 from optuna.trial import TrialState
 
 from stocklab.config import StockLabError
-from stocklab.errors import one_line
-from stocklab.interrupts import install_signal_handlers
+from stocklab.errors import mask_secrets, one_line
+from stocklab.interrupts import install_signal_handlers, quiet_optuna_interrupts
 from stocklab.pipeline.inputs import InputCache
 from stocklab.study.budget import (
     budget_trials,
@@ -61,7 +61,8 @@ def guard_budget(objective, setup: StudySetup):
 
     def guarded(trial: optuna.Trial):
         trial.set_user_attr("worker", worker_id())
-        earlier = [t for t in budget_trials(trial.study.get_trials(deepcopy=False)) if t.number < trial.number]
+        trials = trial.study.get_trials(deepcopy=False)
+        earlier = [t for t in budget_trials(trials, setup.cfg.count_failed) if t.number < trial.number]
         if len([t for t in earlier if t.state != TrialState.WAITING]) >= setup.cfg.n_trials:
             trial.set_user_attr("surplus", True)
             return setup.failed_value()
@@ -77,11 +78,13 @@ def work(setup: StudySetup, deadline: float | None = None) -> int:
     cache = InputCache()  # this worker's prepared inputs, reused across its trials
     objective = guard_budget(make_objective(setup, cache), setup)
     ran = 0
-    while deadline is None or time.time() < deadline:
+    # failed trials need not count (count_failed): a worker still starts at most n_trials in
+    # one invocation, so a configuration that always fails cannot loop for ever
+    while (deadline is None or time.time() < deadline) and ran < setup.cfg.n_trials:
         # before each trial: dead workers' trials are queued for a retry and the budget is re-read
         # from the storage (Optuna's heartbeat check runs inside optimize, on RDB storages)
         fail_dead_local_trials(study)
-        if not open_budget(study, setup.cfg.n_trials):
+        if not open_budget(study, setup.cfg.n_trials, setup.cfg.count_failed):
             break
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[print_trial])
         ran += 1
@@ -99,6 +102,7 @@ def _worker_main(setup: StudySetup, uris: tuple[str, str], threads: int, deadlin
     mlflow.set_registry_uri(uris[1])
     install_signal_handlers()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna_interrupts()
     try:
         work(setup, deadline)
     except StockLabError as e:
@@ -153,6 +157,14 @@ def wait_for_parent(study: optuna.Study, wait_s: float = PARENT_WAIT_S, poll_s: 
             print(f"study {study.study_name}: waiting for the worker that created it to start its parent run")
             said = True
         time.sleep(poll_s)
+    recorded = study.user_attrs.get(PARENT_ATTR)
+    if run_id is None and recorded:  # carried on in this store: say so, naming both
+        print(
+            f"stocklab: warning: study {study.study_name}: its parent run {recorded} is not in this tracking store "
+            f"({mask_secrets(mlflow.get_tracking_uri())}; the study recorded "
+            f"{study.user_attrs.get(TRACKING_ATTR, 'another store')}): a new parent run here summarises its trials",
+            file=sys.stderr,
+        )
     return run_id
 
 

@@ -318,3 +318,23 @@ def test_a_study_whose_parent_is_in_another_tracking_store_carries_on_here(tmp_p
     study = claim_study(TuneConfig(storage=cfg.storage, study_name="moved"))[0]
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert study.user_attrs["mlflow_parent_run_id"] == summary["parent_run_id"]
+
+
+def test_concurrent_jobs_divide_the_cores_and_dead_ones_are_forgotten(tmp_path, monkeypatch):
+    import os
+    import tempfile
+
+    from stocklab import cpu_share
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    cpu_share.register_job()
+    assert cpu_share.live_jobs() == 1 and cpu_share.fair_threads() == 8
+    folder = tmp_path / f"stocklab-jobs-{os.getuid()}"
+    (folder / str(os.getppid())).touch()  # another live job (the test runner's parent)
+    (folder / "999999999").touch()  # a job that was killed: no such process
+    assert cpu_share.live_jobs() == 2 and cpu_share.fair_threads() == 4
+    assert not (folder / "999999999").exists()  # forgotten
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's (or n_jobs') choice wins
+    assert cpu_share.fair_threads() == 3

@@ -220,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] not in COMMANDS:
         print(f"stocklab: error: unknown job '{argv[0]}' (choose from {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
+    from stocklab.cpu_share import passive_openmp, register_job
+
+    passive_openmp()  # before torch loads OpenMP (below): waiting threads sleep
+    register_job()  # other stocklab jobs on this machine leave this one its share of the cores
     from mlflow.exceptions import MlflowException
 
     from stocklab.interrupts import install_signal_handlers

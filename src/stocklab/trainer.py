@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 
 from stocklab.allocator import release_free_memory
 from stocklab.config import DAILY_LOSSES, EVAL_BATCH_SIZE, StockLabError, TrainConfig
+from stocklab.cpu_share import fair_threads
 from stocklab.crosssection import rank_ic
 from stocklab.losses import Loss, objective
 from stocklab.models.base import StockModel
@@ -71,9 +71,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def configure_cpu_threads() -> None:
-    """Use every physical core for intra-op work unless the user pinned OMP_NUM_THREADS."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    """Intra-op threads: this job's fair share of the cores (cpu_share.py: the cores divided
+    among the running stocklab jobs, or OMP_NUM_THREADS). Re-read before every epoch."""
+    threads = fair_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def _autocast(device: torch.device, cache_enabled: bool = True):
@@ -299,6 +301,7 @@ def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallba
     outputs = torch.compile(model.train_outputs) if cfg.compile else None  # shares the parameters
     step = GraphStep(model, ws, opt, cfg.batch_size) if graph else None
     for epoch in bar:
+        configure_cpu_threads()  # other jobs may have started or ended since the last epoch
         model.train()
         t0 = time.perf_counter()
         total = torch.zeros((), device=ws.device)

@@ -180,3 +180,12 @@ def test_a_corrupt_cache_entry_is_rebuilt_and_an_unusable_cache_dir_is_an_error(
     assert capsys.readouterr().err == ""  # the rebuilt entry reads
     with pytest.raises(StockLabError, match="cache_dir: cannot write the parsed-panel cache in '/dev/null'"):
         load_panel(str(csv_dir), cache_dir="/dev/null")
+
+
+def test_links_that_lead_nowhere_are_counted_and_named(tmp_path, capsys):
+    folder = write_ticker_csvs(synthetic_bars(n_tickers=2, n_days=50), tmp_path / "csvs")
+    (folder / "GONE_data.csv").symlink_to(tmp_path / "deleted.csv")  # dangling
+    (folder / "LOOP_data.csv").symlink_to(folder / "LOOP_data.csv")  # a loop
+    _, report = load_panel(str(folder), cache_dir=None)
+    assert report.files == 2 and report.tickers == 2 and report.dropped["broken_link"] == 2
+    assert "2 link(s) in" in capsys.readouterr().err

@@ -338,3 +338,41 @@ def test_concurrent_jobs_divide_the_cores_and_dead_ones_are_forgotten(tmp_path, 
     assert not (folder / "999999999").exists()  # forgotten
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's (or n_jobs') choice wins
     assert cpu_share.fair_threads() == 3
+
+
+def test_a_read_only_sqlite_store_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
+    import os
+
+    db = tmp_path / "ro" / "mlflow.db"
+    db.parent.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    real = os.access
+    # a read-only mount (root ignores file modes, so the mount is what a test can imitate)
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).startswith(str(db.parent)) else real(p, mode))
+    try:
+        line = cli_error(capsys, ["train", "--data", "sample"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert f"the SQLite store '{db}' cannot be written" in line and "read-only" in line
+    assert not db.exists()  # nothing was created
+
+
+@pytest.mark.slow
+def test_two_jobs_starting_together_on_a_new_sqlite_store_both_succeed(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    data = write_ticker_csvs(synthetic_bars(n_tickers=3, n_days=120), tmp_path / "csvs")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'new.db'}", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "stocklab.cli", "train", "--data", str(data), "--epochs", "1", "--seq_len", "5",
+           "--horizon", "1", "--cache_dir", "", "--tear_sheet", "false"]  # fmt: skip
+    procs = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-1500:] for e in errs]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        assert len(mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'FINISHED'")) >= 2
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -224,8 +224,11 @@ def main(argv: list[str] | None = None) -> int:
 
     passive_openmp()  # before torch loads OpenMP (below): waiting threads sleep
     register_job()  # other stocklab jobs on this machine leave this one its share of the cores
+    import mlflow
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
+    from stocklab.errors import mask_secrets
     from stocklab.interrupts import install_signal_handlers
     from stocklab.tracking import check_tracking_server
 
@@ -242,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except MlflowException as e:  # e.g. an unusable MLFLOW_TRACKING_URI: one line, not a traceback
         print(f"stocklab: error: MLflow: {one_line(e)}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as e:  # a database store that fails under MLflow (read-only, locked, full disk)
+        uri = mask_secrets(mlflow.get_tracking_uri())
+        print(f"stocklab: error: MLFLOW_TRACKING_URI: the store {uri} failed: {one_line(e, 300)}", file=sys.stderr)
         return 1
 
 

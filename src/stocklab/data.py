@@ -293,7 +293,7 @@ def load_panel(data: str, cache_dir: str | None = CACHE_DIR) -> tuple[pd.DataFra
         return _finish(raw, report), report
 
     path = Path(data).expanduser()
-    files = _input_files(path, data)
+    files, broken = _input_files(path, data)
     fp = _files_fingerprint(files)
     cache = Path(cache_dir) if cache_dir else None
     if cache is not None:
@@ -311,6 +311,8 @@ def load_panel(data: str, cache_dir: str | None = CACHE_DIR) -> tuple[pd.DataFra
                 return panel, report
 
     report = DataReport(source=str(path.resolve()), fingerprint=fp, files=len(files))
+    if broken:
+        report.dropped["broken_link"] = len(broken)
     panel = _finish(_read_files(files, path, data, report), report)
     if cache is not None:
         try:
@@ -344,18 +346,27 @@ def clean_bars(df: pd.DataFrame, where: str = "bars") -> tuple[pd.DataFrame, Dat
     return _finish(read_bars(df, where).reset_index(drop=True), report), report
 
 
-def _input_files(path: Path, data: str) -> list[Path]:
-    """The CSV/Parquet files behind `data` (a folder's, or the one file)."""
+def _input_files(path: Path, data: str) -> tuple[list[Path], list[str]]:
+    """The CSV/Parquet files behind `data` (a folder's, or the one file), and the names of the
+    folder's links to such files that lead nowhere (dangling or looping)."""
     if path.is_file():
-        return [path]
+        return [path], []
     if not path.is_dir():
         raise StockLabError(
             f"data: '{data}' is not 'sample', an existing folder or a file (looked for '{path.resolve()}')"
         )
-    files = sorted(p for p in path.iterdir() if p.is_file() and re.search(r"\.(csv|csv\.gz|parquet)$", p.name, re.I))
+    tables = [p for p in path.iterdir() if re.search(r"\.(csv|csv\.gz|parquet)$", p.name, re.I)]
+    files = sorted(p for p in tables if p.is_file())
+    broken = sorted(p.name for p in tables if p.is_symlink() and not p.exists())  # dangling or looping
+    if broken:
+        print(
+            f"stocklab: warning: data: {len(broken)} link(s) in '{data}' lead to no file (e.g. '{broken[0]}'); "
+            "skipped and counted as broken_link in data_report.json",
+            file=sys.stderr,
+        )
     if not files:
         raise StockLabError(f"data: folder '{data}' contains no .csv or .parquet files")
-    return files
+    return files, broken
 
 
 def _read_files(files: list[Path], path: Path, data: str, report: DataReport) -> pd.DataFrame:

@@ -11,6 +11,7 @@ import shlex
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -209,6 +210,9 @@ def check_tracking_server(timeout: float = 5.0) -> None:
     from urllib.parse import urlsplit
 
     uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        prepare_sqlite_store(uri)
+        return
     if not uri.startswith(("http://", "https://")):
         return
     parts = urlsplit(uri)
@@ -222,6 +226,29 @@ def check_tracking_server(timeout: float = 5.0) -> None:
             f"MLFLOW_TRACKING_URI: no MLflow tracking server answers at {mask_secrets(uri)} "
             f"(host {parts.hostname}, port {parts.port or 'default'}): {mask_secrets(reason)}"
         ) from None
+
+
+def prepare_sqlite_store(uri: str) -> None:
+    """A SQLite tracking store a job can use: one that cannot be written is a one-line error
+    naming it; a new one is created and migrated by one process while others wait on a file
+    lock (two jobs starting together on a brand-new file would both run MLflow's schema
+    migrations, and one of them would fail)."""
+    from filelock import FileLock
+
+    path = Path(uri[len("sqlite:///") :].split("?")[0])
+    if str(path) in ("", ":memory:"):
+        return
+    where = path.parent if str(path.parent) else Path(".")
+    if (path.exists() and not os.access(path, os.W_OK)) or (not path.exists() and not os.access(where, os.W_OK)):
+        what = path if path.exists() else where
+        raise StockLabError(
+            f"MLFLOW_TRACKING_URI: the SQLite store '{path.resolve()}' cannot be written ('{what.resolve()}' is "
+            "read-only); point MLFLOW_TRACKING_URI at a writable file"
+        )
+    if path.exists() and path.stat().st_size > 0:
+        return  # created before: MLflow migrates an old schema itself, once
+    with FileLock(str(path) + ".lock", timeout=300):
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)  # creates and migrates
 
 
 @contextlib.contextmanager

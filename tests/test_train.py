@@ -73,7 +73,7 @@ def test_same_seed_same_numbers(tracking, csv_dir):
 def test_sample_data_default_features(tracking):
     res = run_train(TrainConfig(epochs=1, max_tickers=3, seq_len=5, horizon=5))
     p = mlflow.get_run(res["run_id"]).data.params
-    assert p["features_resolved"] == "returns" and p["data_tickers"] == "20"
+    assert p["features_resolved"] == "returns" and p["data_tickers"] == "3" and p["data_tickers_in_source"] == "20"
     assert math.isfinite(res["test_mse"])
 
 

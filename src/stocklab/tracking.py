@@ -354,12 +354,15 @@ def environment_params(device: torch.device) -> dict:
     }
 
 
-def dataset_params(report) -> dict:
+def dataset_params(report, tickers_used: int | None = None) -> dict:
+    """The input's identity and size; `data_tickers` counts the tickers the run used (after
+    max_tickers and the too-short ones), `data_tickers_in_source` those of the clean data."""
     return {
         "data_fingerprint": report.fingerprint[:16],
         "data_source": report.source[:250],
         "data_files": report.files,
-        "data_tickers": report.tickers,
+        "data_tickers": report.tickers if tickers_used is None else tickers_used,
+        "data_tickers_in_source": report.tickers,
         "data_date_range": f"{report.date_min}..{report.date_max}",
         "data_rows_read": report.rows_read,
         "data_rows_dropped": sum(report.dropped.values()) - report.dropped.get("short_tickers", 0),

@@ -70,7 +70,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict:
                 "split": cfg.split,
                 "data_scored": data,
                 "model": bundle.model,
-                **tracking.dataset_params(prep.report),
+                **tracking.dataset_params(prep.report, len(prep.panel.tickers)),
             }
         )
         metrics = evaluate_split(model, prep, tcfg, cfg.split)

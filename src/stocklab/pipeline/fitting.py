@@ -235,7 +235,7 @@ def _log_setup(cfg: TrainConfig, mcfg, base: Prepared, device) -> None:
             **effective,
             "features_resolved": base.features,
             "n_features": len(base.panel.feature_names),
-            **tracking.dataset_params(base.report),
+            **tracking.dataset_params(base.report, len(base.panel.tickers)),
             **tracking.environment_params(device),
         }
     )

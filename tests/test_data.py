@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import synthetic_bars, write_ticker_csvs
 
 from stocklab.config import StockLabError
-from stocklab.data import load_panel, ticker_from_filename
+from stocklab.data import ReadOptions, load_panel, ticker_from_filename
 
 
 @pytest.mark.parametrize(
@@ -189,3 +190,30 @@ def test_links_that_lead_nowhere_are_counted_and_named(tmp_path, capsys):
     _, report = load_panel(str(folder), cache_dir=None)
     assert report.files == 2 and report.tickers == 2 and report.dropped["broken_link"] == 2
     assert "2 link(s) in" in capsys.readouterr().err
+
+
+def test_read_options_say_what_cannot_be_detected(tmp_path, capsys):
+    """date_format for a file whose day/month order cannot be told, decimal=',' for numbers
+    written with decimal commas (and '.' thousands), max_drop for the heavy-loss warning; other
+    options give other clean data, so another fingerprint."""
+    bars = synthetic_bars(n_tickers=1, n_days=60)
+    truth, plain = load_panel(_one_file(tmp_path / "a", bars)[0], cache_dir=None)
+    first_days = bars[pd.to_datetime(bars["date"]).dt.day <= 12]  # every date ambiguous as d/m or m/d
+    folder = _one_file(tmp_path / "b", _dates_as("%d/%m/%Y")(first_days))[0]
+    with pytest.raises(StockLabError, match=r"ambiguous day/month order .*\(-P date_format=%d/%m/%Y\)"):
+        load_panel(folder, cache_dir=None)
+    panel, _ = load_panel(folder, cache_dir=None, options=ReadOptions(date_format="%d/%m/%Y"))
+    assert list(panel["date"]) == list(truth["date"][truth["date"].dt.day <= 12])
+
+    commas = bars.assign(close=bars["close"].map(lambda v: f"{v * 100:,.4f}".replace(",", " ").replace(".", ",")))
+    panel, report = load_panel(_one_file(tmp_path / "c", commas)[0], cache_dir=None, options=ReadOptions(decimal=","))
+    np.testing.assert_allclose(panel["close"], truth["close"] * 100, atol=5e-5)  # 4 decimals written
+    assert report.fingerprint != plain.fingerprint
+
+    lossy = bars.copy()
+    lossy.loc[:9, "open"] = np.nan  # 10 of 60 rows
+    folder = _one_file(tmp_path / "d", lossy)[0]
+    load_panel(folder, cache_dir=None)
+    assert "lost 10 of 60 rows" in capsys.readouterr().err
+    load_panel(folder, cache_dir=None, options=ReadOptions(max_drop=0.2))
+    assert "lost" not in capsys.readouterr().err

@@ -82,6 +82,11 @@ class TrainConfig:
     """Everything one `train` run needs except the model's own hyper-parameters."""
 
     data: str = opt("sample", "'sample', a folder of per-ticker CSVs, or one CSV/Parquet file", role="panel")
+    date_format: str = opt("", "how text dates are written (e.g. %d/%m/%Y) when a file's cannot be told; '' detects",
+                           role="panel")  # fmt: skip
+    decimal: str = opt(".", "decimal mark of numbers written as text (',' also drops '.' thousands separators)",
+                       (".", ","), role="panel")  # fmt: skip
+    max_drop: float = opt(0.05, "warn about a ticker losing more than this share of its rows in cleaning", role="panel")
     model: str = opt("lstm", "a name from stocklab.models.MODELS", role="panel")
     preset: str = opt("", "a source study's configuration (see presets.py); explicit values override it")
     features: str = opt("auto", "feature set", FEATURE_SETS, role="panel")
@@ -152,6 +157,8 @@ class TrainConfig:
             (self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),
             (self.lr > 0, "lr", "must be > 0"),
             (self.patience >= 1, "patience", "must be >= 1"),
+            (0.0 <= self.max_drop <= 1.0, "max_drop", "must be a share in [0, 1]"),
+            (not self.date_format or "%" in self.date_format, "date_format", "must be a strftime format like %d/%m/%Y"),
             (0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}] (numpy's seed range)"),
             (self.label_scale > 0, "label_scale", "must be > 0"),
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
@@ -257,6 +264,8 @@ class EvaluateConfig:
 class PredictConfig:
     model: str = opt("lstm", "score with models:/stocklab-<model>@champion")
     data: str = opt("sample", "bars to score: 'sample', a CSV folder or a file")
+    date_format: str = opt("", "how the files' text dates are written when they cannot be told ('' detects)")
+    decimal: str = opt(".", "decimal mark of numbers written as text", (".", ","))
     output: str = opt("predictions.csv", "where to write (date, ticker, prediction): .csv or .parquet")
     model_uri: str = opt("", "any model URI instead of the champion")
     cache_dir: str = opt(CACHE_DIR, "parsed-panel cache folder ('' = no cache)")
@@ -491,6 +500,7 @@ def add_arguments(parser: argparse.ArgumentParser, cfg, seen: set[str] | None = 
             choices=f.metadata.get("choices"),
             default=argparse.SUPPRESS,
             metavar=None if f.metadata.get("choices") else types[f.name].__name__.upper(),
-            help=f"{helptext} (default: {shown})" if helptext else f"(default: {shown})",
+            # argparse %-formats help texts: a literal % (a strftime example) is written %%
+            help=(f"{helptext} (default: {shown})" if helptext else f"(default: {shown})").replace("%", "%%"),
         )
     return seen

@@ -42,6 +42,25 @@ TICKER_NAMES = ("name", "ticker", "symbol")
 CACHE_VERSION = "2"  # bump when cleaning rules change so old caches are not reused
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read what cannot be detected (TrainConfig's `date_format`, `decimal`, `max_drop`)."""
+
+    date_format: str = ""  # strftime format of text dates ("%d/%m/%Y"); "" detects it per file
+    decimal: str = "."  # the decimal mark of numbers written as text; "," also drops "." and " " separators
+    max_drop: float = 0.05  # warn about a ticker that loses more than this share of its rows
+
+    @classmethod
+    def of(cls, cfg) -> ReadOptions:
+        """The options of a TrainConfig (or any config with these fields; absent ones default)."""
+        d = cls()
+        return cls(*(getattr(cfg, f, getattr(d, f)) for f in ("date_format", "decimal", "max_drop")))
+
+    def key(self) -> str:
+        """What the cache and fingerprint add for these options ('' for the defaults)."""
+        return "" if self == ReadOptions() else f"{self.date_format}|{self.decimal}|{self.max_drop!r}"
+
+
 @dataclass
 class DataReport:
     """What was read, what was dropped or repaired and why; logged as data_report.json."""
@@ -57,7 +76,7 @@ class DataReport:
     date_min: str = ""
     date_max: str = ""
     columns: list = field(default_factory=list)
-    heavy_losses: dict = field(default_factory=dict)  # ticker -> rule -> rows, tickers losing > MAX_DROP
+    heavy_losses: dict = field(default_factory=dict)  # ticker -> rule -> rows, tickers losing > max_drop
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -75,7 +94,7 @@ def ticker_from_filename(path: Path) -> str:
     return stem
 
 
-def _normalise(df: pd.DataFrame, where: str, ticker: str | None) -> pd.DataFrame:
+def _normalise(df: pd.DataFrame, where: str, ticker: str | None, options: ReadOptions = ReadOptions()) -> pd.DataFrame:
     """Map columns case-insensitively to date, ticker, open..vwap; parse and check dates."""
     lower = {str(c).strip().lower(): c for c in df.columns}
     date_col = next((lower[n] for n in DATE_NAMES if n in lower), None)
@@ -84,7 +103,7 @@ def _normalise(df: pd.DataFrame, where: str, ticker: str | None) -> pd.DataFrame
     if "close" not in lower and "adj close" not in lower:
         raise StockLabError(f"{where}: missing required column 'close'")
     out = pd.DataFrame(index=df.index)
-    dates = _parse_dates(df[date_col], where, date_col)
+    dates = _parse_dates(df[date_col], where, date_col, options.date_format)
     if (dates != dates.dt.normalize()).any():
         example = dates[dates != dates.dt.normalize()].iloc[0]
         raise StockLabError(
@@ -111,7 +130,7 @@ def _normalise(df: pd.DataFrame, where: str, ticker: str | None) -> pd.DataFrame
         if col == "close" and src is None:
             src = lower["adj close"]
         if src is not None:
-            out[col] = _numbers(df[src], where, src)
+            out[col] = _numbers(df[src], where, src, options.decimal)
     return out[out["date"].notna()]
 
 
@@ -121,13 +140,17 @@ _DAY_MONTH = re.compile(r"^(\d{1,2})[/.-](\d{1,2})[/.-](\d{4})")
 _OFFSET = re.compile(r"(\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*(?:[+-]\d{2}:?\d{2}|Z)$")
 
 
-def _parse_dates(raw: pd.Series, where: str, col: str) -> pd.Series:
-    """Dates of one file with one explicit reading: ISO strings, yyyymmdd integers, or d/m/y vs
-    m/d/y decided from the values (a first field above 12 means day-first); timestamps with UTC
-    offsets keep the local date they were written with (mixed -05:00/-04:00 of one exchange)."""
+def _parse_dates(raw: pd.Series, where: str, col: str, date_format: str = "") -> pd.Series:
+    """Dates of one file with one explicit reading: `date_format` when given, else ISO strings,
+    yyyymmdd integers, or d/m/y vs m/d/y decided from the values (a first field above 12 means
+    day-first); timestamps with UTC offsets keep the local date they were written with (mixed
+    -05:00/-04:00 of one exchange)."""
     values = raw.dropna()
     try:
-        if pd.api.types.is_datetime64_any_dtype(raw):
+        if date_format and not pd.api.types.is_datetime64_any_dtype(raw):
+            text = raw.astype("string").str.strip()
+            dates = pd.to_datetime(text, format=date_format, errors="coerce")
+        elif pd.api.types.is_datetime64_any_dtype(raw):
             dates = raw.dt.tz_localize(None) if raw.dt.tz is not None else raw
         elif pd.api.types.is_numeric_dtype(raw):
             if not (values.between(1678_01_01, 2261_12_31) & (values % 1 == 0)).all():
@@ -144,7 +167,8 @@ def _parse_dates(raw: pd.Series, where: str, col: str) -> pd.Series:
                 if first == second:
                     how = "mixes day-first and month-first dates" if first else "has an ambiguous day/month order"
                     raise StockLabError(
-                        f"{where}: column '{col}' {how} (e.g. {values.iloc[0]!r}); write them as YYYY-MM-DD"
+                        f"{where}: column '{col}' {how} (e.g. {values.iloc[0]!r}); write them as YYYY-MM-DD "
+                        "or say how they are written (-P date_format=%d/%m/%Y)"
                     )
                 dayfirst = first
             dates = pd.to_datetime(text, errors="coerce", format="mixed", dayfirst=dayfirst)
@@ -155,7 +179,8 @@ def _parse_dates(raw: pd.Series, where: str, col: str) -> pd.Series:
         example = raw[bad].iloc[0]
         years = re.findall(r"\d{4}", str(example))
         why = " (outside 1678-2261)" if years and not 1678 <= int(years[0]) <= 2261 else ""
-        raise StockLabError(f"{where}: unparseable date {example!r} in column '{col}'{why}")
+        fmt = f" with date_format={date_format!r}" if date_format else ""
+        raise StockLabError(f"{where}: unparseable date {example!r} in column '{col}'{fmt}{why}")
     # pandas parses far dates at a coarser unit; the panel's nanosecond dates end in 2262
     outside = dates.notna() & ((dates.dt.year > 2261) | (dates.dt.year < 1678))
     if outside.any():
@@ -166,10 +191,13 @@ def _parse_dates(raw: pd.Series, where: str, col: str) -> pd.Series:
 _NA_TEXT = {"", "na", "n/a", "nan", "null", "none", "-"}
 
 
-def _numbers(raw: pd.Series, where: str, col: str) -> pd.Series:
+def _numbers(raw: pd.Series, where: str, col: str, decimal: str = ".") -> pd.Series:
     """A value column as float64. Empty cells are missing values (their rows are dropped and
     counted); text that is not a number (decimal commas, currency signs) is an error: read as
-    missing it would drop the whole ticker without a word."""
+    missing it would drop the whole ticker without a word. `decimal=","` reads "1.234,5" and
+    "1 234,5" as 1234.5."""
+    if decimal == "," and (raw.dtype == object or pd.api.types.is_string_dtype(raw)):
+        raw = raw.astype("string").str.replace(r"[.\s]", "", regex=True).str.replace(",", ".", regex=False)
     values = pd.to_numeric(raw, errors="coerce").astype("float64")
     if raw.dtype == object or pd.api.types.is_string_dtype(raw):
         text = raw.astype("string").str.strip()
@@ -178,12 +206,12 @@ def _numbers(raw: pd.Series, where: str, col: str) -> pd.Series:
             example = raw[junk].iloc[0]
             raise StockLabError(
                 f"{where}: column '{col}' has {int(junk.sum())} value(s) that are not numbers (e.g. {example!r}); "
-                "write plain numbers with a decimal point, without currency signs or thousands separators"
+                "write plain numbers without currency signs (-P decimal=, reads decimal commas)"
             )
     return values
 
 
-def _clean(df: pd.DataFrame, report: DataReport) -> pd.DataFrame:
+def _clean(df: pd.DataFrame, report: DataReport, max_drop: float = 0.05) -> pd.DataFrame:
     """Apply the documented cleaning rules, counting every dropped or repaired row."""
     dropped, repaired = report.dropped, report.repaired
     rows_read = df["ticker"].value_counts()
@@ -217,12 +245,11 @@ def _clean(df: pd.DataFrame, report: DataReport) -> pd.DataFrame:
         df = drop(df["volume"].isna() | (df["volume"] < 0), "bad_volume")
     if "vwap" in df.columns:
         df = drop(df["vwap"].isna() | (df["vwap"] <= 0), "bad_vwap")
-    _warn_heavy_losses(lost, rows_read, report)
+    _warn_heavy_losses(lost, rows_read, report, max_drop)
     return df.reset_index(drop=True)
 
 
 OUTLIER_FACTOR = 1e6  # a value this many times its ticker's median (or below 1/this of it) is a typo
-MAX_DROP = 0.05  # a ticker losing more of its rows in cleaning is named in a warning
 
 
 def _outliers(df: pd.DataFrame, columns: list[str]) -> pd.Series:
@@ -235,9 +262,9 @@ def _outliers(df: pd.DataFrame, columns: list[str]) -> pd.Series:
     return high | low
 
 
-def _warn_heavy_losses(lost: dict, rows_read: pd.Series, report: DataReport) -> None:
-    """Name the tickers that lost more than MAX_DROP of their rows (and by which rules)."""
-    heavy = {t: rules for t, rules in lost.items() if sum(rules.values()) > MAX_DROP * rows_read[t]}
+def _warn_heavy_losses(lost: dict, rows_read: pd.Series, report: DataReport, max_drop: float) -> None:
+    """Name the tickers that lost more than `max_drop` of their rows (and by which rules)."""
+    heavy = {t: rules for t, rules in lost.items() if sum(rules.values()) > max_drop * rows_read[t]}
     report.heavy_losses = heavy
     for ticker, rules in list(heavy.items())[:3]:
         why = ", ".join(f"{k}: {v}" for k, v in rules.items())
@@ -248,13 +275,13 @@ def _warn_heavy_losses(lost: dict, rows_read: pd.Series, report: DataReport) -> 
         )
     if len(heavy) > 3:
         print(
-            f"stocklab: warning: data: {len(heavy) - 3} more ticker(s) lost > {MAX_DROP:.0%} of their rows",
+            f"stocklab: warning: data: {len(heavy) - 3} more ticker(s) lost > {max_drop:.0%} of their rows",
             file=sys.stderr,
         )
 
 
-def _files_fingerprint(paths: list[Path]) -> str:
-    h = hashlib.sha256(CACHE_VERSION.encode())
+def _files_fingerprint(paths: list[Path], options: ReadOptions = ReadOptions()) -> str:
+    h = hashlib.sha256((CACHE_VERSION + options.key()).encode())
     for p in sorted(paths):
         h.update(p.name.encode())
         h.update(hashlib.sha256(p.read_bytes()).digest())
@@ -281,7 +308,9 @@ def _load_sample() -> tuple[pd.DataFrame, str]:
     return long, hashlib.sha256(f"skfolio-sp500-{skfolio.__version__}".encode()).hexdigest()
 
 
-def load_panel(data: str, cache_dir: str | None = CACHE_DIR) -> tuple[pd.DataFrame, DataReport]:
+def load_panel(
+    data: str, cache_dir: str | None = CACHE_DIR, options: ReadOptions = ReadOptions()
+) -> tuple[pd.DataFrame, DataReport]:
     """Return the clean long panel (date, ticker, close[, open, high, low, volume, vwap]) and report.
 
     The clean panel is cached as Parquet under `cache_dir`, keyed by a fingerprint of the
@@ -290,11 +319,11 @@ def load_panel(data: str, cache_dir: str | None = CACHE_DIR) -> tuple[pd.DataFra
     if data == "sample":
         raw, fp = _load_sample()
         report = DataReport(source="sample (skfolio load_sp500_dataset)", fingerprint=fp, files=1)
-        return _finish(raw, report), report
+        return _finish(raw, report, options.max_drop), report
 
     path = Path(data).expanduser()
     files, broken = _input_files(path, data)
-    fp = _files_fingerprint(files)
+    fp = _files_fingerprint(files, options)  # other read options: other clean data
     cache = Path(cache_dir) if cache_dir else None
     if cache is not None:
         cached, meta = cache / f"panel-{fp[:20]}.parquet", cache / f"panel-{fp[:20]}.json"
@@ -313,7 +342,7 @@ def load_panel(data: str, cache_dir: str | None = CACHE_DIR) -> tuple[pd.DataFra
     report = DataReport(source=str(path.resolve()), fingerprint=fp, files=len(files))
     if broken:
         report.dropped["broken_link"] = len(broken)
-    panel = _finish(_read_files(files, path, data, report), report)
+    panel = _finish(_read_files(files, path, data, report, options), report, options.max_drop)
     if cache is not None:
         try:
             cache.mkdir(parents=True, exist_ok=True)
@@ -329,7 +358,7 @@ def load_panel(data: str, cache_dir: str | None = CACHE_DIR) -> tuple[pd.DataFra
     return panel, report
 
 
-def read_bars(df: pd.DataFrame, where: str = "bars") -> pd.DataFrame:
+def read_bars(df: pd.DataFrame, where: str = "bars", options: ReadOptions = ReadOptions()) -> pd.DataFrame:
     """A long frame of bars already in memory (a serving request, a Spark batch) read like a
     file: columns matched by name, dates and numbers parsed; its row order and index are kept.
     An optional column with no value at all is absent (a Spark UDF passes every column of the
@@ -337,13 +366,15 @@ def read_bars(df: pd.DataFrame, where: str = "bars") -> pd.DataFrame:
     if not isinstance(df, pd.DataFrame):
         raise StockLabError(f"{where}: expected a DataFrame of daily bars, got {type(df).__name__}")
     empty = [c for c in df.columns if str(c).strip().lower() in VALUE_COLS and c != "close" and df[c].isna().all()]
-    return _normalise(df.drop(columns=empty), where, None)
+    return _normalise(df.drop(columns=empty), where, None, options)
 
 
-def clean_bars(df: pd.DataFrame, where: str = "bars") -> tuple[pd.DataFrame, DataReport]:
+def clean_bars(
+    df: pd.DataFrame, where: str = "bars", options: ReadOptions = ReadOptions()
+) -> tuple[pd.DataFrame, DataReport]:
     """`read_bars`, then the cleaning rules a data file gets (counted in the report)."""
     report = DataReport(source=where, files=1)
-    return _finish(read_bars(df, where).reset_index(drop=True), report), report
+    return _finish(read_bars(df, where, options).reset_index(drop=True), report, options.max_drop), report
 
 
 def _input_files(path: Path, data: str) -> tuple[list[Path], list[str]]:
@@ -369,7 +400,7 @@ def _input_files(path: Path, data: str) -> tuple[list[Path], list[str]]:
     return files, broken
 
 
-def _read_files(files: list[Path], path: Path, data: str, report: DataReport) -> pd.DataFrame:
+def _read_files(files: list[Path], path: Path, data: str, report: DataReport, options: ReadOptions) -> pd.DataFrame:
     """Every file normalised into one long frame of the columns all files have."""
     frames, frame_files, source_of = [], [], {}
     for f in files:
@@ -378,7 +409,7 @@ def _read_files(files: list[Path], path: Path, data: str, report: DataReport) ->
             report.dropped["empty_file"] = report.dropped.get("empty_file", 0) + 1
             continue
         ticker = ticker_from_filename(f) if path.is_dir() else None
-        frame = _normalise(table, str(f), ticker)
+        frame = _normalise(table, str(f), ticker, options)
         for name in frame["ticker"].unique():
             # two files with bars of one ticker (a per-ticker file and a long file, at different
             # price scales in the wild) cannot be merged safely: say which files, do not guess
@@ -417,9 +448,9 @@ def _write_atomic(path: Path, write) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _finish(raw: pd.DataFrame, report: DataReport) -> pd.DataFrame:
+def _finish(raw: pd.DataFrame, report: DataReport, max_drop: float = 0.05) -> pd.DataFrame:
     report.rows_read = int(len(raw))
-    panel = _clean(raw, report)
+    panel = _clean(raw, report, max_drop)
     if panel.empty:
         why = ", ".join(f"{k}: {v}" for k, v in sorted(report.dropped.items(), key=lambda kv: -kv[1]))
         hint = " (prices must be positive numbers)" if "missing_price" in report.dropped else ""

@@ -43,7 +43,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from stocklab.config import EVAL_BATCH_SIZE, StockLabError
-from stocklab.data import VALUE_COLS, clean_bars, read_bars
+from stocklab.data import VALUE_COLS, ReadOptions, clean_bars, read_bars
 from stocklab.models import build_model, model_config
 from stocklab.pipeline.inputs import Bundle, latest_windows, prepare
 from stocklab.pipeline.scoring import predict_windows
@@ -99,13 +99,13 @@ def score_bars(
     """Predictions (date, ticker, prediction) of `network` on raw `bars`: each ticker's latest
     complete window, every complete window (`all_dates`), or one row per input row in input
     order, NaN where a row ends no complete window (`align`)."""
-    clean, report = clean_bars(bars, "model input")
+    cfg = bundle.train_config(data="", cache_dir="", max_tickers=0)
+    clean, report = clean_bars(bars, "model input", ReadOptions.of(cfg))  # read as the training data was
     skipped = {}
     if bundle.scaler.per_ticker:  # its rows are the training tickers' own statistics
         unknown = sorted(set(clean["ticker"]) - set(bundle.tickers))
         skipped |= {t: "not among the model's training tickers (per-ticker scaler)" for t in unknown}
         clean = clean[~clean["ticker"].isin(unknown)]
-    cfg = bundle.train_config(data="", cache_dir="", max_tickers=0)
     span = window_span(cfg.seq_len, cfg.window_stride)
     try:
         prep = prepare(cfg, "cpu", bundle, labels=False, bars=(clean, report)) if len(clean) else None
@@ -125,7 +125,7 @@ def score_bars(
         out = pd.DataFrame({"date": prep.panel.dates[t.numpy()], "ticker": tickers, "prediction": pred})
         out = out.sort_values(["date", "ticker"], kind="stable", ignore_index=True)
     if align:
-        keys = read_bars(bars.reset_index(drop=True), "model input")[["date", "ticker"]]  # rows with a date
+        keys = read_bars(bars.reset_index(drop=True), "model input", ReadOptions.of(cfg))[["date", "ticker"]]
         res = keys.merge(out, on=["date", "ticker"], how="left").set_axis(keys.index)
         return res.reindex(range(len(bars))).set_axis(bars.index)
     return out

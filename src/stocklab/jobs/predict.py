@@ -17,7 +17,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from stocklab.config import PredictConfig, StockLabError
-from stocklab.data import load_panel
+from stocklab.data import ReadOptions, load_panel
 from stocklab.errors import one_line
 from stocklab.pipeline.logged import load_scoring_model
 from stocklab.registry import champion_uri
@@ -35,7 +35,7 @@ def run_predict(cfg: PredictConfig) -> pd.DataFrame:
         raise
     except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing model/alias
         raise StockLabError(f"model: cannot load '{uri}' ({one_line(e, 200)})") from None
-    bars, _ = load_panel(cfg.data, cfg.cache_dir)
+    bars, _ = load_panel(cfg.data, cfg.cache_dir, ReadOptions.of(cfg))
     try:
         df = model.predict(bars, params={"batch_size": cfg.eval_batch_size})
     except MlflowException as e:  # the scoring model's own one-line errors (serving.py)

@@ -19,7 +19,7 @@ import torch
 
 from stocklab import factor_eval, plots, serving
 from stocklab.config import TrainConfig
-from stocklab.data import load_panel
+from stocklab.data import ReadOptions, load_panel
 from stocklab.errors import describe
 from stocklab.pipeline.inputs import Prepared
 from stocklab.pipeline.scoring import portfolio_of, predictions_frame, split_metrics
@@ -98,7 +98,7 @@ def log_full_evaluation(
         labels = [f"{prep.panel.tickers[i]} {prep.panel.dates[d].date()}" for i, d in zip(n.tolist(), t.tolist())]
         heatmap = plots.attention_heatmap(weights.float().cpu().numpy(), labels)
         plots.log_figure(heatmap, "plots/attention_heatmap.png")
-    raw, _ = load_panel(cfg.data, cfg.cache_dir)  # the parsed-panel cache: no second parse
+    raw, _ = load_panel(cfg.data, cfg.cache_dir, ReadOptions.of(cfg))  # the parsed-panel cache: no second parse
     example = serving.example_bars(raw, bundle["tickers"], cfg.seq_len, cfg.window_stride)
     serving.log_scoring_model(model, bundle, example)
 

@@ -27,7 +27,7 @@ import torch
 
 from stocklab import indicators
 from stocklab.config import StockLabError, TrainConfig, with_values
-from stocklab.data import DataReport, load_panel
+from stocklab.data import DataReport, ReadOptions, load_panel
 from stocklab.features import Panel, build_panel, resolve_feature_set
 from stocklab.models import MODELS
 from stocklab.windows import (
@@ -156,7 +156,7 @@ def load_inputs(
 ) -> Prepared:
     """Everything before scaling: load -> validate -> features -> tickers -> column order.
     The returned Prepared has no WindowSet yet (`with_windows` adds one per fold)."""
-    raw, report = bars if bars is not None else load_panel(cfg.data, cfg.cache_dir)
+    raw, report = bars if bars is not None else load_panel(cfg.data, cfg.cache_dir, ReadOptions.of(cfg))
     if bundle is None:
         features = resolve_feature_set(cfg.features, report.columns, MODELS[cfg.model][0].auto_features)
     else:

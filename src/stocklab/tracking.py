@@ -150,6 +150,8 @@ def job_run(
     opens in `experiment`: so train runs, each study and evaluations get experiments of their own.
     The run ends FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM (interrupts.py).
     """
+    if mlflow.get_tracking_uri().startswith("sqlite:///"):
+        prepare_sqlite_store(mlflow.get_tracking_uri())  # before the first run: created once, writable
     launcher = os.environ.get("MLFLOW_RUN_ID")
     if launcher and run_id is None:
         launch_exp = os.environ.get("MLFLOW_EXPERIMENT_ID") or mlflow.get_run(launcher).info.experiment_id
@@ -210,9 +212,6 @@ def check_tracking_server(timeout: float = 5.0) -> None:
     from urllib.parse import urlsplit
 
     uri = mlflow.get_tracking_uri()
-    if uri.startswith("sqlite:///"):
-        prepare_sqlite_store(uri)
-        return
     if not uri.startswith(("http://", "https://")):
         return
     parts = urlsplit(uri)

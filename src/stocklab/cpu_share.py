@@ -57,7 +57,7 @@ def _live_pids() -> set[int]:
     alive = set()
     with contextlib.suppress(OSError):
         for entry in _register_dir().iterdir():
-            if entry.name.isdigit() and _alive(int(entry.name)):
+            if entry.name.isdigit() and pid_alive(int(entry.name)):
                 alive.add(int(entry.name))
             else:
                 with contextlib.suppress(OSError):
@@ -65,7 +65,8 @@ def _live_pids() -> set[int]:
     return alive
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine runs (a pid of another user's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

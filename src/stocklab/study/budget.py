@@ -16,6 +16,8 @@ import mlflow
 import optuna
 from optuna.trial import TrialState
 
+from stocklab.cpu_share import pid_alive
+
 
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -90,7 +92,7 @@ def fail_dead_local_trials(study: optuna.Study) -> int:
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = str(t.user_attrs.get("worker", ""))
-        if not owner.startswith(f"{host}:") or _alive(int(owner.rsplit(":", 1)[1])):
+        if not owner.startswith(f"{host}:") or pid_alive(int(owner.rsplit(":", 1)[1])):
             continue
         try:
             if not study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
@@ -101,16 +103,6 @@ def fail_dead_local_trials(study: optuna.Study) -> int:
         retry_stale_trial(study, study._storage.get_trial(t._trial_id))
         n += 1
     return n
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def trials_of_other_workers(study: optuna.Study) -> list[int]:
@@ -124,7 +116,7 @@ def trials_of_other_workers(study: optuna.Study) -> list[int]:
     numbers = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = str(t.user_attrs.get("worker", ""))  # unset for a moment after a trial starts
-        if owner == me or (owner.startswith(f"{host}:") and not _alive(int(owner.rsplit(":", 1)[1]))):
+        if owner == me or (owner.startswith(f"{host}:") and not pid_alive(int(owner.rsplit(":", 1)[1]))):
             continue
         numbers.append(t.number)
     return numbers

@@ -17,7 +17,6 @@ intra-op threads torch has (`n_jobs` workers divide the cores among them, study/
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -25,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from stocklab.config import StockLabError, TrainConfig
-from stocklab.trainer import EpochCallback, History, valid_rank_ic
+from stocklab.trainer import EpochCallback, History, record_epoch, valid_rank_ic
 from stocklab.windows import WindowSet
 
 NDCG_AT = 20  # lambdarank's validation loss: 1 - NDCG of each date's top 20
@@ -108,19 +107,11 @@ def fit_booster(model, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallback 
                 break
         train_only += time.perf_counter() - t0
         train_loss, valid_loss = (_loss(booster.eval_train()), _loss(booster.eval_valid()))
-        hist.train_loss.append(train_loss)
-        hist.valid_loss.append(valid_loss)
-        if cfg.select == "rank_ic":
-            score = valid_rank_ic(model, ws, cfg.eval_batch_size)
-            hist.valid_rank_ic.append(score)
-            improved = score > hist.best_rank_ic or (hist.best_epoch == 0 and not math.isfinite(score))
-        else:
-            improved = valid_loss < hist.best_valid
+        score = valid_rank_ic(model, ws, cfg.eval_batch_size) if cfg.select == "rank_ic" else None
+        improved = record_epoch(hist, epoch, train_loss, valid_loss, score)
         bar.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}", rounds=booster.current_iteration())
         if improved:
-            hist.best_valid, hist.best_epoch, best_rounds = valid_loss, epoch, booster.current_iteration()
-            if cfg.select == "rank_ic":
-                hist.best_rank_ic = score if math.isfinite(score) else -math.inf
+            best_rounds = booster.current_iteration()
         if on_epoch is not None:  # after the update, as trainer.fit: it may raise to prune
             on_epoch(epoch, train_loss, valid_loss, hist)
         if finished or (not improved and epoch - hist.best_epoch >= cfg.patience):

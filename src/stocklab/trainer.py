@@ -274,6 +274,25 @@ def make_optimizer(params: list, cfg: TrainConfig, device: torch.device, graph: 
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def record_epoch(hist: History, epoch: int, train_loss: float, valid_loss: float, score: float | None) -> bool:
+    """Add an epoch to `hist`; True when it becomes the kept epoch: the lowest validation loss,
+    or with select=rank_ic (`score` given) the best validation rank IC. Both trainers keep it
+    (this one and boosting.py)."""
+    hist.train_loss.append(train_loss)
+    hist.valid_loss.append(valid_loss)
+    if score is None:
+        improved = valid_loss < hist.best_valid
+    else:
+        hist.valid_rank_ic.append(score)
+        # a NaN rank IC (a constant forecast) is never an improvement but the first epoch
+        improved = score > hist.best_rank_ic or (hist.best_epoch == 0 and not math.isfinite(score))
+    if improved:
+        hist.best_valid, hist.best_epoch = valid_loss, epoch
+        if score is not None:  # a NaN first epoch leaves the bar at -inf for the next
+            hist.best_rank_ic = score if math.isfinite(score) else -math.inf
+    return improved
+
+
 def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallback | None = None) -> History:
     """Train `model` on ws's train split, early-stop on the validation loss (or rank IC:
     cfg.select), restore the kept epoch's weights.
@@ -319,21 +338,11 @@ def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallba
                 f"lr: training diverged at epoch {epoch} with lr={cfg.lr:g} (train loss {train_loss}, "
                 f"valid loss {valid_loss}); lower lr or scale the inputs"
             )
-        hist.train_loss.append(train_loss)
-        hist.valid_loss.append(valid_loss)
-        if cfg.select == "rank_ic":
-            score = valid_rank_ic(model, ws, cfg.eval_batch_size)
-            hist.valid_rank_ic.append(score)
-            bar.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}", rank_ic=f"{score:.4f}")
-            # a NaN rank IC (a constant forecast) is never an improvement but the first epoch
-            improved = score > hist.best_rank_ic or (hist.best_epoch == 0 and not math.isfinite(score))
-        else:
-            bar.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}")
-            improved = valid_loss < hist.best_valid
+        score = valid_rank_ic(model, ws, cfg.eval_batch_size) if cfg.select == "rank_ic" else None
+        improved = record_epoch(hist, epoch, train_loss, valid_loss, score)
+        bar.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}",
+                        **({} if score is None else {"rank_ic": f"{score:.4f}"}))  # fmt: skip
         if improved:
-            hist.best_valid, hist.best_epoch = valid_loss, epoch
-            if cfg.select == "rank_ic":  # a NaN first epoch leaves the bar at -inf for the next
-                hist.best_rank_ic = score if math.isfinite(score) else -math.inf
             best_state = copy.deepcopy(model.state_dict())
         if on_epoch is not None:  # after the update: the hook sees this epoch's best-so-far
             on_epoch(epoch, train_loss, valid_loss, hist)

@@ -1,7 +1,7 @@
 """Logged models: load one (its raw-bar pyfunc, or its plain network with its Bundle), and
 complete a trial's run into one.
 
-A tune trial logs its its fitted state only (artifacts.log_weights); `complete_run` gives the run its
+A tune trial logs its fitted state only (artifacts.log_state); `complete_run` gives the run its
 model, plots and tear sheet when the study picks it (or when `evaluate` asks for it).
 """
 

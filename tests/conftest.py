@@ -68,6 +68,15 @@ def write_ticker_csvs(df: pd.DataFrame, folder: Path, style: str = "data") -> Pa
     return folder
 
 
+def assert_metrics_say_their_split(run) -> None:
+    """Every metric of a train, trial or evaluate run names what it measures in its prefix
+    (tracking.METRIC_SPLITS): `metrics.test_rank_ic` never mixes splits."""
+    from stocklab.tracking import metric_split
+
+    unnamed = sorted(k for k in run.data.metrics if metric_split(k) is None)
+    assert run.data.metrics and not unnamed, f"{run.info.run_name}: {unnamed}"
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(item.get_closest_marker(m) for m in ("e2e", "shared", "postgres")):

@@ -133,7 +133,7 @@ def test_models_suite_runs_every_entry_is_resumable_and_writes_the_report(tmp_pa
     # the table's rank IC is the mean of the runs' logged per-fold values (seeds x folds)
     client = mlflow.MlflowClient()
     linear = done[done["tags.stocklab.benchmark_entry"] == "linear:raw"]["run_id"]
-    folds = [m.value for r in linear for m in client.get_metric_history(r, "fold/rank_ic")]
+    folds = [m.value for r in linear for m in client.get_metric_history(r, "fold/test_rank_ic")]
     table = res["table"].set_index("entry")
     row = table.loc["linear:raw"]
     assert len(folds) == 4 and row["rank_ic"] == pytest.approx(np.mean(folds))

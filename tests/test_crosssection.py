@@ -241,7 +241,7 @@ def test_thin_days_are_counted_in_the_data_report(tracking, tmp_path):
     assert tags["stocklab.label"] == "cs_zscore" and "vs the raw forward return" in tags["stocklab.loss_target"]
     # the factor metrics judge the raw forward return: the logged labels are raw returns
     preds = pd.read_parquet(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/predictions.parquet"))
-    assert preds["label"].abs().max() < 0.2 and np.isfinite(res["rank_ic"])
+    assert preds["label"].abs().max() < 0.2 and np.isfinite(res["test_rank_ic"])
 
 
 def test_planted_market_is_reproducible_and_its_oracle_uses_only_the_past():

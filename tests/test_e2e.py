@@ -64,7 +64,7 @@ def test_mlflow_run_train_end_to_end(tmp_path, csv_dir, tracking):
     assert re.fullmatch(r"lstm h8 L2 T10 lr1e-03 #[0-9a-f]{4}", run.info.run_name)  # unique per run
     launcher = mlflow.get_run(run.data.tags["stocklab.launcher_run_id"])
     assert launcher.info.experiment_id == "0" and launcher.data.tags["stocklab.launched_run_id"] == run.info.run_id
-    for k in ("test_mse", "valid_mse_min", "best_epoch", "train_time_s", "naive_mse", "mse_skill"):
+    for k in ("test_mse", "valid_mse_min", "train_best_epoch", "train_time_s", "test_naive_mse", "test_mse_skill"):
         assert math.isfinite(run.data.metrics[k]), k
     p = run.data.params
     assert p["hidden_size"] == "8" and p["epochs"] == "2" and float(p["lr"]) == 1e-3 and p["data"] == str(csv_dir)
@@ -82,7 +82,7 @@ def test_mlflow_run_train_end_to_end(tmp_path, csv_dir, tracking):
     )
     assert len(ev) == 1 and ev.loc[0, "status"] == "FINISHED"
     assert ev.loc[0, "metrics.test_mse"] == pytest.approx(run.data.metrics["test_mse"], rel=1e-5)
-    assert math.isfinite(ev.loc[0, "metrics.rank_ic"])
+    assert math.isfinite(ev.loc[0, "metrics.test_rank_ic"])
 
 
 @pytest.mark.e2e

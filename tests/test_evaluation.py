@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import synthetic_bars, write_ticker_csvs
+from conftest import assert_metrics_say_their_split, synthetic_bars, write_ticker_csvs
 from scipy import stats
 
 from stocklab.config import StockLabError, TrainConfig
@@ -227,7 +227,7 @@ def test_train_run_logs_factor_metrics_and_tear_sheet_then_evaluate(tracking, cs
     client = mlflow.tracking.MlflowClient()
     m = client.get_run(res["run_id"]).data.metrics
     for k in ("ic", "rank_ic", "icir", "ic_tstat", "hit_rate", "spread_q5_q1"):
-        assert np.isfinite(m[k]), k
+        assert np.isfinite(m[f"test_{k}"]), k
     tear = [a.path for a in client.list_artifacts(res["run_id"], "tearsheet")]
     assert any(p.endswith(".png") for p in tear) and "tearsheet/information_table.csv" in tear
     preds = pd.read_parquet(mlflow.artifacts.download_artifacts(f"runs:/{res['run_id']}/predictions.parquet"))
@@ -238,7 +238,7 @@ def test_train_run_logs_factor_metrics_and_tear_sheet_then_evaluate(tracking, cs
     run = client.get_run(res["run_id"])
     view = client.get_experiment(run.info.experiment_id).tags["mlflow.sharedViewState.stocklab-train"]
     cols = json.loads(json.loads(view)["state"])["selectedColumns"]
-    assert "metrics.`rank_ic`" in cols and "metrics.`test_mse`" in cols
+    assert "metrics.`test_rank_ic`" in cols and "metrics.`test_mse`" in cols
     for col in cols:
         kind, key = col.split(".", 1)
         assert key.strip("`") in getattr(run.data, kind), col
@@ -247,9 +247,13 @@ def test_train_run_logs_factor_metrics_and_tear_sheet_then_evaluate(tracking, cs
     run = client.get_run(ev["run_id"])
     assert run.data.tags["stocklab.source_run_id"] == res["run_id"]
     assert run.data.metrics["test_mse"] == pytest.approx(m["test_mse"], rel=1e-5)
-    assert run.data.metrics["ic"] == pytest.approx(m["ic"], rel=1e-4, abs=1e-6)
+    assert run.data.metrics["test_ic"] == pytest.approx(m["test_ic"], rel=1e-4, abs=1e-6)
     ev_valid = run_evaluate(EvaluateConfig(run_id=res["run_id"], split="valid", cache_dir=""))
-    assert "valid_mse" in client.get_run(ev_valid["run_id"]).data.metrics
+    valid_run = client.get_run(ev_valid["run_id"])
+    assert {"valid_mse", "valid_rank_ic", "valid_ls_sharpe_net"} <= set(valid_run.data.metrics)
+    assert not any(k.startswith("test_") for k in valid_run.data.metrics)  # it scored the validation split
+    for scored in (client.get_run(res["run_id"]), run, valid_run):
+        assert_metrics_say_their_split(scored)
     with pytest.raises(StockLabError, match="run_id: no run 'nope'"):
         run_evaluate(EvaluateConfig(run_id="nope"))
 
@@ -258,6 +262,6 @@ def test_one_ticker_logs_mse_and_skips_factor_metrics(tracking, tmp_path):
     folder = write_ticker_csvs(synthetic_bars(n_tickers=1, n_days=300), tmp_path / "one")
     res = run_train(TrainConfig(data=str(folder), epochs=1, seq_len=10, horizon=5, cache_dir=""))
     run = mlflow.get_run(res["run_id"])
-    assert np.isfinite(run.data.metrics["test_mse"]) and np.isfinite(run.data.metrics["mse_skill"])
-    assert "ic" not in run.data.metrics
+    assert np.isfinite(run.data.metrics["test_mse"]) and np.isfinite(run.data.metrics["test_mse_skill"])
+    assert "test_ic" not in run.data.metrics
     assert "cross-section too small" in run.data.tags["factor_metrics_skipped"]

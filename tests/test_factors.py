@@ -65,7 +65,7 @@ def test_factor_rank_ic_matches_an_independent_pandas_computation(tracking, refe
     cfg = TrainConfig(data=data, model="factor", max_tickers=N_TICKERS, horizon=HORIZON, cache_dir=shared_cache,
                       tear_sheet=False)  # fmt: skip
     res = run_train(cfg, {"factor": factor})
-    logged = mlflow.get_run(res["run_id"]).data.metrics["rank_ic"]
+    logged = mlflow.get_run(res["run_id"]).data.metrics["test_rank_ic"]
 
     close, volume = reference["close"], reference["volume"]
     value = pandas_factor(factor, close, volume)

@@ -102,10 +102,10 @@ def test_a_train_run_logs_the_book_of_its_test_predictions(tracking, tmp_path):
     close = long_bars(bars).pivot(index="date", columns="ticker", values="close")
     expected = _direct(pred, close, 5, 3, 15.0)
     net = expected["net"]
-    assert logged["ls_sharpe_net"] == pytest.approx(net.mean() / net.std(ddof=1) * np.sqrt(252), abs=1e-9)
-    assert logged["ls_turnover"] == pytest.approx(expected["turnover"].mean(), abs=1e-9)
+    assert logged["test_ls_sharpe_net"] == pytest.approx(net.mean() / net.std(ddof=1) * np.sqrt(252), abs=1e-9)
+    assert logged["test_ls_turnover"] == pytest.approx(expected["turnover"].mean(), abs=1e-9)
     book = pd.read_parquet(mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/portfolio.parquet"))
     np.testing.assert_allclose(book["net"].to_numpy(), net.to_numpy(), rtol=0, atol=1e-9)
-    for key in ("valid_ls_sharpe_net", "ls_max_drawdown", "ls_return_ann", "top_excess_ann"):
+    for key in ("valid_ls_sharpe_net", "test_ls_max_drawdown", "test_ls_return_ann", "test_top_excess_ann"):
         assert np.isfinite(logged[key]), key
     assert "plots/portfolio.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}

@@ -35,7 +35,7 @@ def test_train_on_real_subset(tracking, shared_cache, model):
                       tear_sheet=False)  # fmt: skip
     res = run_train(cfg)
     m = mlflow.get_run(res["run_id"]).data.metrics
-    assert all(math.isfinite(m[k]) for k in ("test_mse", "naive_mse", "mse_skill", "valid_mse_min"))
+    assert all(math.isfinite(m[k]) for k in ("test_mse", "test_naive_mse", "test_mse_skill", "valid_mse_min"))
     # APTV (44 rows < seq_len 30 + horizon 20) is dropped and counted, not fatal
     report = mlflow.artifacts.load_dict(f"runs:/{res['run_id']}/data_report.json")
     assert report["dropped"]["short_tickers"] == 1

@@ -20,7 +20,8 @@ from stocklab.pipeline.inputs import latest_windows, prepare
 from stocklab.pipeline.logged import load_network
 from stocklab.pipeline.scoring import predict_windows
 
-SUMMARY = ("test_mse", "valid_loss_min", "valid_mse_min", "best_epoch", "train_time_s", "naive_mse", "mse_skill")
+SUMMARY = ("test_mse", "valid_loss_min", "valid_mse_min", "train_best_epoch", "train_time_s", "test_naive_mse",
+           "test_mse_skill")  # fmt: skip
 
 
 def _cfg(data, **kw) -> TrainConfig:
@@ -35,7 +36,7 @@ def test_run_records_params_metrics_artifacts_and_model(tracking, csv_dir, model
     m, p = run.data.metrics, run.data.params
     for k in SUMMARY:
         assert math.isfinite(m[k]), k
-    assert m["mse_skill"] == pytest.approx(m["test_mse"] / m["naive_mse"])
+    assert m["test_mse_skill"] == pytest.approx(m["test_mse"] / m["test_naive_mse"])
     assert p["model"] == model and p["features_resolved"] == "ohlcv" and p["seq_len"] == "10"
     assert p["data_tickers"] == "6" and p["data_date_range"].startswith("2015-01-01..")
     assert len(p["data_fingerprint"]) == 16 and int(p["n_params"]) > 0

@@ -14,7 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from conftest import launched, long_bars, synthetic_bars, write_ticker_csvs
+from conftest import assert_metrics_say_their_split, launched, long_bars, synthetic_bars, write_ticker_csvs
 from test_e2e import mlflow_run
 
 from stocklab.config import PromoteConfig, TuneConfig, split_params, with_values
@@ -108,6 +108,8 @@ def test_mlflow_run_tune_records_every_trial_its_parent_and_the_best_model(study
     client = mlflow.tracking.MlflowClient()
     hist = client.get_metric_history(children.loc["0", "run_id"], "valid_loss")
     assert [h.step for h in hist] == [1, 2]
+    for run_id in children.loc[["0", "1", "2"], "run_id"]:  # finished and pruned trials
+        assert_metrics_say_their_split(client.get_run(run_id))
 
     best = min((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
     prun = client.get_run(parent_id)
@@ -190,7 +192,7 @@ def test_promote_guard_is_direction_aware(tracking, capsys):
     assert res["champion"] == 4 and "champion v1 -> v4" in capsys.readouterr().out
     # ic is maximised: v2 (0.05) beats the champion v4 (0.0)
     assert run_promote(PromoteConfig(model="lstm", metric="ic"))["champion"] == 2
-    assert direction_for("valid_mse_min") == "minimize" and direction_for("rank_ic") == "maximize"
+    assert direction_for("valid_mse_min") == "minimize" and direction_for("test_rank_ic") == "maximize"
 
 
 def test_promote_decides_on_validation_and_refuses_incomparable_versions(tracking, capsys):
@@ -280,9 +282,11 @@ def test_pruning_reports_what_the_trial_returns(tracking, csv_dir, tmp_path, met
             assert not history  # computed only when it decides the kept epoch
 
 
-def test_promote_with_no_versions_is_a_clear_error(tracking):
+def test_promote_with_no_versions_or_a_test_metric_is_a_clear_error(tracking):
     with pytest.raises(ValueError, match="no registered versions of 'stocklab-cnn2d'"):
         run_promote(PromoteConfig(model="cnn2d"))
+    with pytest.raises(ValueError, match="metric: 'test_rank_ic' is measured on out-of-sample data"):
+        run_promote(PromoteConfig(model="cnn2d", metric="test_rank_ic"))  # before looking for versions
 
 
 def test_tune_config_and_space_errors(tmp_path):
@@ -403,7 +407,7 @@ def test_the_study_saves_a_ui_view_of_its_trials_with_their_key_metrics(tracking
     assert state["orderByKey"] == "metrics.`valid_rank_ic`" and not state["orderByAsc"]  # maximised: best first
     assert trials["metrics.valid_rank_ic"].is_monotonic_decreasing
     cols = [c.replace("`", "") for c in state["selectedColumns"]]
-    for wanted in ("valid_rank_ic", "test_mse", "rank_ic", "best_epoch", "train_time_s"):
+    for wanted in ("valid_rank_ic", "test_mse", "test_rank_ic", "train_best_epoch", "train_time_s"):
         assert f"metrics.{wanted}" in cols
     for col in cols:  # every column is filled on every trial (a renamed metric would be blank)
         assert col in trials and trials[col].notna().all(), col

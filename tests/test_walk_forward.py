@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import synthetic_bars, write_ticker_csvs
+from conftest import assert_metrics_say_their_split, synthetic_bars, write_ticker_csvs
 
 from stocklab.config import EvaluateConfig, StockLabError, TrainConfig
 from stocklab.jobs.evaluate import run_evaluate
@@ -117,12 +117,12 @@ def test_walk_forward_train_logs_folds_summary_and_concatenated_predictions(trac
     res = run_train(cfg)
     client = mlflow.MlflowClient()
     run = client.get_run(res["run_id"])
-    history = sorted(client.get_metric_history(res["run_id"], "fold/rank_ic"), key=lambda m: m.step)
+    history = sorted(client.get_metric_history(res["run_id"], "fold/test_rank_ic"), key=lambda m: m.step)
     assert [m.step for m in history] == [1, 2, 3]
     per_fold = [m.value for m in history]
-    assert run.data.metrics["rank_ic"] == pytest.approx(np.mean(per_fold))
-    assert run.data.metrics["rank_ic_std"] == pytest.approx(np.std(per_fold, ddof=1))
-    assert {"fold_1/train_loss", "fold_3/valid_loss", "mse_skill_mean", "oos_rank_ic"} <= set(run.data.metrics)
+    assert run.data.metrics["test_rank_ic"] == pytest.approx(np.mean(per_fold))
+    assert run.data.metrics["test_rank_ic_std"] == pytest.approx(np.std(per_fold, ddof=1))
+    assert {"fold_1/train_loss", "fold_3/valid_loss", "test_mse_skill_mean", "oos_rank_ic"} <= set(run.data.metrics)
     assert run.data.params["folds"] == "3" and run.data.params["walk"] == "sliding"
     # predictions.parquet: the three test periods back to back, each day once per ticker
     preds = pd.read_parquet(
@@ -134,7 +134,7 @@ def test_walk_forward_train_logs_folds_summary_and_concatenated_predictions(trac
     days = pd.DatetimeIndex(sorted(preds["date"].unique()))
     assert days[0] == base.panel.dates[lo] and days[-1] == base.panel.dates[hi - 1]
     assert not preds.duplicated(["date", "ticker"]).any()
-    assert sum(m.value for m in client.get_metric_history(res["run_id"], "fold/n_test")) == len(preds)
+    assert sum(m.value for m in client.get_metric_history(res["run_id"], "fold/test_windows")) == len(preds)
     artifacts = {a.path for a in client.list_artifacts(res["run_id"], "plots")}
     assert {"plots/loss_curve_fold_1.png", "plots/loss_curve_fold_3.png"} <= artifacts
     # the logged model is the last fold's: evaluating it scores the last fold's test period only
@@ -149,4 +149,6 @@ def test_walk_forward_train_logs_folds_summary_and_concatenated_predictions(trac
     wf_run = client.get_run(wf["run_id"])
     assert wf_run.data.params["folds"] == "2" and wf_run.data.params["model"] == "gru"
     assert wf_run.data.tags["stocklab.source_run_id"] == res["run_id"]
-    assert len(client.get_metric_history(wf["run_id"], "fold/rank_ic")) == 2
+    assert len(client.get_metric_history(wf["run_id"], "fold/test_rank_ic")) == 2
+    for logged in (run, wf_run):
+        assert_metrics_say_their_split(logged)

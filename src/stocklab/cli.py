@@ -146,9 +146,9 @@ def cmd_train(argv: list[str]) -> int:
 
     result = run_train(cfg, model_args)
     print(
-        f"run {result['run_id']}: test_mse={result['test_mse']:.6g} naive_mse={result['naive_mse']:.6g} "
-        f"mse_skill={result['mse_skill']:.4f} valid_loss_min={result['valid_loss_min']:.6g} "
-        f"best_epoch={result['best_epoch']} train_time_s={result['train_time_s']:.1f}"
+        f"run {result['run_id']}: test_mse={result['test_mse']:.6g} test_naive_mse={result['test_naive_mse']:.6g} "
+        f"test_mse_skill={result['test_mse_skill']:.4f} valid_loss_min={result['valid_loss_min']:.6g} "
+        f"train_best_epoch={result['train_best_epoch']} train_time_s={result['train_time_s']:.1f}"
     )
     return 0
 

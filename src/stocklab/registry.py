@@ -78,7 +78,7 @@ def register_run_model(name: str, run_id: str, tags: dict | None = None) -> tupl
 DESCRIBED_PARAMS = ("model", "seq_len", "features_resolved", "scaler", "label", "loss", "horizon", "label_scale",
                     "split", "folds")  # fmt: skip
 DESCRIBED_METRICS = ("valid_loss_min", "valid_mse_min", "valid_rank_ic", "valid_ls_sharpe_net", "test_mse",
-                     "mse_skill", "rank_ic", "icir", "ls_sharpe_net")  # fmt: skip
+                     "test_mse_skill", "test_rank_ic", "test_icir", "test_ls_sharpe_net")  # fmt: skip
 
 
 def version_description(name: str, version, run) -> str:

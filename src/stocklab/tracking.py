@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import shlex
 import sys
 import time
@@ -45,6 +46,22 @@ def _same(logged: str, value) -> bool:
         return float(logged) == float(value)
     except (TypeError, ValueError):
         return str(logged).lower() == str(value).lower()
+
+
+# One naming scheme for metrics (README "What each run records"): every metric of a train,
+# trial or evaluate run starts with what it measures, so `metrics.test_rank_ic` never mixes
+# splits: train_ (the fit itself: losses, epochs, time, sizes), valid_, test_ (the split scored),
+# or oos_ (walk-forward: the folds' out-of-sample periods concatenated and judged as one factor),
+# after an optional `fold/` (one value per walk-forward fold, step = fold) or `fold_<k>/` (fold
+# k's loss curve). MLflow's own system metrics keep its `system/` prefix.
+METRIC_SPLITS = ("train", "valid", "test", "oos")
+_METRIC_NAME = re.compile(rf"^(?:fold(?:_\d+)?/)?({'|'.join(METRIC_SPLITS)})_[a-z0-9_]+$")
+
+
+def metric_split(name: str) -> str | None:
+    """The split a metric name says it measures (METRIC_SPLITS), or None when it says none."""
+    m = _METRIC_NAME.match(name)
+    return m.group(1) if m else None
 
 
 DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default" experiment

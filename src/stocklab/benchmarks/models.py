@@ -167,8 +167,9 @@ def _record(run, entry: str, kind: str, seed: int, extra: dict) -> model_report.
     if "n_params" in run.data.params:
         metrics["n_params"] = float(run.data.params["n_params"])
     rec = model_report.RunRecord(entry, kind, seed, run_id, metrics)
-    rec.fold_rank_ic = _history(client, run_id, "fold/rank_ic") or [metrics.get("rank_ic", float("nan"))]
-    rec.fold_best_epoch = _history(client, run_id, "fold/best_epoch") or [metrics.get("best_epoch", float("nan"))]
+    rec.fold_rank_ic = _history(client, run_id, "fold/test_rank_ic") or [metrics.get("test_rank_ic", float("nan"))]
+    best_epochs = _history(client, run_id, "fold/train_best_epoch")
+    rec.fold_best_epoch = best_epochs or [metrics.get("train_best_epoch", float("nan"))]
     rec.fold_starts = [datetime.date.fromordinal(int(v)) for v in _history(client, run_id, "fold/test_start_ordinal")]
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet")
     rec.predictions = pd.read_parquet(local)
@@ -204,7 +205,7 @@ def _ensemble(members: list[model_report.RunRecord], tcfg: TrainConfig, cache, p
     frame = frame[["prediction", "label"]].mean()  # (date, ticker) rows: the seeds' mean
     metrics, skipped = factor_eval.factor_metrics(frame, tcfg.label_scale)
     logged = {f"oos_{k}": v for k, v in metrics.items() if k in ("rank_ic", "icir", "ic_tstat")}
-    logged.update({k: v for k, v in metrics.items() if k in ("rank_ic", "hit_rate", "spread_q5_q1")})
+    logged.update({f"test_{k}": v for k, v in metrics.items() if k in ("rank_ic", "hit_rate", "spread_q5_q1")})
     if not skipped:
         panel = cache.inputs(tcfg).panel
         book = portfolio.daily_portfolio(frame, panel_close(panel), tcfg.quantiles, tcfg.holding_days(), tcfg.cost_bps)
@@ -217,7 +218,7 @@ def _ensemble(members: list[model_report.RunRecord], tcfg: TrainConfig, cache, p
     with mlflow.start_run(nested=True, run_name=name, tags=tags, experiment_id=parent.info.experiment_id) as run:
         mlflow.log_metrics({k: v for k, v in logged.items() if np.isfinite(v)})
         for k, ic in enumerate(fold_ic, start=1):
-            mlflow.log_metric("fold/rank_ic", ic, step=k)
+            mlflow.log_metric("fold/test_rank_ic", ic, step=k)
         log_predictions(frame, skipped)
     rec = model_report.RunRecord(name, "ensemble", -1, run.info.run_id, {**logged, "horizon": tcfg.horizon})
     rec.fold_rank_ic, rec.predictions = fold_ic, frame

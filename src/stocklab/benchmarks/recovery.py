@@ -141,16 +141,16 @@ def run_recovery_suite(cfg: BenchmarkConfig) -> dict:
             # the oracle on this fit's own test windows (a model's window length decides which exist)
             oracle = oracle_rank_ic(market.oracle, pd.read_parquet(local))
             oracle_ic = oracle if not np.isfinite(oracle_ic) else oracle_ic  # the report's: the first fit's
-            ratio = res["rank_ic"] / oracle
-            mlflow.log_metrics({"oracle_rank_ic": oracle, "recovery_ratio": ratio})
+            ratio = res["test_rank_ic"] / oracle
+            mlflow.log_metrics({"test_oracle_rank_ic": oracle, "test_recovery_ratio": ratio})
             mlflow.end_run("FINISHED")
-            rows.append({"model": model, "recipe": recipe, "seed": seed, "rank_ic": res["rank_ic"],
+            rows.append({"model": model, "recipe": recipe, "seed": seed, "rank_ic": res["test_rank_ic"],
                          "valid_rank_ic": res["valid_rank_ic"], "recovery": ratio,
-                         "train_s": res["train_time_s"], "epochs": res["epochs_run"]})  # fmt: skip
+                         "train_s": res["train_time_s"], "epochs": res["train_epochs_run"]})  # fmt: skip
         elapsed = time.perf_counter() - t0
         out = write_recovery_report(cfg, pd.DataFrame(rows), oracle_ic, device, started, elapsed)
         mlflow.log_artifacts(str(Path(out["report"]).parent), "report")
-        mlflow.log_metrics({"wall_time_s": elapsed, "oracle_rank_ic": oracle_ic})
+        mlflow.log_metrics({"wall_time_s": elapsed, "test_oracle_rank_ic": oracle_ic})
     return out
 
 

@@ -70,11 +70,11 @@ def summary_table(records: list[RunRecord]) -> pd.DataFrame:
         # MSE columns only for return forecasts: a factor is a score, a classifier's output a
         # buy-minus-sell probability (it logs no valid_mse_min)
         if entry.startswith("factor:") or "valid_mse_min" not in m:
-            m = m.drop(columns=["mse_skill", "mse_skill_mean"], errors="ignore")
+            m = m.drop(columns=["test_mse_skill", "test_mse_skill_mean"], errors="ignore")
         mean = m.mean(numeric_only=True).to_dict().get
         lags = max(int(mean("horizon", 1) or 1) - 1, 0)
         daily[entry] = (daily_rank_ic(runs), lags)
-        book = {k: mean(f"oos_{k}", mean(k, np.nan)) for k in PORTFOLIO}
+        book = {k: mean(f"oos_{k}", mean(f"test_{k}", np.nan)) for k in PORTFOLIO}
 
         rows.append(
             {
@@ -86,12 +86,12 @@ def summary_table(records: list[RunRecord]) -> pd.DataFrame:
                 "rank_ic_se": newey_west_se(daily[entry][0], lags),
                 "icir": mean("oos_icir", np.nan),
                 "t_stat": mean("oos_ic_tstat", np.nan),
-                "hit_rate": mean("hit_rate", np.nan),
-                "q5_q1": mean("spread_q5_q1", np.nan),
-                "mse_skill": mean("mse_skill", np.nan),
-                "mse_skill_mean": mean("mse_skill_mean", np.nan),
+                "hit_rate": mean("test_hit_rate", np.nan),
+                "q5_q1": mean("test_spread_q5_q1", np.nan),
+                "mse_skill": mean("test_mse_skill", np.nan),
+                "mse_skill_mean": mean("test_mse_skill_mean", np.nan),
                 "valid_rank_ic": mean("valid_rank_ic", np.nan),
-                "best_epoch": mean("best_epoch", np.nan),
+                "best_epoch": mean("train_best_epoch", np.nan),
                 "train_s": mean("train_time_s", np.nan),
                 "params": int(m["n_params"].iloc[0]) if "n_params" in m else None,  # blank: an ensemble
                 **book,

@@ -40,7 +40,7 @@ COMPARABLE = ("data_fingerprint", "horizon", "label_scale", "split", "max_ticker
 # logged before these params existed trained with their defaults
 TARGET = {"label": "raw", "loss": "mse"}
 # shown beside the decision, never used for it
-TEST_METRICS = ("test_mse", "mse_skill", "rank_ic", "ic")
+TEST_METRICS = ("test_mse", "test_mse_skill", "test_rank_ic", "test_ic")
 
 
 def _describe(v, metric: str, score: float, run) -> str:
@@ -51,6 +51,11 @@ def _describe(v, metric: str, score: float, run) -> str:
 
 def run_promote(cfg: PromoteConfig) -> dict:
     cfg.validate()
+    if tracking.metric_split(cfg.metric) in ("test", "oos"):  # the names say their split (METRIC_SPLITS)
+        raise StockLabError(
+            f"metric: {cfg.metric!r} is measured on out-of-sample data, which never decides; "
+            "use a validation metric (valid_loss_min, valid_rank_ic, valid_ls_sharpe_net, ...)"
+        )
     name = registry.registered_name(cfg.model)
     direction = direction_for(cfg.metric, cfg.direction)
     versions = registry.versions(name)

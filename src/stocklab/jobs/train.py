@@ -20,7 +20,10 @@ from stocklab.models import model_defaults
 from stocklab.pipeline.fitting import train_in_run
 
 EXPERIMENT = "stocklab-train"
-VIEW_METRICS = ("valid_loss_min", "test_mse", "mse_skill", "rank_ic", "spread_q5_q1", "best_epoch", "train_time_s")
+VIEW_METRICS = (
+    "valid_loss_min", "test_mse", "test_mse_skill", "test_rank_ic", "test_spread_q5_q1", "train_best_epoch",
+    "train_time_s",
+)  # fmt: skip
 VIEW_PARAMS = ("model", "preset", "features", "horizon", "seq_len", "lr", "batch_size", "epochs")
 
 

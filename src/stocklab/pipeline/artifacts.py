@@ -72,8 +72,7 @@ def evaluate_split(model, prep: Prepared, cfg: TrainConfig, split: str, tear_she
     """Score one split and log it to the active run: MSE skill vs the zero and the training-mean
     forecasts, factor metrics, predictions.parquet, plots and the alphalens tear sheet."""
     df = predictions_frame(model, prep.ws, split, cfg.eval_batch_size)
-    metrics, skipped = split_metrics(df, prep.ws, cfg)
-    metrics[f"{split}_mse"] = metrics.pop("test_mse")
+    metrics, skipped = split_metrics(df, prep.ws, cfg, split)
     log_predictions(df, skipped)
     if not skipped:
         log_portfolio(df, prep.ws, cfg)

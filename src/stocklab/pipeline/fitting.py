@@ -60,10 +60,12 @@ EpochHook = Callable[[EpochInfo], None]
 
 # per-fold metrics summarised as mean and standard deviation over the folds
 FOLD_SUMMARY = (
-    "rank_ic", "ic", "icir", "ic_tstat", "hit_rate", "spread_q5_q1", "mse_skill", "mse_skill_mean",
-    "test_mse", "valid_loss_min", "valid_rank_ic", "valid_mse_min", "ls_sharpe_net", "valid_ls_sharpe_net",
+    "test_rank_ic", "test_ic", "test_icir", "test_ic_tstat", "test_hit_rate", "test_spread_q5_q1",
+    "test_mse_skill", "test_mse_skill_mean", "test_mse", "valid_loss_min", "valid_rank_ic", "valid_mse_min",
+    "test_ls_sharpe_net", "valid_ls_sharpe_net",
 )  # fmt: skip
-FOLD_TOTALS = ("train_time_s", "epochs_run", "n_train", "n_test")  # summed over folds, not averaged
+# summed over folds, not averaged
+FOLD_TOTALS = ("train_time_s", "train_epochs_run", "train_windows", "test_windows")
 
 
 @dataclass
@@ -110,19 +112,20 @@ def fit_fold(cfg: TrainConfig, mcfg, prep: Prepared, on_epoch: EpochHook | None,
         mlflow.set_tag("stocklab.cuda_graph_fallback", hist.graph_fallback)
     valid = predictions_frame(model, ws, "valid", cfg.eval_batch_size)
     test = predictions_frame(model, ws, "test", cfg.eval_batch_size)
-    metrics, skipped = split_metrics(test, ws, cfg)
+    metrics, skipped = split_metrics(test, ws, cfg, "test")
     metrics.update(valid_portfolio_metrics(valid, ws, cfg))
     metrics.update(
         {
             # the kept epoch's validation loss (the lowest, unless select=rank_ic kept another)
             "valid_loss_min": hist.best_valid,
             "valid_rank_ic": rank_ic_of(valid),
-            "best_epoch": hist.best_epoch,
+            # facts of the training are train_*: every metric name says its split (METRIC_SCHEME)
+            "train_best_epoch": hist.best_epoch,
             "train_time_s": hist.train_time_s,
             "train_samples_per_s": hist.samples_per_s,
-            "epochs_run": len(hist.train_loss),
-            "n_train": ws.size("train"),
-            "n_test": ws.size("test"),
+            "train_epochs_run": len(hist.train_loss),
+            "train_windows": ws.size("train"),
+            "test_windows": ws.size("test"),
         }
     )
     if model.output.forecasts_label:
@@ -221,7 +224,7 @@ def degenerate(test: pd.DataFrame, metrics: dict, skipped: str | None) -> str | 
     spread, centre = float(pred.std()), float(pred.mean())
     if spread <= CONSTANT_TOL * max(1.0, abs(centre)):
         return f"the {len(pred)} test predictions are constant (std {spread:.2g} around {centre:.4g})"
-    if not skipped and not np.isfinite(metrics.get("rank_ic", np.nan)):
+    if not skipped and not np.isfinite(metrics.get("test_rank_ic", np.nan)):
         return "the test rank IC is NaN (no test day has a spread of predictions)"
     return None
 
@@ -243,7 +246,7 @@ def _log_setup(cfg: TrainConfig, mcfg, base: Prepared, device) -> None:
     # which target each loss-type metric measures (label != raw: they are on different scales)
     tags["stocklab.loss_target"] = (
         f"train_loss, valid_loss, valid_loss_min: loss={cfg.loss} on the {cfg.label} label; "
-        "test_mse, naive_mse, mse_skill*, valid_mse_min and every factor metric: vs the raw forward return"
+        "test_mse, test_naive_mse, test_mse_skill*, valid_mse_min and every factor metric: vs the raw forward return"
     )
     mlflow.set_tags({**tags, "stocklab.data_fingerprint": base.report.fingerprint[:16]})
     if base.dataset is not None:

@@ -49,8 +49,9 @@ def portfolio_of(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig) -> pd.DataFr
     return portfolio.daily_portfolio(df, panel_close(ws.panel), cfg.quantiles, cfg.holding_days(), cfg.cost_bps)
 
 
-def split_metrics(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig) -> tuple[dict, str | None]:
-    """A scored split's metrics: MSE against the zero forecast (`mse_skill`) and against the
+def split_metrics(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig, split: str) -> tuple[dict, str | None]:
+    """A scored split's metrics, each named `<split>_<metric>` (METRIC_SCHEME): its MSE, the zero
+    forecast's (`naive_mse`), MSE skill against the zero forecast (`mse_skill`) and against the
     training-mean forecast (`mse_skill_mean`: the mean of the fold's training labels), the
     factor metrics and the long-short portfolio's (`ls_*`). Returns (metrics, why the factor
     metrics were skipped or None)."""
@@ -61,7 +62,7 @@ def split_metrics(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig) -> tuple[di
     train_mean = float(ws.y[train].double().mean()) if train is not None and train[0].numel() else 0.0
     mean_mse = float(np.mean((label - train_mean) ** 2)) if len(label) else float("nan")
     metrics = {
-        "test_mse": split_mse,
+        "mse": split_mse,
         "naive_mse": naive_mse,
         "mse_skill": split_mse / naive_mse if naive_mse > 0 else float("nan"),
         "mse_skill_mean": split_mse / mean_mse if mean_mse > 0 else float("nan"),
@@ -70,7 +71,7 @@ def split_metrics(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig) -> tuple[di
     metrics.update(factor)
     if not skipped:  # too few names a day for quintiles: no book either
         metrics.update(portfolio.portfolio_metrics(portfolio_of(df, ws, cfg)))
-    return metrics, skipped
+    return {f"{split}_{k}": v for k, v in metrics.items()}, skipped
 
 
 def valid_portfolio_metrics(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig) -> dict:

@@ -23,7 +23,9 @@ from stocklab.study.objective import RESULT_KEY
 FULL_EVALUATION_PARAM = "full_evaluation_by"  # the best trial run's param: the worker that completed it
 
 
-STUDY_VIEW_METRICS = ("test_mse", "rank_ic", "ls_sharpe_net", "spread_q5_q1", "best_epoch", "train_time_s")
+STUDY_VIEW_METRICS = (
+    "test_mse", "test_rank_ic", "test_ls_sharpe_net", "test_spread_q5_q1", "train_best_epoch", "train_time_s"
+)  # fmt: skip
 
 
 def save_study_view(cfg: TuneConfig, study_name: str, space: dict, experiment_id: str) -> str:
@@ -129,8 +131,8 @@ def register_best(study: optuna.Study, cfg: TuneConfig, run_id: str) -> dict:
     validation metrics (what `promote` decides on) and its test metrics (shown, not used)."""
     name = registry.registered_name(cfg.model)
     metrics = mlflow.get_run(run_id).data.metrics
-    keys = ("valid_loss_min", "valid_mse_min", "valid_rank_ic", "valid_ls_sharpe_net", "best_epoch", "test_mse",
-            "mse_skill", "rank_ic", "ls_sharpe_net")  # fmt: skip
+    keys = ("valid_loss_min", "valid_mse_min", "valid_rank_ic", "valid_ls_sharpe_net", "train_best_epoch",
+            "test_mse", "test_mse_skill", "test_rank_ic", "test_ls_sharpe_net")  # fmt: skip
     tags = {k: metrics[k] for k in keys if k in metrics}
     trial = best_trial(study, cfg)
     tags.update(study=study.study_name, trial=trial.number, metric=cfg.metric)

@@ -8,14 +8,16 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import optuna
 import pytest
 import torch
-from conftest import ROOT, launched
+from conftest import ROOT, launched, synthetic_bars, write_ticker_csvs
 
 from stocklab.pipeline.logged import load_network
 
@@ -166,3 +168,62 @@ def test_mlflow_run_benchmark_models_suite_end_to_end(tmp_path, csv_dir, trackin
     assert (children["params.folds"] == "2").all() and (children["status"] == "FINISHED").all()
     text = report.read_text()
     assert "| factor:reversal_1m |" in text and "-P models=naive:zero,factor:reversal_1m" in text
+
+
+REMOTE = "https://example.invalid/stocklab.git"  # never fetched: git rewrites it to the bare repo
+
+
+def bare_repo_of_the_working_tree(tmp_path: Path) -> Path:
+    """The project as a remote holds it: the working tree's files (tracked and untracked, not
+    ignored) committed to a bare git repository."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout  # fmt: skip
+    tree = tmp_path / "tree"
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, tree / name)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "project"]):
+        subprocess.run([*git, *cmd], cwd=tree, check=True)
+    subprocess.run([*git, "clone", "-q", "--bare", str(tree), str(tmp_path / "stocklab.git")], check=True)
+    return tmp_path / "stocklab.git"
+
+
+@pytest.mark.e2e
+def test_rerunning_tune_from_a_git_uri_resumes_the_study_in_the_launch_directory(tmp_path):
+    """`mlflow run <git URI> -e tune` runs in a fresh temporary checkout each time; the journal,
+    the relative `data` path, the tracking store (a relative sqlite URI too) and the artifacts of
+    the experiment the job creates resolve against the directory `mlflow run` started in, so a
+    rerun resumes the study: one study, one parent run, the trials of both runs."""
+    bare = bare_repo_of_the_working_tree(tmp_path)
+    caller = tmp_path / "caller"
+    write_ticker_csvs(synthetic_bars(n_tickers=6, n_days=260, signal=0.5), caller / "bars")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db", "GIT_CONFIG_COUNT": "1",
+           "GIT_CONFIG_KEY_0": f"url.file://{bare}.insteadOf", "GIT_CONFIG_VALUE_0": REMOTE}  # fmt: skip
+    env.pop("STOCKLAB_HOME", None)
+    base = ["data=bars", "epochs=1", "seq_len=5", "horizon=1", "features=returns", "register=false", "tear_sheet=false"]
+    for n_trials in (1, 2):
+        cmd = [MLFLOW, "run", REMOTE, "-e", "tune", "--env-manager", "local"]
+        for p in (*base, f"n_trials={n_trials}"):
+            cmd += ["-P", p]
+        r = subprocess.run(cmd, cwd=caller, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "Fetching project from https://example.invalid" in r.stderr  # a temporary checkout
+        assert f"resolve against {caller}" in r.stderr
+    study = optuna.load_study(study_name="lstm-bars", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(caller / "optuna-journal.log"))))  # fmt: skip
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    mlflow.set_tracking_uri(f"sqlite:///{caller / 'mlflow.db'}")
+    try:
+        runs = job_runs()
+        parents = runs[runs["tags.stocklab.role"] == "study"]
+        assert len(parents) == 1
+        children = runs[runs["tags.mlflow.parentRunId"] == parents["run_id"].iloc[0]]
+        assert sorted(children["run_id"]) == sorted(t.user_attrs["mlflow_run_id"] for t in study.trials)
+        experiment = mlflow.get_experiment(parents["experiment_id"].iloc[0])
+        assert experiment.artifact_location.startswith(caller.as_uri()) or experiment.artifact_location.startswith(
+            str(caller)
+        ), experiment.artifact_location
+    finally:
+        mlflow.set_tracking_uri(None)

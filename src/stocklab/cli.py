@@ -221,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stocklab: error: unknown job '{argv[0]}' (choose from {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
     from stocklab.cpu_share import passive_openmp, register_job
+    from stocklab.home import enter_home
 
+    enter_home()  # first: relative paths, default state and MLflow's ./mlruns resolve against it
     passive_openmp()  # before torch loads OpenMP (below): waiting threads sleep
     register_job()  # other stocklab jobs on this machine leave this one its share of the cores
     import mlflow

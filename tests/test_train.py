@@ -40,6 +40,10 @@ def test_run_records_params_metrics_artifacts_and_model(tracking, csv_dir, model
     assert p["model"] == model and p["features_resolved"] == "ohlcv" and p["seq_len"] == "10"
     assert p["data_tickers"] == "6" and p["data_date_range"].startswith("2015-01-01..")
     assert len(p["data_fingerprint"]) == 16 and int(p["n_params"]) > 0
+    # how the job ran is grouped apart (setup.*, env.*); config.json keeps the plain names
+    assert p["setup.device"] == "auto" and p["env.device"] == "cpu" and p["env.torch"] == torch.__version__
+    assert {"setup.cache_dir", "setup.tear_sheet", "setup.eval_batch_size"} <= set(p) and "cache_dir" not in p
+    assert mlflow.artifacts.load_dict(f"runs:/{res['run_id']}/config.json")["cache_dir"] == ""
     hist = mlflow.tracking.MlflowClient().get_metric_history(res["run_id"], "valid_loss")
     assert [h.step for h in hist] == [1, 2]
     arts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(res["run_id"], "plots")}

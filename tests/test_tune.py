@@ -179,19 +179,19 @@ def _register(name: str, metrics: dict, params: dict | None = None) -> str:
 def test_promote_guard_is_direction_aware(tracking, capsys):
     name = "stocklab-lstm"
     client = mlflow.tracking.MlflowClient()
-    _register(name, {"test_mse": 0.5, "ic": 0.02})
-    _register(name, {"test_mse": 0.9, "ic": 0.05})
-    res = run_promote(PromoteConfig(model="lstm", metric="test_mse"))
+    _register(name, {"valid_mse_min": 0.5, "valid_rank_ic": 0.02})
+    _register(name, {"valid_mse_min": 0.9, "valid_rank_ic": 0.05})
+    res = run_promote(PromoteConfig(model="lstm", metric="valid_mse_min"))
     assert res["champion"] == 1 and "there was no champion" in capsys.readouterr().out
-    _register(name, {"test_mse": 0.7, "ic": 0.01})  # the best candidate, but worse than v1
-    res = run_promote(PromoteConfig(model="lstm", metric="test_mse"))
+    _register(name, {"valid_mse_min": 0.7, "valid_rank_ic": 0.01})  # the best candidate, but worse than v1
+    res = run_promote(PromoteConfig(model="lstm", metric="valid_mse_min"))
     assert res["champion"] == 1 and "champion stays v1" in capsys.readouterr().out
     assert int(client.get_model_version_by_alias(name, "challenger").version) == 3
-    _register(name, {"test_mse": 0.1, "ic": 0.0})  # better: takes the alias
-    res = run_promote(PromoteConfig(model="lstm", metric="test_mse"))
+    _register(name, {"valid_mse_min": 0.1, "valid_rank_ic": 0.0})  # better: takes the alias
+    res = run_promote(PromoteConfig(model="lstm", metric="valid_mse_min"))
     assert res["champion"] == 4 and "champion v1 -> v4" in capsys.readouterr().out
-    # ic is maximised: v2 (0.05) beats the champion v4 (0.0)
-    assert run_promote(PromoteConfig(model="lstm", metric="ic"))["champion"] == 2
+    # a rank IC is maximised: v2 (0.05) beats the champion v4 (0.0)
+    assert run_promote(PromoteConfig(model="lstm", metric="valid_rank_ic"))["champion"] == 2
     assert direction_for("valid_mse_min") == "minimize" and direction_for("test_rank_ic") == "maximize"
 
 

@@ -66,14 +66,18 @@ INPUT_ROLES = ("panel", "windows", "recorded")
 MAX_SEED = 2**32 - 1
 
 
-def opt(default, help: str = "", choices: tuple | None = None, role: str | None = None):  # noqa: A002
-    """A dataclass field with its CLI help text and, optionally, its allowed values and its
-    input role (INPUT_ROLES)."""
+def opt(default, help: str = "", choices: tuple | None = None, role: str | None = None, setup: bool = False):  # noqa: A002
+    """A dataclass field with its CLI help text and, optionally, its allowed values, its input
+    role (INPUT_ROLES), and `setup=True` for how a job runs, not what it fits or scores (where
+    it runs, caches, batch sizes of scoring passes, artifacts to skip): logged as `setup.<name>`
+    params so the compare page groups them apart from what differs between models."""
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = tuple(choices)
     if role is not None:
         meta["role"] = role
+    if setup:
+        meta["setup"] = True
     return field(default=default, metadata=meta)
 
 
@@ -121,17 +125,21 @@ class TrainConfig:
     scaler: str = opt("standard", "feature scaling, fit on the training days only", SCALERS, role="windows")
     train_every: int = opt(1, "only every k-th end day enters training (every day is still scored)", role="windows")
     max_tickers: int = opt(0, "use the first N tickers in name order (0 = all)", role="panel")
-    device: str = opt("auto", "where to train", DEVICES)
-    compile: bool = opt(False, "torch.compile the model for training")
-    cuda_graph: bool = opt(True, "CUDA: replay the training step from a CUDA graph (false: eager steps)")
-    eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size for validation/test passes")
-    tear_sheet: bool = opt(True, "log the alphalens tear sheet of the test predictions (its slowest artifact)")
+    device: str = opt("auto", "where to train", DEVICES, setup=True)
+    compile: bool = opt(False, "torch.compile the model for training", setup=True)
+    cuda_graph: bool = opt(True, "CUDA: replay the training step from a CUDA graph (false: eager steps)", setup=True)
+    eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size for validation/test passes", setup=True)
+    tear_sheet: bool = opt(
+        True, "log the alphalens tear sheet of the test predictions (its slowest artifact)", setup=True
+    )
     # the long-short book every scored split is judged by (portfolio.py)
     quantiles: int = opt(5, "portfolio: long the top 1/q and short the bottom 1/q by prediction", role="recorded")
     hold: int = opt(0, "portfolio: trading days each daily tranche is held (0 = the label horizon)", role="recorded")
     cost_bps: float = opt(10.0, "portfolio: trading cost in basis points per unit of weight traded", role="recorded")
-    cache_dir: str = opt(CACHE_DIR, "parsed-panel cache folder ('' = no cache)")
-    experiment: str = opt("", "MLflow experiment (default: stocklab-train; for tune: stocklab-tune-<study>)")
+    cache_dir: str = opt(CACHE_DIR, "parsed-panel cache folder ('' = no cache)", setup=True)
+    experiment: str = opt(
+        "", "MLflow experiment (default: stocklab-train; for tune: stocklab-tune-<study>)", setup=True
+    )
 
     def split_fractions(self) -> tuple[float, float, float]:
         try:
@@ -212,7 +220,9 @@ class TuneConfig(TrainConfig):
     pruner: str = opt("median", "pruning rule on the per-epoch report", PRUNERS)
     space: str = opt("", "search-space YAML replacing the built-in one (stocklab/spaces/<model>.yaml)")
     register: bool = opt(True, "register the best trial's model as stocklab-<model>")
-    n_jobs: int = opt(1, "worker processes on this machine sharing the study (and its GPU); n_trials stays the total")
+    n_jobs: int = opt(
+        1, "worker processes on this machine sharing the study (and its GPU); n_trials stays the total", setup=True
+    )
     trial_artifacts: str = opt(
         "best",
         "best: trials log metrics, loss curves and weights; the best gets model, plots, tear sheet. all: every trial",

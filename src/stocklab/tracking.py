@@ -357,17 +357,19 @@ def log_params_once(params: dict) -> dict:
 
 
 def environment_params(device: torch.device) -> dict:
-    """Versions and device. The git commit is MLflow's own tag (mlflow.source.git.commit)."""
+    """Versions and device, as `env.<name>` params. The git commit is MLflow's own tag
+    (mlflow.source.git.commit)."""
     import pandas
 
-    return {
-        "device": str(device),
-        "python_version": platform.python_version(),
-        "torch_version": torch.__version__,
-        "mlflow_version": mlflow.__version__,
-        "pandas_version": pandas.__version__,
-        "numpy_version": np.__version__,
+    env = {
+        "device": str(device),  # the resolved one (`setup.device` is what was asked, e.g. auto)
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "mlflow": mlflow.__version__,
+        "pandas": pandas.__version__,
+        "numpy": np.__version__,
     }
+    return {ENV_PREFIX + k: v for k, v in env.items()}
 
 
 def dataset_params(report, tickers_used: int | None = None) -> dict:
@@ -386,9 +388,24 @@ def dataset_params(report, tickers_used: int | None = None) -> dict:
 
 
 def config_params(*configs) -> dict:
+    """The configurations' fields by name (what config.json holds and configs are rebuilt from)."""
     out = {}
     for c in configs:
         out.update(dataclasses.asdict(c))
+    return out
+
+
+SETUP_PREFIX, ENV_PREFIX = "setup.", "env."
+
+
+def run_params(*configs) -> dict:
+    """The configurations as run params: fields marked `setup` (config.opt: how the job ran, not
+    what it fitted) under `setup.<name>`, so MLflow's alphabetical params table and compare page
+    keep them together, apart from what tells models apart."""
+    out = {}
+    for c in configs:
+        setup = {f.name for f in dataclasses.fields(c) if f.metadata.get("setup")}
+        out.update({(SETUP_PREFIX + k if k in setup else k): v for k, v in dataclasses.asdict(c).items()})
     return out
 
 

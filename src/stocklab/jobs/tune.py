@@ -23,7 +23,6 @@ sheet) and is registered as a new version of `stocklab-<model>`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 
@@ -106,7 +105,7 @@ def _start_parent(study: optuna.Study, setup: StudySetup, trials: list) -> None:
     view = report.save_study_view(cfg, study_name, setup.space, setup.experiment_id)
     # a searched parameter's base value would read as a trial's: the parent logs the space
     # instead (`search_space`, and search_space.json), and its trials their drawn values
-    values = {**dataclasses.asdict(cfg), **setup.model_overrides}
+    values = {**tracking.run_params(cfg), **setup.model_overrides}
     params = {k: v for k, v in values.items() if k not in setup.space}
     params |= {"study_name_resolved": study_name, "search_space": _space_param(setup.space)}
     mlflow.log_dict(setup.space, "search_space.json")

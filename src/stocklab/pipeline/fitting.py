@@ -235,7 +235,7 @@ def _log_setup(cfg: TrainConfig, mcfg, base: Prepared, device) -> None:
     effective = tracking.config_params(cfg, mcfg)
     differs = tracking.log_params_once(
         {
-            **effective,
+            **tracking.run_params(cfg, mcfg),
             "features_resolved": base.features,
             "n_features": len(base.panel.feature_names),
             **tracking.dataset_params(base.report, len(base.panel.tickers)),

@@ -17,7 +17,7 @@ import torch
 from conftest import assert_metrics_say_their_split, launched, long_bars, synthetic_bars, write_ticker_csvs
 from test_e2e import mlflow_run
 
-from stocklab.config import PromoteConfig, TuneConfig, split_params, with_values
+from stocklab.config import PromoteConfig, StockLabError, TuneConfig, split_params, with_values
 from stocklab.features import build_panel
 from stocklab.jobs.promote import direction_for, run_promote
 from stocklab.jobs.tune import run_tune
@@ -309,6 +309,13 @@ def test_tune_config_and_space_errors(tmp_path):
     with pytest.raises(ValueError, match="no built-in search space for model 'naive'"):
         load_space("naive", MODELS["naive"][1])
     assert TuneConfig(data="/x/sp500_5yr/").resolved_study_name() == "lstm-sp500_5yr"
+
+
+def test_a_study_on_missing_data_fails_before_it_starts(tracking, tmp_path):
+    journal = tmp_path / "study.log"
+    with pytest.raises(StockLabError, match=f"looked for '{tmp_path / 'nope'}'"):
+        run_tune(TuneConfig(data="nope", storage=str(journal)))
+    assert not journal.exists() and mlflow.search_runs(search_all_experiments=True).empty  # no trial, no run
 
 
 def test_every_trainable_model_has_a_shipped_space_covering_its_dimensions():

@@ -377,6 +377,13 @@ def clean_bars(
     return _finish(read_bars(df, where, options).reset_index(drop=True), report, options.max_drop), report
 
 
+def check_source(data: str) -> None:
+    """Fail at once when `data` names nothing to read (no such file or folder, a folder without
+    data files): a study checks it before its trials, which would each fail on it."""
+    if data != "sample":
+        _input_files(Path(data).expanduser(), data)
+
+
 def _input_files(path: Path, data: str) -> tuple[list[Path], list[str]]:
     """The CSV/Parquet files behind `data` (a folder's, or the one file), and the names of the
     folder's links to such files that lead nowhere (dangling or looping)."""

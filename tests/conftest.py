@@ -102,6 +102,18 @@ def scramble_prices_after(df: pd.DataFrame, date) -> pd.Series:
     return later
 
 
+# what a job writes into its working directory by default: no test may leave it in the checkout
+JOB_STATE = ("mlruns", "mlflow.db", ".stocklab_cache", "optuna-journal.log", "predictions.csv")
+
+
+@pytest.fixture(autouse=True)
+def _checkout_stays_clean():
+    before = {name for name in JOB_STATE if (ROOT / name).exists()}
+    yield
+    left = sorted(name for name in JOB_STATE if (ROOT / name).exists() and name not in before)
+    assert not left, f"the test wrote {left} into the checkout {ROOT} (work in tmp_path)"
+
+
 @pytest.fixture
 def bars() -> pd.DataFrame:
     return synthetic_bars()

@@ -19,7 +19,7 @@ from stocklab.jobs.train import run_train
 from stocklab.models import BASELINES, MODELS, build_model, model_config
 from stocklab.pipeline.inputs import prepare
 from stocklab.pipeline.logged import load_network
-from stocklab.trainer import fit, mean_loss, predict
+from stocklab.trainer import fit, mean_loss, predict, score
 from stocklab.windows import WindowSet
 
 
@@ -36,6 +36,21 @@ def test_output_shape(name):
     model = build_model(name, n_features, seq_len, model_config(name)).eval()
     out = model(torch.rand(4, seq_len, n_features) + 1.0)  # positive, like prices
     assert out.shape == (4,) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted(set(MODELS) - {"lgbm"}))
+def test_a_windows_score_does_not_depend_on_the_batch_it_comes_in(name):
+    """Served and training predictions come in other batches; CPU kernels treat a batch's last
+    rows differently, so scoring pads batches (trainer.score) and must then agree bit for bit."""
+    seq_len, n_features = _shape(name)
+    torch.manual_seed(0)
+    model = build_model(name, n_features, seq_len, model_config(name)).eval()
+    x = torch.rand(300, seq_len, n_features) + 1.0  # (B, T, F)
+    with torch.no_grad():
+        whole = score(model, x)
+        for size in (299, 97, 7, 1):
+            parts = torch.cat([score(model, x[i : i + size]) for i in range(0, len(x), size)])
+            torch.testing.assert_close(parts, whole, rtol=0, atol=0, msg=f"batches of {size}")
 
 
 @pytest.fixture(scope="module")

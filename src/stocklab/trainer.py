@@ -104,6 +104,23 @@ def eval_mode(model: nn.Module) -> None:
     model.eval()
 
 
+# CPU GEMM and convolution kernels compute a batch's last rows (beyond a multiple of their
+# register block) with other instructions, so a window's output changed in its last bits with
+# the batch it came in: served predictions differed from the training run's. Every scoring pass
+# pads its batch to a multiple of SCORE_ROWS, which leaves each row's output independent of
+# the others (all models, measured: tests/test_models.py).
+SCORE_ROWS = 64
+
+
+def score(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """model(x) for scoring: (B, T, F) -> (B, ...), each window's output independent of which
+    other windows share its batch."""
+    n, pad = len(x), -len(x) % SCORE_ROWS
+    if pad:
+        x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])  # (B + pad, T, F), zero windows dropped below
+    return model(x)[:n]
+
+
 @torch.no_grad()
 def predict(model: nn.Module, ws: WindowSet, split: str, batch_size: int = EVAL_BATCH_SIZE):
     """Predictions for every window of a split -> (pred, label, ticker_idx, day_idx) numpy arrays."""
@@ -111,7 +128,7 @@ def predict(model: nn.Module, ws: WindowSet, split: str, batch_size: int = EVAL_
     preds, ys, ns, ts = [], [], [], []
     for x, y, n, t in eval_batches(ws, split, batch_size):
         with _autocast(ws.device):
-            preds.append(model(x).float())
+            preds.append(score(model, x).float())
         ys.append(y)
         ns.append(n)
         ts.append(t)
@@ -164,7 +181,7 @@ def valid_rank_ic(model: StockModel, ws: WindowSet, batch_size: int = EVAL_BATCH
     preds, ys, ts = [], [], []
     for x, y, _, t in eval_batches(ws, "valid", batch_size):
         with _autocast(ws.device):
-            preds.append(model(x).float())
+            preds.append(score(model, x).float())
         ys.append(y)
         ts.append(t)
     if not preds:

@@ -8,7 +8,7 @@ import torch
 
 from stocklab import factor_eval, portfolio
 from stocklab.config import EVAL_BATCH_SIZE, TrainConfig
-from stocklab.trainer import eval_mode, predict
+from stocklab.trainer import eval_mode, predict, score
 from stocklab.windows import WindowSet
 
 
@@ -16,7 +16,7 @@ from stocklab.windows import WindowSet
 def predict_windows(model, windows: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
     """Model outputs for (B, T, F) windows, in order, `batch_size` at a time."""
     eval_mode(model)
-    out = [model(windows[i : i + batch_size].float()).float().cpu() for i in range(0, len(windows), batch_size)]
+    out = [score(model, windows[i : i + batch_size].float()).float().cpu() for i in range(0, len(windows), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 

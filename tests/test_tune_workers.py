@@ -258,7 +258,7 @@ def test_per_trial_seeding_gives_distinct_draws_and_is_reproducible():
 
 def test_input_cache_prepares_once_per_data_recipe(csv_dir):
     cache = InputCache()
-    cfg = TrainConfig(data=str(csv_dir), features="returns", horizon=1, seq_len=5, device="cpu")
+    cfg = TrainConfig(data=str(csv_dir), features="returns", horizon=1, seq_len=5, device="cpu", cache_dir="")
     first = cache.inputs(cfg)
     assert cache.inputs(TrainConfig(**{**cfg.__dict__, "lr": 0.1, "batch_size": 7})) is first
     assert cache.loads == 1 and cache.hits == 1

@@ -21,13 +21,19 @@ def checkout(monkeypatch):
         yield Path(tmp).resolve()
 
 
-def test_a_temporary_checkout_resolves_to_the_launcher_then_the_store_then_a_fallback(checkout, monkeypatch, tmp_path):
-    assert home.in_temporary_checkout(checkout)
-    assert not home.in_temporary_checkout(tmp_path)  # a user's folder: the job stays there
-    assert home.resolve_home(tmp_path) is None
-    launched, why = home.resolve_home(checkout)  # this test's own ancestors work elsewhere
-    assert launched != checkout and "mlflow run" in why
-    monkeypatch.setattr(home, "launcher_dir", lambda cwd: None)
+def test_a_job_mlflow_run_started_works_where_it_was_launched(checkout, monkeypatch, tmp_path):
+    assert home.in_temporary_checkout(checkout) and home.launched_by_mlflow_run(checkout)
+    assert not home.in_temporary_checkout(tmp_path)
+    assert home.resolve_home(tmp_path) is None  # not a project folder: the job stays
+    assert home.launcher_dir() is not None  # this test's own launcher (pytest's shell's parent)
+    monkeypatch.setattr(home, "launcher_dir", lambda: tmp_path / "caller")
+    assert home.resolve_home(checkout) == (tmp_path / "caller", "the directory `mlflow run` was started in")
+    project = tmp_path / "clone"  # `mlflow run ~/clone` from elsewhere: the caller's folder too
+    project.mkdir()
+    (project / "MLproject").write_text("name: stocklab\n")
+    assert home.resolve_home(project)[0] == tmp_path / "caller"
+    monkeypatch.setattr(home, "launcher_dir", lambda: None)  # no readable launcher
+    assert home.resolve_home(project) is None  # a local project is the user's folder
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     assert home.resolve_home(checkout) == (tmp_path / "store", "the tracking store's directory")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")

@@ -21,7 +21,7 @@ from stocklab.losses import RETURN, listnet, objective
 from stocklab.losses import daily_ic as ic_loss
 from stocklab.models import MODELS, build_model, effective_config, model_config
 from stocklab.spaces import check_comparable, load_space
-from stocklab.trainer import fit, predict, set_seed
+from stocklab.training import fit, predict, set_seed
 from stocklab.windows import Scaler, WindowSet
 
 FR = (0.6, 0.2, 0.2)

@@ -9,7 +9,7 @@ from conftest import long_bars, synthetic_bars
 from stocklab.config import StockLabError, TrainConfig
 from stocklab.features import build_panel
 from stocklab.models import build_model, model_config
-from stocklab.trainer import fit, predict, resolve_device
+from stocklab.training import fit, predict, resolve_device
 from stocklab.windows import WindowSet
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -67,7 +67,7 @@ def _steps(ws, name: str, batch: int, n_steps: int, graph: str, dropout: float =
     'buffers' GraphStep without capture (its static buffers, any device), 'cuda' captured.
     Dropout is off by default: eager and replayed steps need not draw the same masks, and
     cuDNN's LSTM dropout keeps a random state of its own."""
-    from stocklab.trainer import GraphStep, make_optimizer, train_step
+    from stocklab.training.gradient import GraphStep, make_optimizer, train_step
 
     torch.manual_seed(0)
     model = build_model(name, ws.n_features, 10, model_config(name, {"dropout": dropout}))
@@ -108,7 +108,7 @@ def test_graph_step_buffers_feed_the_same_windows_as_eager_steps(name):
 def test_a_step_that_cannot_be_captured_falls_back_to_eager_without_losing_a_step(monkeypatch):
     # e.g. a model that syncs with the host: capture raises, the step it was for and every later
     # one run eagerly, and the reason is kept (fit logs it); on CPU the warm-up runs eagerly too
-    from stocklab.trainer import GraphStep, train_step
+    from stocklab.training.gradient import GraphStep, train_step
 
     def refuse(self):
         raise RuntimeError("operation not permitted when stream is capturing\nmore detail")

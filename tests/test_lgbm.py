@@ -13,14 +13,14 @@ import torch
 from conftest import long_bars, synthetic_bars
 
 from stocklab import registry
-from stocklab.boosting import groups, relevance
 from stocklab.config import StockLabError, TrainConfig
 from stocklab.factor_eval import daily_ic
 from stocklab.features import build_panel
 from stocklab.jobs.train import run_train
 from stocklab.models import build_model, effective_config, model_config
 from stocklab.pipeline.logged import load_network
-from stocklab.trainer import fit, predict
+from stocklab.training import fit, predict
+from stocklab.training.boosting import groups, relevance
 from stocklab.windows import WindowSet
 
 

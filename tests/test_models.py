@@ -19,7 +19,7 @@ from stocklab.jobs.train import run_train
 from stocklab.models import BASELINES, MODELS, build_model, model_config
 from stocklab.pipeline.inputs import prepare
 from stocklab.pipeline.logged import load_network
-from stocklab.trainer import fit, mean_loss, predict, score
+from stocklab.training import fit, mean_loss, predict, score
 from stocklab.windows import WindowSet
 
 
@@ -51,6 +51,48 @@ def test_a_windows_score_does_not_depend_on_the_batch_it_comes_in(name):
         for size in (299, 97, 7, 1):
             parts = torch.cat([score(model, x[i : i + size]) for i in range(0, len(x), size)])
             torch.testing.assert_close(parts, whole, rtol=0, atol=0, msg=f"batches of {size}")
+
+
+class _AutocastProbe(torch.nn.Module):
+    """Wraps a model and records, on every forward, whether autocast was on and its output dtype."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen = inner, []
+        self.output = inner.output
+
+    def forward(self, x):
+        out = self.inner(x)
+        self.seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+        return out
+
+    def train_outputs(self, x):
+        return self.forward(x)
+
+    def penalty(self):
+        return None
+
+
+def test_scoring_runs_in_float32_even_inside_a_callers_autocast(planted):
+    """predict, valid_rank_ic and mean_loss switch autocast off (training.inference): on CUDA the
+    training step's bf16 must never reach logged predictions, the kept epoch or the pruner."""
+    from stocklab.training import valid_rank_ic
+
+    panel = build_panel(planted, "returns", horizon=1, label_scale=1.0)
+    ws = WindowSet(panel, 10, 1, (0.6, 0.2, 0.2), "standard")
+    torch.manual_seed(0)
+    probe = _AutocastProbe(build_model("lstm", ws.n_features, 10, model_config("lstm")))
+    plain = predict(probe, ws, "valid")[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what the CUDA training step runs under
+        inside = predict(probe, ws, "valid")[0]
+        ic = valid_rank_ic(probe, ws)
+        loss = mean_loss(probe, ws, "valid")
+    assert probe.seen and all(not on and dtype == torch.float32 for on, dtype in probe.seen)
+    np.testing.assert_array_equal(inside, plain)
+    assert math.isfinite(ic) and math.isfinite(loss)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the probe itself does see a caller's autocast
+        probe(ws.gather(*[i[:4] for i in ws.index["valid"]]))
+    assert probe.seen[-1] == (True, torch.bfloat16)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from stocklab.jobs.tune import run_tune
 from stocklab.models import BASELINES, MODELS, build_model, effective_config, model_config, model_defaults
 from stocklab.spaces import builtin_models, load_space, suggest
 from stocklab.study.storage import make_storage
-from stocklab.trainer import fit, predict
+from stocklab.training import fit, predict
 from stocklab.windows import WindowSet
 
 SPACE = """

@@ -17,17 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stocklab.errors import StockLabError
+from stocklab.features import FEATURE_SETS  # the registries beside their builders
+from stocklab.losses import DAILY_LOSSES, LOSSES
 
 __all__ = ["StockLabError"]  # re-exported: config users need not import errors too
 
-FEATURE_SETS = ("auto", "ohlcv", "returns", "relative", "technical")
 SCALERS = ("standard", "minmax", "standard_ticker", "minmax_ticker", "cs_zscore", "none")
 # the training target, the objective, how batches are drawn and how the kept epoch is chosen
 # (labels.py, losses.py, windows.py, trainer.py): the cross-sectional recipe is
 # label=cs_rank, batching=daily, select=rank_ic (presets.py: cs-<model>)
 LABELS = ("raw", "excess", "cs_zscore", "cs_rank")
-LOSSES = ("mse", "ic", "rank")
-DAILY_LOSSES = ("ic", "rank")  # losses over each date's cross-section: they need batching=daily
 # the training recipes the models benchmark fits every catalogue model with. raw: the model's own
 # defaults (MSE on the raw forward return). cs: the cross-sectional recipe of the references
 # (Qlib's Alpha360 benchmarks, HIST, MASTER): prices relative to the window's last close, the

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from stocklab.config import StockLabError
+from stocklab.errors import StockLabError
 
 OHLCV_NEEDS = ("open", "high", "low", "close", "volume")
 
@@ -166,4 +166,6 @@ def _relative(wide, close: np.ndarray, opt: _Options) -> _Built:
     return _Built(_stack(cols), names, [0, 1, 2, 3, 4], [3, 3, 3, 3, 4])
 
 
-_BUILDERS = {"ohlcv": _ohlcv, "returns": _returns, "technical": _technical, "relative": _relative}
+_BUILDERS = {"ohlcv": _ohlcv, "returns": _returns, "relative": _relative, "technical": _technical}
+# the `features` parameter's values: `auto` picks one by the model and the data (resolve_feature_set)
+FEATURE_SETS = ("auto", *_BUILDERS)

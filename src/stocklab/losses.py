@@ -29,16 +29,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from stocklab.config import DAILY_LOSSES, StockLabError
 from stocklab.crosssection import date_groups, group_corr
-from stocklab.windows import WindowSet
+from stocklab.errors import StockLabError
+
+if TYPE_CHECKING:  # windows.py imports config, which lists this module's losses
+    from stocklab.windows import WindowSet
 
 # (train outputs, labels (B,), windows, ticker idx (B,), end-day idx (B,)) -> scalar loss
-Loss = Callable[[torch.Tensor, torch.Tensor, WindowSet, torch.Tensor, torch.Tensor], torch.Tensor]
+Loss = Callable[[torch.Tensor, torch.Tensor, "WindowSet", torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def mse(out: torch.Tensor, y: torch.Tensor, ws: WindowSet, n: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -78,7 +81,17 @@ def listnet(score: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tens
     return per_date.index_add_(0, groups, -p_true * log_softmax(score)).mean()
 
 
+# the `loss` parameter's values: "mse" trains the output's own loss (an MSE for a return or
+# per-step forecast, cross-entropy for classes); the others are losses over each date's
+# cross-section of the model's score (they need batching=daily)
 DAILY = {"ic": (daily_ic, "-IC"), "rank": (listnet, "ListNet cross-entropy")}
+LOSSES = ("mse", *DAILY)
+DAILY_LOSSES = tuple(DAILY)
+
+
+def is_daily(loss: str) -> bool:
+    """True for a loss over each date's cross-section (it needs whole dates in a batch)."""
+    return loss in DAILY
 
 
 @dataclass(frozen=True)
@@ -93,8 +106,11 @@ class Output:
 
 
 def objective(output: Output, loss: str) -> tuple[Loss, str]:
-    """(the training loss of a model with this output under `loss`, its name for the plots)."""
-    if loss not in DAILY_LOSSES:
+    """(the training loss of a model with this output under `loss`, its name for the plots); a
+    name that is not in LOSSES is an error, never a silent fallback to the output's own loss."""
+    if loss not in LOSSES:
+        raise StockLabError(f"loss: unknown loss {loss!r} (choose from {', '.join(LOSSES)})")
+    if not is_daily(loss):
         return output.loss, output.loss_name
     if output.score is None:
         raise StockLabError(

@@ -26,65 +26,24 @@ research (`pipeline.logged.load_network`).
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import tempfile
-from importlib import metadata
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
-from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import AnyType, Schema
 
 from stocklab.config import EVAL_BATCH_SIZE, StockLabError
-from stocklab.data import VALUE_COLS, ReadOptions, clean_bars, read_bars
-from stocklab.models import build_model, model_config
+from stocklab.data import ReadOptions, clean_bars, read_bars
 from stocklab.pipeline.inputs import Bundle, latest_windows, prepare
+from stocklab.pipeline.packaging import network_from_files
 from stocklab.pipeline.scoring import predict_windows
 from stocklab.windows import TooShort, window_span
 
 log = logging.getLogger("stocklab.serving")
-
-STATE = "state"  # artifacts/ of the logged model: StockModel.save_state's files
-BUNDLE = "preprocess.json"
-ENTRY = Path(__file__).with_name("pyfunc_model.py")
-REQUIRED = ("date", "ticker", "close")
-OUTPUT = ("date", "ticker", "prediction")
-EXAMPLE_TICKERS, EXAMPLE_WARMUP = 3, 250  # the input example: 3 tickers' last window span + 250 bars
-
-
-def signature() -> ModelSignature:
-    """Named columns in, named columns out; the same for every version of every model. Inputs
-    are typed `Any`: data.py parses them as it parses a file (dates as strings, yyyymmdd or
-    datetimes; numbers of any int or float dtype), where MLflow's own `double` would refuse
-    int64 volumes ("cannot safely convert") and its datetime would read 07/02 month-first."""
-    values = [ColSpec(AnyType(), c, required=c in REQUIRED) for c in VALUE_COLS]
-    inputs = Schema([ColSpec(AnyType(), "date"), ColSpec(DataType.string, "ticker"), *values])
-    outputs = Schema(
-        [ColSpec(DataType.datetime, "date"), ColSpec(DataType.string, "ticker"), ColSpec(DataType.double, "prediction")]
-    )
-    params = ParamSchema(
-        [
-            ParamSpec("all_dates", DataType.boolean, False),
-            ParamSpec("align", DataType.boolean, False),
-            ParamSpec("batch_size", DataType.long, EVAL_BATCH_SIZE),  # windows per forward pass
-        ]
-    )
-    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
-
-
-def network_from_files(state: str | Path, bundle: str | Path) -> tuple[torch.nn.Module, Bundle]:
-    """The plain network (eval mode, CPU) and its Bundle from a logged model's two artifacts."""
-    b = Bundle.from_dict(json.loads(Path(bundle).read_text()))
-    network = build_model(b.model, len(b.feature_names), b.seq_len, model_config(b.model, b.model_config))
-    network.load_state(Path(state))
-    return network.eval(), b
 
 
 def score_bars(
@@ -181,46 +140,3 @@ class RawBarModel(mlflow.pyfunc.PythonModel):
             )  # fmt: skip
         except StockLabError as e:  # a bad request: MLflow's server answers 400 with this line
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
-
-
-def example_bars(raw: pd.DataFrame, tickers: list[str], seq_len: int, stride: int = 1) -> pd.DataFrame:
-    """The input example: the last bars of a few of the model's tickers, as a client sends them."""
-    keep = raw[raw["ticker"].isin(tickers[:EXAMPLE_TICKERS])]
-    days = window_span(seq_len, stride) + EXAMPLE_WARMUP
-    example = keep.groupby("ticker", sort=True).tail(days).reset_index(drop=True)
-    return example.assign(date=example["date"].dt.strftime("%Y-%m-%d"))
-
-
-def requirements() -> list[str]:
-    """The serving environment: this package's own runtime dependencies (its source travels
-    with the model as code), pinned to torch and MLflow as installed."""
-    pins = {"torch": torch.__version__.split("+")[0], "mlflow": mlflow.__version__}
-    try:
-        reqs = [r for r in metadata.requires("stocklab") or [] if "extra ==" not in r]
-    except metadata.PackageNotFoundError:  # run from a source tree (PYTHONPATH=src)
-        reqs = ["numpy", "pandas", "pyarrow", "scipy"]
-    names = {r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower(): r for r in reqs}
-    names |= {k: f"{k}=={v}" for k, v in pins.items()}
-    return sorted(v.split(";")[0].strip() for v in names.values())
-
-
-def log_scoring_model(network: torch.nn.Module, bundle: dict, example: pd.DataFrame):
-    """Log `network` with its Bundle as the active run's `model` (the raw-bar pyfunc)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        state, bundle_file = Path(tmp) / STATE, Path(tmp) / BUNDLE
-        state.mkdir()
-        network.save_state(state)
-        bundle_file.write_text(json.dumps(bundle))
-        code = Path(tmp) / "code" / "stocklab"  # the package's source, without bytecode caches
-        shutil.copytree(Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(ENTRY),
-            artifacts={"state": str(state), "bundle": str(bundle_file)},
-            code_paths=[str(code)],
-            signature=signature(),
-            input_example=example,
-            pip_requirements=requirements(),  # explicit: skips MLflow's slow requirement inference
-        )
-    mlflow.set_tags({"stocklab.model_uri": info.model_uri, "model_serialization": "pyfunc"})
-    return info

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from stocklab.errors import StockLabError, mask_secrets
-from stocklab.models import fixed_values
 
 
 def unquote_param(logged: str) -> str:
@@ -296,28 +295,6 @@ def _end_if_active(run, status: str) -> None:
         mlflow.end_run(status)
         if active.info.run_id == run.info.run_id:
             return
-
-
-# short names of the hyper-parameters that tell runs apart in the UI's run list
-_SHORT = {"variant": "", "hidden_size": "h", "d_model": "d", "num_layers": "L", "channels": "c", "cell": "",
-          "objective": "", "num_leaves": "nl"}  # fmt: skip
-
-
-def run_name(model: str, model_params: dict, seq_len: int, lr: float, prefix: str = "") -> str:
-    """A readable run name: model, its key sizes, window length, learning rate
-    (e.g. `lstm h32 L2 T20 lr1e-03`, `cnn2d deep T96 lr1e-05`, `cnn_ta T1 lr1e-03`): the window
-    length the model trains on, which its definition may fix (models.fixed_values); a tree
-    model's own learning rate (`lgbm regression nl31 T20 lr5e-02`)."""
-    seq_len = fixed_values(model, model_params).get("seq_len", seq_len)
-    lr = model_params.get("learning_rate", lr)
-    parts = [model]
-    for key, short in _SHORT.items():
-        if key in model_params:
-            parts.append(f"{short}{model_params[key]}")
-    if model_params.get("channels1") and model_params.get("channels2"):
-        parts.append(f"c{model_params['channels1']}x{model_params['channels2']}")
-    parts += [f"T{seq_len}", f"lr{float(lr):.0e}"]
-    return " ".join(([prefix] if prefix else []) + parts)
 
 
 def unique_name(name: str) -> str:

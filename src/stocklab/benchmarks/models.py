@@ -34,7 +34,7 @@ from stocklab.pipeline.inputs import InputCache
 from stocklab.pipeline.scoring import panel_close, rank_ic_of
 from stocklab.presets import PRESETS
 from stocklab.tracking import job_run, log_params_once, system_metrics
-from stocklab.trainer import configure_cpu_threads, resolve_device
+from stocklab.training import configure_cpu_threads, resolve_device
 
 RECOVERY_ONLY = ("tickers", "days")
 SETUP_ONLY = ("resume", "report", "experiment")  # change nothing that is fitted: not in the resume key

@@ -42,7 +42,7 @@ from stocklab.models import BASELINES, MODELS, recipe_values  # noqa: E402
 from stocklab.pipeline.fitting import train_in_run  # noqa: E402
 from stocklab.pipeline.scoring import rank_ic_of  # noqa: E402
 from stocklab.tracking import job_run, log_params_once  # noqa: E402
-from stocklab.trainer import configure_cpu_threads, resolve_device  # noqa: E402
+from stocklab.training import configure_cpu_threads, resolve_device  # noqa: E402
 
 LOOKBACK = 20  # days behind the planted score
 STRENGTH = 0.0018  # a: the score's lift of the next day's log return (oracle rank IC ~0.10 at h=20)

@@ -43,7 +43,7 @@ from stocklab.data import load_panel
 from stocklab.features import Panel, build_panel
 from stocklab.models import build_model, model_config
 from stocklab.tracking import job_run, log_params_once
-from stocklab.trainer import configure_cpu_threads, fit, resolve_device
+from stocklab.training import configure_cpu_threads, fit, resolve_device
 from stocklab.windows import WindowSet
 
 DEFAULTS = TrainConfig()  # the label, split and scaler the suite measures with: train's defaults

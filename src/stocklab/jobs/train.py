@@ -16,7 +16,7 @@ import mlflow
 from stocklab import tracking
 from stocklab.config import TrainConfig
 from stocklab.errors import describe
-from stocklab.models import model_defaults
+from stocklab.models import model_defaults, run_name
 from stocklab.pipeline.fitting import train_in_run
 
 EXPERIMENT = "stocklab-train"
@@ -30,7 +30,7 @@ VIEW_PARAMS = ("model", "preset", "features", "horizon", "seq_len", "lr", "batch
 def run_train(cfg: TrainConfig, model_overrides: dict | None = None) -> dict:
     """Train in a run of the experiment `stocklab-train` (or `cfg.experiment`); a failure ends
     it FAILED with the reason as the tag `stocklab.error`, keeping whatever was already logged."""
-    name = tracking.run_name(cfg.model, {**model_defaults(cfg.model), **(model_overrides or {})}, cfg.seq_len, cfg.lr)
+    name = run_name(cfg.model, {**model_defaults(cfg.model), **(model_overrides or {})}, cfg.seq_len, cfg.lr)
     name = tracking.unique_name(name)
     with tracking.job_run(cfg.experiment or EXPERIMENT, bool(cfg.experiment), run_name=name) as run:
         # the UI's runs table shows no metric until one is picked: a saved view picks them

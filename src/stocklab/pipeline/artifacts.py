@@ -17,10 +17,11 @@ import mlflow
 import pandas as pd
 import torch
 
-from stocklab import factor_eval, plots, serving
+from stocklab import factor_eval, plots
 from stocklab.config import TrainConfig
 from stocklab.data import ReadOptions, load_panel
 from stocklab.errors import describe
+from stocklab.pipeline import packaging
 from stocklab.pipeline.inputs import Prepared
 from stocklab.pipeline.scoring import portfolio_of, predictions_frame, split_metrics
 
@@ -98,8 +99,8 @@ def log_full_evaluation(
         heatmap = plots.attention_heatmap(weights.float().cpu().numpy(), labels)
         plots.log_figure(heatmap, "plots/attention_heatmap.png")
     raw, _ = load_panel(cfg.data, cfg.cache_dir, ReadOptions.of(cfg))  # the parsed-panel cache: no second parse
-    example = serving.example_bars(raw, bundle["tickers"], cfg.seq_len, cfg.window_stride)
-    serving.log_scoring_model(model, bundle, example)
+    example = packaging.example_bars(raw, bundle["tickers"], cfg.seq_len, cfg.window_stride)
+    packaging.log_scoring_model(model, bundle, example)
 
 
 def log_state(model) -> None:

@@ -7,7 +7,7 @@ inputs, log what the run is about, fit every fold, combine the folds' scores, lo
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,7 +37,7 @@ from stocklab.pipeline.scoring import (
     split_metrics,
     valid_portfolio_metrics,
 )
-from stocklab.trainer import History, configure_cpu_threads, fit, resolve_device, set_seed
+from stocklab.training import Epoch, History, configure_cpu_threads, fit, resolve_device, set_seed
 from stocklab.windows import valid_window_mask, window_span
 
 
@@ -79,35 +79,47 @@ class FoldResult:
     n_params: int
 
 
+class EpochLogger:
+    """The trainer's epoch hook for one fold: the epoch's losses to the active run (as
+    `<prefix>train_loss`, ...), then the caller's hook (the tuner) with an EpochInfo whose
+    validation rank IC and book are computed only if it asks for them."""
+
+    def __init__(self, model, ws, cfg: TrainConfig, on_epoch: EpochHook | None, prefix: str):
+        self.model, self.ws, self.cfg, self.on_epoch, self.prefix = model, ws, cfg, on_epoch, prefix
+
+    def __call__(self, done: Epoch) -> None:
+        losses = {f"{self.prefix}train_loss": done.train_loss, f"{self.prefix}valid_loss": done.valid_loss}
+        if done.rank_ic is not None:
+            losses[f"{self.prefix}valid_rank_ic_epoch"] = done.rank_ic
+        mlflow.log_metrics(losses, step=done.epoch)
+        if self.on_epoch is None:
+            return
+        fold = self.ws.fold.index
+        self.on_epoch(EpochInfo(
+            done.epoch, done.train_loss, done.valid_loss, done.best_epoch, done.best_valid,
+            functools.partial(self.valid_rank_ic, done), self.valid_ls_sharpe_net,
+            fold=fold, step=fold * self.cfg.epochs + done.epoch,
+        ))  # fmt: skip
+
+    def valid_rank_ic(self, done: Epoch) -> float:  # select=rank_ic computed it already: the same value
+        if done.rank_ic is not None:
+            return done.rank_ic
+        return rank_ic_of(predictions_frame(self.model, self.ws, "valid", self.cfg.eval_batch_size))
+
+    def valid_ls_sharpe_net(self) -> float:
+        frame = predictions_frame(self.model, self.ws, "valid", self.cfg.eval_batch_size)
+        return valid_portfolio_metrics(frame, self.ws, self.cfg).get("valid_ls_sharpe_net", float("nan"))
+
+
 def fit_fold(cfg: TrainConfig, mcfg, prep: Prepared, on_epoch: EpochHook | None, prefix: str) -> FoldResult:
     """Fit a fresh model on one fold's training span, early-stop on its validation span and
     score its test period. Per-epoch losses go to the active run as `<prefix>train_loss`."""
-    ws, fold = prep.ws, prep.ws.fold
+    ws = prep.ws
     set_seed(cfg.seed)  # every fold starts from the same initialisation
     model = build_model(cfg.model, ws.n_features, cfg.seq_len, mcfg)
-
-    def log_epoch(epoch: int, train_loss: float, valid_loss: float, hist: History) -> None:
-        def valid_rank_ic() -> float:  # select=rank_ic computed it already: the same value
-            if len(hist.valid_rank_ic) == epoch:
-                return hist.valid_rank_ic[-1]
-            return rank_ic_of(predictions_frame(model, ws, "valid", cfg.eval_batch_size))
-
-        def valid_ls_sharpe_net() -> float:
-            frame = predictions_frame(model, ws, "valid", cfg.eval_batch_size)
-            return valid_portfolio_metrics(frame, ws, cfg).get("valid_ls_sharpe_net", float("nan"))
-
-        losses = {f"{prefix}train_loss": train_loss, f"{prefix}valid_loss": valid_loss}
-        if len(hist.valid_rank_ic) == epoch:
-            losses[f"{prefix}valid_rank_ic_epoch"] = hist.valid_rank_ic[-1]
-        mlflow.log_metrics(losses, step=epoch)
-        if on_epoch is not None:
-            step = fold.index * cfg.epochs + epoch
-            info = EpochInfo(
-                epoch, train_loss, valid_loss, hist.best_epoch, hist.best_valid, valid_rank_ic, valid_ls_sharpe_net
-            )
-            on_epoch(dataclasses.replace(info, fold=fold.index, step=step))
-
-    hist = fit(model, ws, cfg, on_epoch=log_epoch)  # restores the best epoch's weights
+    hist = fit(
+        model, ws, cfg, on_epoch=EpochLogger(model, ws, cfg, on_epoch, prefix)
+    )  # restores the best epoch's weights
     if hist.graph_fallback:  # the model could not be captured: it trained eagerly
         mlflow.set_tag("stocklab.cuda_graph_fallback", hist.graph_fallback)
     valid = predictions_frame(model, ws, "valid", cfg.eval_batch_size)

@@ -14,12 +14,13 @@ import mlflow
 import pandas as pd
 import torch
 
-from stocklab import factor_eval, serving
+from stocklab import factor_eval
 from stocklab.config import CACHE_DIR, StockLabError
 from stocklab.models import build_model, model_config
+from stocklab.pipeline import packaging
 from stocklab.pipeline.artifacts import BUNDLE_ARTIFACT, STATE_ARTIFACT, log_full_evaluation
 from stocklab.pipeline.inputs import Bundle, prepare
-from stocklab.trainer import eval_mode
+from stocklab.training.inference import eval_mode
 
 
 def has_model(run_id: str) -> bool:
@@ -58,10 +59,10 @@ def load_network(model_uri: str) -> tuple[torch.nn.Module, Bundle]:
     A tune trial that logged its fitted state only gets its model logged first (`complete_run`)."""
     ensure_model(model_uri)
     local = Path(mlflow.artifacts.download_artifacts(model_uri))
-    state, bundle = local / "artifacts" / serving.STATE, local / "artifacts" / serving.BUNDLE
+    state, bundle = local / "artifacts" / packaging.STATE, local / "artifacts" / packaging.BUNDLE
     if not (state.is_dir() and bundle.exists()):
-        raise StockLabError(f"model: {model_uri} has no artifacts/{serving.STATE} (not a stocklab scoring model)")
-    return serving.network_from_files(state, bundle)
+        raise StockLabError(f"model: {model_uri} has no artifacts/{packaging.STATE} (not a stocklab scoring model)")
+    return packaging.network_from_files(state, bundle)
 
 
 def load_scoring_model(model_uri: str):

@@ -8,7 +8,7 @@ import torch
 
 from stocklab import factor_eval, portfolio
 from stocklab.config import EVAL_BATCH_SIZE, TrainConfig
-from stocklab.trainer import eval_mode, predict, score
+from stocklab.training.inference import eval_mode, predict, score
 from stocklab.windows import WindowSet
 
 

@@ -7,6 +7,9 @@ Each key is a `train` parameter or a model hyper-parameter; each value says how 
     batch_norm:  {type: categorical, choices: [false, true]}           # trial.suggest_categorical
     dropout:     {type: float, low: 0.0, high: 0.5, when: {num_layers: [2, 3]}}
 
+`recipe: [label, batching, loss, select]` takes those dimensions of the training recipe from
+`_recipe.yaml` (written once for every built-in space), at that place in the sampling order.
+
 `when` makes a dimension conditional: it is sampled only when every named parameter (sampled
 earlier in the file, or fixed for the study, `metric` included) has one of the listed values;
 otherwise the parameter keeps the study's value. `tune -P space=path.yaml` replaces the
@@ -34,7 +37,29 @@ TYPES = ("int", "float", "categorical")
 
 def builtin_models() -> list[str]:
     """Models with a built-in search space."""
-    return sorted(p.name[: -len(".yaml")] for p in resources.files(__package__).iterdir() if p.name.endswith(".yaml"))
+    files = resources.files(__package__).iterdir()
+    return sorted(p.name[: -len(".yaml")] for p in files if p.name.endswith(".yaml") and not p.name.startswith("_"))
+
+
+RECIPE_FILE = "_recipe.yaml"
+
+
+def _with_recipe(space: dict, where: str) -> dict:
+    """`space` with its `recipe: [names]` entry replaced, in place, by those dimensions of
+    _recipe.yaml."""
+    if "recipe" not in space:
+        return space
+    shared = yaml.safe_load((resources.files(__package__) / RECIPE_FILE).read_text())
+    names = space["recipe"]
+    if not isinstance(names, list) or not names or any(n not in shared for n in names):
+        raise StockLabError(f"space: {where}: recipe must list dimensions among {', '.join(shared)}")
+    out = {}
+    for key, spec in space.items():
+        if key == "recipe":
+            out |= {n: shared[n] for n in names if n not in space}
+        else:
+            out[key] = spec
+    return out
 
 
 def _read(model: str, path: str) -> tuple[dict, str]:
@@ -57,7 +82,7 @@ def _read(model: str, path: str) -> tuple[dict, str]:
         raise StockLabError(f"space: {where} is not valid YAML ({one_line(e)})") from None
     if not isinstance(space, dict):
         raise StockLabError(f"space: {where} must map parameter names to specs")
-    return space, where
+    return _with_recipe(space, where), where
 
 
 def load_space(model: str, model_cfg, path: str = "", fixed=frozenset()) -> dict:

@@ -22,7 +22,7 @@ import optuna
 from stocklab import tracking
 from stocklab.config import TUNE_METRICS, TuneConfig, split_params, with_values
 from stocklab.errors import describe, one_line
-from stocklab.models import model_defaults
+from stocklab.models import model_defaults, run_name
 from stocklab.pipeline.fitting import EpochInfo, train_in_run
 from stocklab.pipeline.inputs import InputCache
 from stocklab.spaces import suggest
@@ -137,7 +137,7 @@ def make_objective(setup: StudySetup, cache: InputCache):
         train_values, model_values = split_params(params)
         overrides = {**setup.model_overrides, **model_values}
         shown = {**context, **params}
-        name = tracking.run_name(cfg.model, shown, shown["seq_len"], shown["lr"], prefix=f"t{trial.number:03d}")
+        name = run_name(cfg.model, shown, shown["seq_len"], shown["lr"], prefix=f"t{trial.number:03d}")
         try:
             with trial_run(trial, setup, name):
                 tcfg = with_values(base, train_values)

@@ -1,4 +1,4 @@
-"""The tree trainer: LightGBM on a WindowSet's flattened windows, keeping trainer.fit's contract.
+"""The tree trainer: LightGBM on a WindowSet's flattened windows, keeping the gradient trainer's contract.
 
 What is fitted is what the networks fit: the training split's windows (train_every included)
 and their target (`label`: raw or a cross-sectional transform), early-stopped on the
@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from stocklab.config import StockLabError, TrainConfig
-from stocklab.trainer import EpochCallback, History, record_epoch, valid_rank_ic
+from stocklab.training.history import EpochCallback, History, finish, improved, record_epoch
+from stocklab.training.inference import valid_rank_ic
 from stocklab.windows import WindowSet
 
 NDCG_AT = 20  # lambdarank's validation loss: 1 - NDCG of each date's top 20
@@ -65,7 +66,7 @@ def _dataset(lgb, X, y, days, cfg, reference=None):
 
 def fit_booster(model, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallback | None = None) -> History:
     """Boost `model`'s trees on ws's train split, early-stop on the validation split, keep the
-    best epoch's rounds (model.best_iteration). Same contract and History as trainer.fit."""
+    best epoch's rounds (model.best_iteration). Same contract and History as fit_gradient."""
     import lightgbm as lgb
 
     mc = model.cfg
@@ -108,20 +109,17 @@ def fit_booster(model, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallback 
         train_only += time.perf_counter() - t0
         train_loss, valid_loss = (_loss(booster.eval_train()), _loss(booster.eval_valid()))
         score = valid_rank_ic(model, ws, cfg.eval_batch_size) if cfg.select == "rank_ic" else None
-        improved = record_epoch(hist, epoch, train_loss, valid_loss, score)
+        done = record_epoch(hist, epoch, train_loss, valid_loss, score)
         bar.set_postfix(train=f"{train_loss:.4g}", valid=f"{valid_loss:.4g}", rounds=booster.current_iteration())
-        if improved:
+        if improved(hist, done):
             best_rounds = booster.current_iteration()
-        if on_epoch is not None:  # after the update, as trainer.fit: it may raise to prune
-            on_epoch(epoch, train_loss, valid_loss, hist)
-        if finished or (not improved and epoch - hist.best_epoch >= cfg.patience):
+        if on_epoch is not None:  # after the update, as fit_gradient: it may raise to prune
+            on_epoch(done)
+        if finished or epoch - hist.best_epoch >= cfg.patience:
             break
     model.best_iteration = best_rounds
-    hist.train_time_s = time.perf_counter() - start
     hist.train_only_s = train_only
-    hist.samples_per_s = len(X) * len(hist.train_loss) / max(hist.train_time_s, 1e-9)
-    hist.samples_per_s_train = len(X) * len(hist.train_loss) / max(train_only, 1e-9)
-    return hist
+    return finish(hist, len(X), start, time.perf_counter())
 
 
 def _loss(evaluation: list) -> float:

@@ -1,0 +1,145 @@
+"""The logged model's files: its layout, signature and environment, and how a run logs it.
+
+Every logged model is the raw-bar pyfunc (serving.py) as MLflow "models from code": the entry
+script `pyfunc_model.py`, the network's fitted state (`artifacts/state/`), its Bundle
+(`artifacts/preprocess.json`) and, as the model's code, the part of this package that scoring
+imports (`scoring_modules`: the import closure of the entry script, read from the source, so
+benchmarks, jobs, studies and report writers stay out of every model).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+from mlflow.models import ModelSignature
+from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+
+from stocklab.config import EVAL_BATCH_SIZE
+from stocklab.data import VALUE_COLS
+from stocklab.models import build_model, model_config
+from stocklab.pipeline.inputs import Bundle
+from stocklab.windows import window_span
+
+PACKAGE = Path(__file__).resolve().parents[1]  # src/stocklab
+STATE = "state"  # artifacts/ of the logged model: StockModel.save_state's files
+BUNDLE = "preprocess.json"
+ENTRY = PACKAGE / "pyfunc_model.py"
+REQUIRED = ("date", "ticker", "close")
+OUTPUT = ("date", "ticker", "prediction")
+EXAMPLE_TICKERS, EXAMPLE_WARMUP = 3, 250  # the input example: 3 tickers' last window span + 250 bars
+
+
+def signature() -> ModelSignature:
+    """Named columns in, named columns out; the same for every version of every model. Inputs
+    are typed `Any`: data.py parses them as it parses a file (dates as strings, yyyymmdd or
+    datetimes; numbers of any int or float dtype), where MLflow's own `double` would refuse
+    int64 volumes ("cannot safely convert") and its datetime would read 07/02 month-first."""
+    values = [ColSpec(AnyType(), c, required=c in REQUIRED) for c in VALUE_COLS]
+    inputs = Schema([ColSpec(AnyType(), "date"), ColSpec(DataType.string, "ticker"), *values])
+    outputs = Schema(
+        [ColSpec(DataType.datetime, "date"), ColSpec(DataType.string, "ticker"), ColSpec(DataType.double, "prediction")]
+    )
+    params = ParamSchema(
+        [
+            ParamSpec("all_dates", DataType.boolean, False),
+            ParamSpec("align", DataType.boolean, False),
+            ParamSpec("batch_size", DataType.long, EVAL_BATCH_SIZE),  # windows per forward pass
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def network_from_files(state: str | Path, bundle: str | Path) -> tuple[torch.nn.Module, Bundle]:
+    """The plain network (eval mode, CPU) and its Bundle from a logged model's two artifacts."""
+    b = Bundle.from_dict(json.loads(Path(bundle).read_text()))
+    network = build_model(b.model, len(b.feature_names), b.seq_len, model_config(b.model, b.model_config))
+    network.load_state(Path(state))
+    return network.eval(), b
+
+
+def example_bars(raw: pd.DataFrame, tickers: list[str], seq_len: int, stride: int = 1) -> pd.DataFrame:
+    """The input example: the last bars of a few of the model's tickers, as a client sends them."""
+    keep = raw[raw["ticker"].isin(tickers[:EXAMPLE_TICKERS])]
+    days = window_span(seq_len, stride) + EXAMPLE_WARMUP
+    example = keep.groupby("ticker", sort=True).tail(days).reset_index(drop=True)
+    return example.assign(date=example["date"].dt.strftime("%Y-%m-%d"))
+
+
+def requirements() -> list[str]:
+    """The serving environment: this package's own runtime dependencies (its source travels
+    with the model as code), pinned to torch and MLflow as installed."""
+    pins = {"torch": torch.__version__.split("+")[0], "mlflow": mlflow.__version__}
+    try:
+        reqs = [r for r in metadata.requires("stocklab") or [] if "extra ==" not in r]
+    except metadata.PackageNotFoundError:  # run from a source tree (PYTHONPATH=src)
+        reqs = ["numpy", "pandas", "pyarrow", "scipy"]
+    names = {r.split(";")[0].split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower(): r for r in reqs}
+    names |= {k: f"{k}=={v}" for k, v in pins.items()}
+    return sorted(v.split(";")[0].strip() for v in names.values())
+
+
+def log_scoring_model(network: torch.nn.Module, bundle: dict, example: pd.DataFrame):
+    """Log `network` with its Bundle as the active run's `model` (the raw-bar pyfunc)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        state, bundle_file = Path(tmp) / STATE, Path(tmp) / BUNDLE
+        state.mkdir()
+        network.save_state(state)
+        bundle_file.write_text(json.dumps(bundle))
+        code = Path(tmp) / "code" / "stocklab"  # the source scoring imports, without bytecode caches
+        for rel in scoring_modules():
+            (code / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(PACKAGE / rel, code / rel)
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(ENTRY),
+            artifacts={"state": str(state), "bundle": str(bundle_file)},
+            code_paths=[str(code)],
+            signature=signature(),
+            input_example=example,
+            pip_requirements=requirements(),  # explicit: skips MLflow's slow requirement inference
+        )
+    mlflow.set_tags({"stocklab.model_uri": info.model_uri, "model_serialization": "pyfunc"})
+    return info
+
+
+def _module_file(name: str) -> Path | None:
+    rel = Path(*name.split(".")[1:])
+    for path in (PACKAGE / rel / "__init__.py", (PACKAGE / rel).with_suffix(".py")):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported(path: Path) -> set[str]:
+    """The stocklab modules a source file imports (lazy imports in functions included)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.startswith("stocklab")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("stocklab"):
+            out.add(node.module)
+            out |= {f"{node.module}.{a.name}" for a in node.names}
+    return out
+
+
+def scoring_modules() -> list[Path]:
+    """The package files (relative to it) that loading and scoring a logged model imports: the
+    entry script's import closure, with the package __init__ of every module in it."""
+    todo, files = ["stocklab.pyfunc_model"], set()
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for k in range(1, len(parts) + 1):  # a module's packages run their __init__ first
+            path = _module_file(".".join(parts[:k]))
+            if path is not None and path not in files:
+                files.add(path)
+                todo.extend(_imported(path))
+    return sorted(p.relative_to(PACKAGE) for p in files)

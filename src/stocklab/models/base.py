@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stocklab.config import StockLabError
+from stocklab.errors import StockLabError
 from stocklab.losses import RETURN, Output
 
 STATE_FILE = "state_dict.pt"

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from stocklab.config import StockLabError, opt
+from stocklab.errors import StockLabError
+from stocklab.fields import opt
 from stocklab.models.base import StockModel, check_ranges
 
 

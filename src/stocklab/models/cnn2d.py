@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from stocklab.config import opt
+from stocklab.fields import opt
 from stocklab.models.base import StockModel, check_ranges
 
 VARIANTS = {"baseline": (2, 4), "deep": (8, 16), "custom": (0, 0)}

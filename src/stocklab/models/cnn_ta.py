@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from stocklab.config import opt
+from stocklab.fields import opt
 from stocklab.losses import CLASSES
 from stocklab.models.base import StockModel, check_ranges
 

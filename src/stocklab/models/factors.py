@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from stocklab.config import opt
+from stocklab.fields import opt
 from stocklab.models.base import StockModel
 
 CLOSE, VOLUME = 3, 4  # columns of the `ohlcv` feature set (features.build_panel)

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stocklab.config import StockLabError, opt
+from stocklab.errors import StockLabError
+from stocklab.fields import opt
 from stocklab.models.base import StockModel, check_ranges
 
 BOOSTER_FILE = "booster.txt"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from stocklab.config import opt
+from stocklab.fields import opt
 from stocklab.models.base import StockModel, check_ranges
 
 

@@ -18,6 +18,7 @@ import sys
 
 from stocklab.config import (
     JOB_CONFIGS,
+    RECIPES,
     ArgumentParser,
     PromoteConfig,
     StockLabError,
@@ -115,8 +116,10 @@ def _unknown(job: str, arg: str, model: str | None = None) -> StockLabError:
 def parse_model_job(job: str, argv: list[str], cls=TrainConfig):
     """(config, model overrides, names given explicitly) for `train`/`tune`.
 
-    Values stack: the config's defaults < the preset's values < explicit flags. A preset's
-    model hyper-parameters apply only when the preset's model is the one being trained.
+    Values stack: the config's defaults < the recipe's values (config.RECIPES) < the preset's
+    values < explicit flags; the recipe is the explicit one, else the preset's, else the default
+    (cs). A preset's model hyper-parameters apply only when the preset's model is the one
+    being trained.
     """
     model, preset = _model_and_preset(argv, cls)
     ns, unknown = job_parser(job, cls, model).parse_known_args(argv)
@@ -127,7 +130,10 @@ def parse_model_job(job: str, argv: list[str], cls=TrainConfig):
     if preset.get("model", model) != model:
         preset_model = {}  # another model's hyper-parameters
     values, model_args = split_params(explicit, cls)
-    values = {**from_preset, **values, "model": model}
+    recipe = values.get("recipe") or from_preset.get("recipe") or cls().recipe
+    if recipe not in RECIPES:
+        raise StockLabError(f"recipe: {recipe!r} must be one of {', '.join(RECIPES)}")
+    values = {**RECIPES[recipe], **from_preset, **values, "model": model, "recipe": recipe}
     return with_values(cls(), values), {**preset_model, **model_args}, set(explicit)
 
 
@@ -147,7 +153,8 @@ def cmd_train(argv: list[str]) -> int:
     result = run_train(cfg, model_args)
     print(
         f"run {result['run_id']}: test_mse={result['test_mse']:.6g} test_naive_mse={result['test_naive_mse']:.6g} "
-        f"test_mse_skill={result['test_mse_skill']:.4f} valid_loss_min={result['valid_loss_min']:.6g} "
+        f"test_mse_skill={result['test_mse_skill']:.4f} test_rank_ic={result.get('test_rank_ic', float('nan')):.4f} "
+        f"valid_rank_ic={result.get('valid_rank_ic', float('nan')):.4f} valid_loss_min={result['valid_loss_min']:.6g} "
         f"train_best_epoch={result['train_best_epoch']} train_time_s={result['train_time_s']:.1f}"
     )
     return 0

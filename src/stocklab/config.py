@@ -28,18 +28,22 @@ from stocklab.losses import DAILY_LOSSES, LOSSES
 __all__ = ["StockLabError"]  # re-exported: config users need not import errors too
 
 SCALERS = ("standard", "minmax", "standard_ticker", "minmax_ticker", "cs_zscore", "none")
-# the training target, the objective, how batches are drawn and how the kept epoch is chosen
-# (labels.py, losses.py, windows.py, trainer.py): the cross-sectional recipe is
-# label=cs_rank, batching=daily, select=rank_ic (presets.py: cs-<model>)
 LABELS = ("raw", "excess", "cs_zscore", "cs_rank")
-# the training recipes the models benchmark fits every catalogue model with. raw: the model's own
-# defaults (MSE on the raw forward return). cs: the cross-sectional recipe of the references
-# (Qlib's Alpha360 benchmarks, HIST, MASTER): prices relative to the window's last close, the
-# label ranked within each day, batches of whole days, the kept epoch by validation rank IC
+# The training recipes (`recipe`): the training target, how batches are drawn, how the kept
+# epoch is chosen and what `features=auto` means (crosssection.py, windows.py, training/).
+# cs, the default: the cross-sectional recipe of the references (Qlib's Alpha360 benchmarks,
+# HIST, MASTER): the label ranked within each day, batches of whole days, the kept epoch by
+# validation rank IC, prices relative to the window's last close. On a planted signal every
+# family learns under it (tests/test_learnability.py); on price levels none does.
+# raw: the source studies' recipe: MSE on the raw forward return of shuffled windows, the kept
+# epoch by validation loss, `auto` features by the data (price levels on OHLCV bars).
+# The dataclass defaults below are cs's values; explicit values always win over a recipe.
 RECIPES: dict[str, dict] = {
-    "raw": {},
-    "cs": dict(features="relative", label="cs_rank", batching="daily", select="rank_ic"),
+    "cs": dict(label="cs_rank", batching="daily", select="rank_ic"),
+    "raw": dict(label="raw", batching="random", select="loss"),
 }
+# what features=auto means under each recipe for a model without a feature set of its own
+AUTO_FEATURES = {"cs": "relative", "raw": "by data"}
 BATCHINGS = ("random", "daily")
 SELECTS = ("loss", "rank_ic")
 DEVICES = ("auto", "cpu", "cuda")
@@ -82,7 +86,17 @@ class TrainConfig:
     max_drop: float = opt(0.05, "warn about a ticker losing more than this share of its rows in cleaning", role="panel")
     model: str = opt("lstm", "a name from stocklab.models.MODELS", role="panel")
     preset: str = opt("", "a source study's configuration (see presets.py); explicit values override it")
-    features: str = opt("auto", "feature set", FEATURE_SETS, role="panel")
+    recipe: str = opt(
+        "cs",
+        "training recipe: cs = label cs_rank, batching daily, select rank_ic, features relative; raw = the source "
+        "studies' (label raw, batching random, select loss, features by the data); explicit values win",
+        tuple(RECIPES),
+        role="panel",
+    )
+    features: str = opt(
+        "auto", "feature set (auto: the model's own, else the recipe's: relative, or by the data)", FEATURE_SETS,
+        role="panel",
+    )  # fmt: skip
     horizon: int = opt(20, "label = forward return over N trading days", role="panel")
     seq_len: int = opt(20, "steps per input window", role="panel")
     window_stride: int = opt(1, "days between window steps (21: monthly)", role="panel")
@@ -95,15 +109,15 @@ class TrainConfig:
     seed: int = opt(0, "seed of model init, shuffling and plots", role="recorded")
     label_scale: float = opt(1.0, "multiplies the label (the 2D CNN study tried 1 and 10)", role="panel")
     label: str = opt(
-        "raw",
+        "cs_rank",
         "training target: the forward return, minus the day's mean, or z-scored / ranked within each day "
         "(factor metrics always judge the raw forward return)",
         LABELS,
         role="windows",
     )
     loss: str = opt("mse", "training loss: the model's own (mse), or minus each day's IC / a ListNet ranking", LOSSES)
-    batching: str = opt("random", "training batches: shuffled windows, or whole days in shuffled order", BATCHINGS)
-    select: str = opt("loss", "the kept epoch, early stopping: lowest validation loss or best rank IC", SELECTS)
+    batching: str = opt("daily", "training batches: shuffled windows, or whole days in shuffled order", BATCHINGS)
+    select: str = opt("rank_ic", "the kept epoch, early stopping: lowest validation loss or best rank IC", SELECTS)
     split: str = opt("0.6,0.2,0.2", "train,valid,test fractions of the calendar", role="panel")
     folds: int = opt(
         1, "walk-forward: the test fraction cut into K out-of-sample periods, a refit per fold", role="windows"
@@ -177,6 +191,11 @@ class TrainConfig:
         self.split_fractions()
         return self
 
+    def with_recipe(self, name: str, explicit: frozenset | set = frozenset()) -> TrainConfig:
+        """A copy trained under recipe `name`: its values, except the fields in `explicit`."""
+        values = {k: v for k, v in RECIPES[name].items() if k not in explicit}
+        return dataclasses.replace(self, recipe=name, **values)
+
     def holding_days(self) -> int:
         return self.hold or self.horizon
 
@@ -202,7 +221,7 @@ class TuneConfig(TrainConfig):
     study_name: str = opt("", "default: <model>-<data folder name>")
     storage: str = opt("", f"Optuna storage: a journal file (default {DEFAULT_JOURNAL}) or an RDB URL")
     metric: str = opt(
-        "valid_loss",
+        "valid_rank_ic",
         "what the study optimises on validation data (both: valid_loss and valid_rank_ic)",
         tuple(TUNE_METRICS),
     )
@@ -279,7 +298,9 @@ class PredictConfig:
 @dataclass
 class PromoteConfig:
     model: str = opt("lstm", "promote among the versions of stocklab-<model>")
-    metric: str = opt("valid_loss_min", "a validation metric of the versions' runs (test data never decides)")
+    metric: str = opt(
+        "valid_rank_ic", "a validation metric of the versions' runs (test data never decides; rank IC compares labels)"
+    )
     direction: str = opt("auto", "auto: lower is better for *loss*/*mse* metrics", ("auto", "minimize", "maximize"))
     force: bool = opt(False, "compare versions trained on different data or label definitions anyway")
 
@@ -317,7 +338,7 @@ class BenchmarkConfig:
         "on every recipe and every baseline; 'all' adds the source-study presets",
     )
     model_tickers: int = opt(0, "models: tickers (first N by name; 0 = all)")
-    epochs: int = opt(0, "models, recovery: maximum epochs per fit, presets' capped to it (0: models 15, recovery 3)")
+    epochs: int = opt(0, "models, recovery: maximum epochs per fit, presets' capped to it (0: models 15, recovery 30)")
     seeds: int = opt(0, "models, recovery: seeds per trained model, baselines once (0: models 2, recovery 1)")
     folds: int = opt(3, "models: walk-forward folds")
     walk: str = opt("expanding", "models: walk-forward training span", WALKS)
@@ -327,7 +348,7 @@ class BenchmarkConfig:
     # suite=models: how every trained entry is fitted
     recipes: str = opt("raw,cs", "models: training recipes of the catalogue models: raw (MSE on the return), cs")
     train_every: int = opt(5, "models: only every k-th end day enters training (see train --train_every)")
-    patience: int = opt(2, "models: early-stopping patience of every fit (see train --patience)")
+    patience: int = opt(2, "models, recovery: early-stopping patience of every fit (see train --patience)")
     resume: bool = opt(True, "models: read back the fits an earlier run of the same configuration finished")
     # suite=recovery: a synthetic market with a planted cross-sectional signal (benchmarks/recovery.py)
     tickers: int = opt(200, "recovery: tickers of the planted market")
@@ -335,7 +356,8 @@ class BenchmarkConfig:
 
     experiment: str = opt("", "MLflow experiment (default: stocklab-benchmark)")
 
-    SUITE_DEFAULTS = {"models": {"epochs": 15, "seeds": 2}, "recovery": {"epochs": 3, "seeds": 1}}
+    # recovery: a cap early stopping reaches first (patience 2: the fits stop after 3-8 epochs)
+    SUITE_DEFAULTS = {"models": {"epochs": 15, "seeds": 2}, "recovery": {"epochs": 30, "seeds": 1}}
 
     def validate(self):
         check_fields(self)

@@ -31,14 +31,17 @@ class Panel:
     relative_ref: list[int]  # for each relative column, the column it is divided by
 
 
-def resolve_feature_set(features: str, columns: list[str], auto: str | None = None) -> str:
+def resolve_feature_set(features: str, columns: list[str], auto: str | None = None, recipe: str = "cs") -> str:
     """`auto` -> the model's own feature set when it declares one (`auto`; cnn_ta: its indicator
-    image), else `ohlcv` when the data has full OHLCV bars and `returns` on close-only data."""
+    image), else the recipe's: `relative` under cs; under raw `ohlcv` when the data has full
+    OHLCV bars and `returns` on close-only data."""
     if features == "auto" and auto is not None:
         features = auto
+    if features == "auto" and recipe == "cs":
+        features = "relative"  # close-only data gets the close (and volume) relative to the last close
     if features == "auto":
         return "ohlcv" if all(c in columns for c in OHLCV_NEEDS) else "returns"
-    if features in ("ohlcv", "relative", "technical"):
+    if features in ("ohlcv", "technical"):
         missing = [c for c in OHLCV_NEEDS if c not in columns]
         if missing:
             raise StockLabError(
@@ -159,11 +162,18 @@ def _technical(wide, close: np.ndarray, opt: _Options) -> _Built:
 
 def _relative(wide, close: np.ndarray, opt: _Options) -> _Built:
     # log levels here; windows.py subtracts the window's last-day log close (prices) and
-    # log volume (volume), giving log(x / x_ref on the window's last day)
-    cols = [np.log(wide(c)) for c in ("open", "high", "low")]
-    cols += [np.log(close), np.log1p(wide("volume"))]
-    names = ["rel_open", "rel_high", "rel_low", "rel_close", "rel_volume"]
-    return _Built(_stack(cols), names, [0, 1, 2, 3, 4], [3, 3, 3, 3, 4])
+    # log volume (volume), giving log(x / x_ref on the window's last day). Open, high and low
+    # come with full bars; close-only data (the built-in sample) gets the close, and the volume
+    # where it has one
+    prices = [c for c in ("open", "high", "low") if all(k in opt.columns for k in ("open", "high", "low"))]
+    cols = [np.log(wide(c)) for c in prices] + [np.log(close)]
+    names = [f"rel_{c}" for c in (*prices, "close")]
+    ref = [len(cols) - 1] * len(cols)  # prices over the last close
+    if "volume" in opt.columns:
+        cols.append(np.log1p(wide("volume")))
+        names.append("rel_volume")
+        ref.append(len(cols) - 1)
+    return _Built(_stack(cols), names, list(range(len(cols))), ref)
 
 
 _BUILDERS = {"ohlcv": _ohlcv, "returns": _returns, "relative": _relative, "technical": _technical}

@@ -4,17 +4,22 @@ A preset sets train and model parameters underneath: any parameter given explici
 it, also when the value given equals the built-in default. A preset names only what the study
 changed (the split, label scale and scaler are the defaults' unless it says otherwise), and
 nothing a model's definition fixes (cnn_ta's one-day window: models/cnn_ta.py).
+
+The source studies' presets (seed*) keep their studies' own recipe, `recipe=raw`: MSE on the
+raw forward return of shuffled windows, the kept epoch by validation loss (config.RECIPES),
+with the features each study used. The cs-<model> presets name the default recipe, cs.
 """
 
 from __future__ import annotations
 
 from stocklab.config import RECIPES, StockLabError
 
+RAW = {"recipe": "raw", **RECIPES["raw"]}  # the source studies' recipe (config.RECIPES)
+
 _CNN2D = dict(
-    model="cnn2d", features="ohlcv", seq_len=96, horizon=20, batch_size=64, lr=1e-5, epochs=200, patience=20,
+    **RAW, model="cnn2d", features="ohlcv", seq_len=96, horizon=20, batch_size=64, lr=1e-5, epochs=200, patience=20,
 )  # fmt: skip
 
-CS_RECIPE = RECIPES["cs"]  # the cross-sectional recipe (config.RECIPES), the model's defaults otherwise
 
 PRESETS: dict[str, dict] = {
     # 2D CNN study: 96-day windows of 7 OHLCV inputs -> 20-day return, batch 64, lr 1e-5, 200 epochs
@@ -23,6 +28,7 @@ PRESETS: dict[str, dict] = {
     "seed000-deep-scale10": {**_CNN2D, "variant": "deep", "label_scale": 10.0},
     # RNN study: hidden 8, 2 layers, 5-day windows, batch 20, Adam 1e-3, 100 epochs, next close
     "seed001-rnn": dict(
+        **RAW,
         model="rnn",
         hidden_size=8,
         num_layers=2,
@@ -37,12 +43,15 @@ PRESETS: dict[str, dict] = {
     ),  # fmt: skip
     # LSTM lab: 10-day windows -> close 5 days later, relative (log x / last close) features
     "seed002-lstm": dict(
-        model="lstm", seq_len=10, horizon=5, features="relative", scaler="none", epochs=50, patience=5
+        **RAW, model="lstm", seq_len=10, horizon=5, features="relative", scaler="none", epochs=50, patience=5
     ),
     # seq2seq: 100 units, next value at every step
-    "seed003-seq2seq": dict(model="seq2seq", hidden_size=100, seq_len=20, horizon=1, features="returns", epochs=50),
+    "seed003-seq2seq": dict(
+        **RAW, model="seq2seq", hidden_size=100, seq_len=20, horizon=1, features="returns", epochs=50
+    ),
     # autoregressive 1D CNN: 12 monthly returns -> next month's return
     "seed004-cnn1d": dict(
+        **RAW,
         model="cnn1d",
         features="returns",
         return_period=21,
@@ -54,6 +63,7 @@ PRESETS: dict[str, dict] = {
     ),  # fmt: skip
     # CNN-TA: 15x15 indicator image of the day -> buy/hold/sell
     "seed004-cnn-ta": dict(
+        **RAW,
         model="cnn_ta",
         features="technical",
         horizon=10,
@@ -63,7 +73,11 @@ PRESETS: dict[str, dict] = {
         patience=5,
         scaler="standard",
     ),  # fmt: skip
-    **{f"cs-{m}": {"model": m, **CS_RECIPE} for m in ("lstm", "gru", "transformer", "cnn2d")},
+    # the default recipe named: label cs_rank, batching daily, select rank_ic, relative prices
+    **{
+        f"cs-{m}": {"model": m, "recipe": "cs", **RECIPES["cs"], "features": "relative"}
+        for m in ("lstm", "gru", "transformer", "cnn2d")
+    },  # fmt: skip
 }
 
 

@@ -78,12 +78,9 @@ def effective_config(cfg: TrainConfig, mcfg) -> TrainConfig:
 
 
 def recipe_values(name: str, recipe: str) -> dict:
-    """The TrainConfig values of training recipe `recipe` (config.RECIPES) for model `name`. A
-    model with its own feature set (cnn_ta's indicator image) keeps it under every recipe."""
-    values = dict(RECIPES[recipe])
-    if MODELS[name][0].auto_features is not None:
-        values.pop("features", None)
-    return values
+    """The TrainConfig values of training recipe `recipe` (config.RECIPES) for model `name`:
+    `features=auto` then means the model's own set (cnn_ta's indicator image) or the recipe's."""
+    return {"recipe": recipe, **RECIPES[recipe], "features": "auto"}
 
 
 def fixed_values(name: str, values: dict) -> dict:

@@ -158,7 +158,7 @@ def load_inputs(
     The returned Prepared has no WindowSet yet (`with_windows` adds one per fold)."""
     raw, report = bars if bars is not None else load_panel(cfg.data, cfg.cache_dir, ReadOptions.of(cfg))
     if bundle is None:
-        features = resolve_feature_set(cfg.features, report.columns, MODELS[cfg.model][0].auto_features)
+        features = resolve_feature_set(cfg.features, report.columns, MODELS[cfg.model][0].auto_features, cfg.recipe)
     else:
         features = resolve_feature_set(bundle.features, report.columns)  # errors if columns are missing
     if cfg.max_tickers:

@@ -195,17 +195,19 @@ def test_a_cross_sectional_recipe_learns_the_planted_signal():
 
 def test_bad_recipe_combinations_are_one_line_errors():
     with pytest.raises(StockLabError, match="loss: 'ic' is computed over each date's cross-section and needs batching"):
-        TrainConfig(loss="ic").validate()
+        TrainConfig(loss="ic", batching="random").validate()
     with pytest.raises(StockLabError, match="label: 'rank' must be one of raw, excess, cs_zscore, cs_rank"):
         TrainConfig(label="rank").validate()
     cfg = TrainConfig(model="cnn_ta", loss="rank", batching="daily").validate()
     with pytest.raises(StockLabError, match="loss: 'rank' ranks a return forecast .* output is classes"):
         effective_config(cfg, model_config("cnn_ta"))
-    with pytest.raises(StockLabError, match="recipes: 'raw,xs' must name recipes among raw, cs"):
+    with pytest.raises(StockLabError, match="recipes: 'raw,xs' must name recipes among cs, raw"):
         BenchmarkConfig(suite="models", recipes="raw,xs").validate()
     with pytest.raises(StockLabError, match="tickers/days: 5 x 100 is too small"):
         BenchmarkConfig(suite="recovery", tickers=5, days=100).validate()
     assert objective(RETURN, "mse")[0] is RETURN.loss
+    with pytest.raises(StockLabError, match="loss: unknown loss 'mae' \\(choose from mse, ic, rank\\)"):
+        objective(RETURN, "mae")  # never a silent fallback to the output's own loss
 
 
 def test_the_training_target_is_searched_only_on_a_rank_ic_objective(tmp_path):

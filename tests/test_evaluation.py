@@ -260,7 +260,11 @@ def test_train_run_logs_factor_metrics_and_tear_sheet_then_evaluate(tracking, cs
 
 def test_one_ticker_logs_mse_and_skips_factor_metrics(tracking, tmp_path):
     folder = write_ticker_csvs(synthetic_bars(n_tickers=1, n_days=300), tmp_path / "one")
-    res = run_train(TrainConfig(data=str(folder), epochs=1, seq_len=10, horizon=5, cache_dir=""))
+    cfg = TrainConfig(data=str(folder), epochs=1, seq_len=10, horizon=5, cache_dir="")
+    with pytest.raises(StockLabError, match="label: 'cs_rank' is a transform within each day's cross-section and "
+                       "needs at least 5 tickers a day; the data has 1 \\(use recipe=raw or label=raw\\)"):  # fmt: skip
+        run_train(cfg)  # the default recipe ranks each day's tickers
+    res = run_train(cfg.with_recipe("raw"))
     run = mlflow.get_run(res["run_id"])
     assert np.isfinite(run.data.metrics["test_mse"]) and np.isfinite(run.data.metrics["test_mse_skill"])
     assert "test_ic" not in run.data.metrics

@@ -87,7 +87,7 @@ def test_no_valid_rows_says_why(tmp_path, tracking, capsys):
 
 def test_a_diverging_train_is_one_line_and_its_run_ends_failed(tmp_path, tracking, capsys):
     data = write_ticker_csvs(synthetic_bars(n_tickers=3, n_days=200), tmp_path / "csvs")
-    line = cli_error(capsys, _train(data, "--lr", "1e20", "--model", "linear"))
+    line = cli_error(capsys, _train(data, "--lr", "1e20", "--model", "linear", "--recipe", "raw"))
     assert line.startswith("stocklab: error: lr: training diverged at epoch 1 with lr=1e+20")
     (run,) = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.info.status == "FAILED" and "diverged" in run.data.tags["stocklab.error"]
@@ -233,7 +233,8 @@ def test_a_study_whose_every_trial_failed_exits_non_zero_with_the_reasons(tmp_pa
     space = tmp_path / "space.yaml"
     space.write_text("dropout: {type: float, low: 1.5, high: 1.6}\n")  # every trial's model is invalid
     argv = ["tune", "--data", str(data), "--n_trials", "1", "--epochs", "1", "--horizon", "1", "--seq_len", "5",
-            "--space", str(space), "--storage", str(tmp_path / "j.log"), "--study_name", "bad"]  # fmt: skip
+            "--recipe", "raw", "--space", str(space), "--storage", str(tmp_path / "j.log"),
+            "--study_name", "bad"]  # fmt: skip
     line = cli_error(capsys, argv)
     assert "study 'bad': no trial completed (1 trial(s): " in line and "dropout: 1.5" in line
     parent = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`stocklab.role` = 'study'")

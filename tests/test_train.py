@@ -31,7 +31,8 @@ def _cfg(data, **kw) -> TrainConfig:
 
 @pytest.mark.parametrize("model", ["lstm"])
 def test_run_records_params_metrics_artifacts_and_model(tracking, csv_dir, model):
-    res = run_train(_cfg(csv_dir, model=model))
+    # the raw recipe: its validation loss is the MSE of the forecast vs the label (checked below)
+    res = run_train(_cfg(csv_dir, model=model).with_recipe("raw"))
     run = mlflow.get_run(res["run_id"])
     m, p = run.data.metrics, run.data.params
     for k in SUMMARY:
@@ -57,7 +58,7 @@ def test_run_records_params_metrics_artifacts_and_model(tracking, csv_dir, model
     loaded, bundle = load_network(f"runs:/{res['run_id']}/model")
     assert (bundle.seq_len, bundle.features, bundle.model) == (10, "ohlcv", model)
     assert bundle.data_fingerprint.startswith(p["data_fingerprint"])
-    prep = prepare(_cfg(csv_dir, model=model), bundle=bundle)
+    prep = prepare(_cfg(csv_dir, model=model).with_recipe("raw"), bundle=bundle)
     x = prep.ws.gather(*(a[:8] for a in prep.ws.index["test"]))
     with torch.no_grad():
         pred = loaded(x).numpy()
@@ -76,10 +77,14 @@ def test_same_seed_same_numbers(tracking, csv_dir):
 
 
 def test_sample_data_default_features(tracking):
-    res = run_train(TrainConfig(epochs=1, max_tickers=3, seq_len=5, horizon=5))
+    """The close-only sample trains under the default recipe: the close relative to the window's
+    last close; the raw recipe's `auto` is its returns."""
+    res = run_train(TrainConfig(epochs=1, max_tickers=6, seq_len=5, horizon=5))
     p = mlflow.get_run(res["run_id"]).data.params
-    assert p["features_resolved"] == "returns" and p["data_tickers"] == "3" and p["data_tickers_in_source"] == "20"
-    assert math.isfinite(res["test_mse"])
+    assert p["features_resolved"] == "relative" and p["data_tickers"] == "6" and p["data_tickers_in_source"] == "20"
+    assert math.isfinite(res["test_rank_ic"])
+    raw = run_train(TrainConfig(epochs=1, max_tickers=3, seq_len=5, horizon=5).with_recipe("raw"))
+    assert mlflow.get_run(raw["run_id"]).data.params["features_resolved"] == "returns"
 
 
 @pytest.mark.slow

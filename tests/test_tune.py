@@ -200,11 +200,11 @@ def test_promote_decides_on_validation_and_refuses_incomparable_versions(trackin
     same = {"data_fingerprint": "abc", "horizon": 20, "label_scale": 1.0, "split": "0.6,0.2,0.2", "max_tickers": 0}
     _register(name, {"valid_loss_min": 0.5, "test_mse": 0.1}, same)
     _register(name, {"valid_loss_min": 0.7, "test_mse": 0.01}, same)  # better test, worse valid
-    assert run_promote(PromoteConfig(model="gru"))["champion"] == 1
+    assert run_promote(PromoteConfig(model="gru", metric="valid_loss_min"))["champion"] == 1
     capsys.readouterr()
     # twice with no better candidate: the champion stays and there is still one challenger, v2
     for _ in range(2):
-        res = run_promote(PromoteConfig(model="gru"))
+        res = run_promote(PromoteConfig(model="gru", metric="valid_loss_min"))
         out = capsys.readouterr().out
         assert res["champion"] == 1 and "champion stays v1" in out
         # test metrics are shown side by side; v2's far better test_mse does not decide
@@ -214,18 +214,18 @@ def test_promote_decides_on_validation_and_refuses_incomparable_versions(trackin
     # a better version trained with another label horizon is not comparable...
     _register(name, {"valid_loss_min": 0.1}, {**same, "horizon": 5})
     with pytest.raises(ValueError, match="different data or labels \\(horizon 20 vs 5\\)"):
-        run_promote(PromoteConfig(model="gru"))
+        run_promote(PromoteConfig(model="gru", metric="valid_loss_min"))
     assert int(client.get_model_version_by_alias(name, "champion").version) == 1  # nothing changed
     # ... unless forced; then the challenger that became champion keeps one role only
     client.set_registered_model_alias(name, "challenger", "3")
-    assert run_promote(PromoteConfig(model="gru", force=True))["champion"] == 3
+    assert run_promote(PromoteConfig(model="gru", metric="valid_loss_min", force=True))["champion"] == 3
     assert {k: int(v) for k, v in client.get_registered_model(name).aliases.items()} == {"champion": 3}
     # a loss on another training target is not comparable either (a version without the param
     # trained on the raw label); its valid_rank_ic, judged on raw returns, is
     _register(name, {"valid_loss_min": 0.01, "valid_rank_ic": 0.2}, {**same, "horizon": 5, "label": "cs_rank"})
     with pytest.raises(ValueError, match="\\(label raw vs cs_rank\\); their valid_loss_min values are not"):
-        run_promote(PromoteConfig(model="gru"))
-    assert run_promote(PromoteConfig(model="gru", metric="valid_rank_ic"))["champion"] == 4
+        run_promote(PromoteConfig(model="gru", metric="valid_loss_min"))
+    assert run_promote(PromoteConfig(model="gru"))["champion"] == 4  # the default: rank IC compares labels
 
 
 def _study(data, tmp_path, **kw) -> TuneConfig:

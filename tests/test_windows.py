@@ -32,8 +32,9 @@ def test_close_only_data_rejects_ohlcv_and_auto_adapts():
     sample, report = load_panel("sample", cache_dir=None)
     with pytest.raises(StockLabError, match="features: 'ohlcv' needs columns open, high, low, volume"):
         resolve_feature_set("ohlcv", report.columns)
-    assert resolve_feature_set("auto", report.columns) == "returns"
-    assert resolve_feature_set("auto", ["open", "high", "low", "close", "volume"]) == "ohlcv"
+    assert resolve_feature_set("auto", report.columns) == "relative"  # the default recipe, cs
+    assert resolve_feature_set("auto", report.columns, recipe="raw") == "returns"
+    assert resolve_feature_set("auto", ["open", "high", "low", "close", "volume"], recipe="raw") == "ohlcv"
     assert resolve_feature_set("auto", ["open", "high", "low", "close", "volume"], "technical") == "technical"
     with pytest.raises(StockLabError, match="features: 'technical' needs columns"):
         resolve_feature_set("auto", report.columns, "technical")

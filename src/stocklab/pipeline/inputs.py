@@ -27,6 +27,7 @@ import torch
 
 from stocklab import indicators
 from stocklab.config import StockLabError, TrainConfig, with_values
+from stocklab.crosssection import MIN_TICKERS
 from stocklab.data import DataReport, ReadOptions, load_panel
 from stocklab.features import Panel, build_panel, resolve_feature_set
 from stocklab.models import MODELS
@@ -219,6 +220,11 @@ def with_windows(
         train_every=cfg.train_every,
     )
     for split in ws.ranges:
+        if ws.size(split) == 0 and cfg.label != "raw" and len(prep.panel.tickers) < MIN_TICKERS:
+            raise StockLabError(
+                f"label: '{cfg.label}' is a transform within each day's cross-section and needs at least "
+                f"{MIN_TICKERS} tickers a day; the data has {len(prep.panel.tickers)} (use recipe=raw or label=raw)"
+            )
         if ws.size(split) == 0:
             where = f" in fold {fold.index + 1} of {cfg.folds}" if cfg.folds > 1 else ""
             raise StockLabError(

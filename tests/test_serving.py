@@ -81,8 +81,10 @@ def test_bars_of_any_dtype_give_the_same_predictions_and_short_tickers_are_skipp
     expected = model.predict(base)
     as_float32 = base.astype({c: "float32" for c in ("open", "high", "low", "close")})
     as_dates = base.assign(date=pd.to_datetime(base["date"]), volume=base["volume"].astype(float))
-    for variant in (as_float32, as_dates):
-        pd.testing.assert_frame_equal(model.predict(variant), expected)
+    pd.testing.assert_frame_equal(model.predict(as_dates), expected)
+    # float32 prices hold ~7 digits: relative prices in units of a daily return (x ~80) carry
+    # that rounding into the 5th digit of a forecast
+    pd.testing.assert_frame_equal(model.predict(as_float32), expected, rtol=1e-4)
 
     # every complete window, and its latest per ticker is the default answer
     every = model.predict(base, params={"all_dates": True})

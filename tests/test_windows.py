@@ -95,7 +95,9 @@ def test_relative_features_are_relative_to_the_windows_last_day(bars):
     x = ws.gather(n[:5], t[:5])
     assert torch.allclose(x[:, -1, 3], torch.zeros(5))  # log(close_T / close_T) = 0
     raw_close = p.close[int(n[0]), int(t[0]) - 7 : int(t[0]) + 1]
-    np.testing.assert_allclose(x[0, :, 3].numpy(), np.log(raw_close / raw_close[-1]), atol=1e-5)
+    unit = ws.scaler.scale[0, 3]  # relative prices come in units of the close's daily-change std
+    assert unit == pytest.approx(np.nanstd(np.diff(np.log(p.close[:, : ws.fold.valid_start]), axis=1)), rel=1e-3)
+    np.testing.assert_allclose(x[0, :, 3].numpy(), np.log(raw_close / raw_close[-1]) / unit, rtol=1e-4, atol=1e-4)
 
 
 def test_gaps_in_a_ticker_never_enter_a_window(bars):

@@ -6,7 +6,8 @@ window indices, so per-step or per-class targets are built here, from the Window
 models:
 
     RETURN   forward(x) (B,) vs the forward return: mean squared error
-    STEPS    per-step forecasts (B, T) vs every day's label in the window: masked MSE
+    STEPS    per-step forecasts (B, T) vs every day's label in the window: masked MSE (with
+             relative features, the last day's only: the others are partly seen)
     CLASSES  sell/hold/buy logits (B, 3) vs the label's tercile among the training labels:
              cross-entropy
 
@@ -50,6 +51,11 @@ def mse(out: torch.Tensor, y: torch.Tensor, ws: WindowSet, n: torch.Tensor, t: t
 
 def step_mse(out: torch.Tensor, y: torch.Tensor, ws: WindowSet, n: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     ys, ok = ws.label_steps(n, t)  # (B, T) labels of every day in the window and their availability
+    if len(ws.rel_cols):
+        # relative features are log(x / x on the window's *last* day): step s sees the return from
+        # s to the window's end, most of its own label's forward return; only the last step's
+        # target is unseen, so only it is trained
+        ok = ok * (torch.arange(ok.shape[1], device=ok.device) == ok.shape[1] - 1)
     return (((out - ys) ** 2) * ok).sum() / ok.sum().clamp(min=1)  # out: (B, T)
 
 

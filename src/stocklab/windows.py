@@ -126,7 +126,7 @@ class Scaler:
     skip: tuple[int, ...] = ()
 
     @classmethod
-    def fit(cls, X: np.ndarray, train_end: int, kind: str, skip_cols=(), train_start: int = 0) -> Scaler:
+    def fit(cls, X: np.ndarray, train_end: int, kind: str, skip_cols=(), train_start: int = 0, skip_ref=()) -> Scaler:
         N, _, F = X.shape
         train = X[:, train_start:train_end]  # (N, Dtrain, F): only the training span's days
         if kind == "cs_zscore":
@@ -160,8 +160,10 @@ class Scaler:
             scale = np.where(missing, g.scale, scale)
         scale = np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
         shift = np.where(np.isfinite(shift), shift, 0.0)
-        for c in skip_cols:
+        for c in skip_cols:  # relative columns: no shift (the window's difference removes it)
             shift[:, c], scale[:, c] = 0.0, 1.0
+        for c, s in relative_scales(train, skip_cols, skip_ref).items():
+            scale[:, c] = s
         return cls(kind, shift, scale)
 
     def transform(self, X: np.ndarray, inplace: bool = False) -> np.ndarray:
@@ -189,6 +191,22 @@ class Scaler:
     @classmethod
     def from_dict(cls, d: dict) -> Scaler:
         return cls(d["kind"], np.asarray(d["shift"]), np.asarray(d["scale"]), tuple(d.get("skip", ())))
+
+
+def relative_scales(train: np.ndarray, cols, refs) -> dict[int, float]:
+    """The divisor of each relative column (a log level that gather_windows makes log(x / x_ref
+    on the window's last day)): the standard deviation of its reference column's one-day change
+    over the training days, the same for a column and its reference, so the window's difference
+    is divided by it: relative prices in units of a daily return (~1 instead of ~0.02),
+    relative volume in units of a daily volume change. `refs` empty: no scaling (1)."""
+    out = {}
+    for c, r in zip(cols, refs):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            step = np.diff(train[..., r].astype(np.float64), axis=1)  # (N, Dtrain - 1)
+            sd = float(np.nanstd(_without_absurd(step, (0, 1))))
+        out[int(c)] = sd if np.isfinite(sd) and sd > 1e-12 else 1.0
+    return out
 
 
 def window_offsets(seq_len: int, stride: int = 1) -> np.ndarray:
@@ -266,10 +284,18 @@ class WindowSet:
                 )
             self.fold = fractions if isinstance(fractions, Fold) else walk_forward_folds(D, fractions, horizon)[0]
             self.ranges = self.fold.end_day_ranges(horizon)
-        # relative columns are normalised by construction, so the scaler leaves them alone
+        # relative columns: not shifted (the window's difference removes any shift), but divided by
+        # their reference's daily-change std (relative_scales), so they reach the models at unit scale
         if scaler is None:
             f = self.fold
-            scaler = Scaler.fit(panel.X, f.valid_start, scaler_kind, panel.relative_cols, train_start=f.train_start)
+            scaler = Scaler.fit(
+                panel.X,
+                f.valid_start,
+                scaler_kind,
+                panel.relative_cols,
+                train_start=f.train_start,
+                skip_ref=panel.relative_ref,
+            )
         self.scaler = scaler
         ok = valid_window_mask(panel.X, span)  # before scaling: NaN marks the unknown days
         self.window_ok = ok  # (N, D): the window ending on day t is complete

@@ -39,6 +39,9 @@ MODELS: dict[str, tuple[type[StockModel], object]] = {
     "factor": (Factor, FactorConfig()),
     "lgbm": (LGBM, LGBMConfig()),
 }
+# hyper-parameters added to a family after models were logged, with the value those models have
+# (a logged model's Bundle without the key is built with it, not with today's default)
+LEGACY_MODEL_VALUES = {"cnn1d": {"hidden": 0}}
 # the yardsticks: not networks of the source studies (the models report's "best deep model"
 # is chosen among the others)
 BASELINES = ("linear", "naive", "factor", "lgbm")

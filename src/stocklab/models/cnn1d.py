@@ -19,9 +19,10 @@ class CNN1DConfig:
     kernel: int = opt(3, "convolution kernel size")
     dropout: float = opt(0.1, "dropout rate")
     batch_norm: bool = opt(False, "BatchNorm1d after the convolution")
+    hidden: int = opt(32, "units of a ReLU dense layer before the output (0: the conv's features straight to it)")
 
     def validate(self):
-        check_ranges(self, at_least_1=("kernel", "channels"))
+        check_ranges(self, at_least_1=("kernel", "channels"), at_least_0=("hidden",))
 
 
 class CNN1D(StockModel):
@@ -32,8 +33,12 @@ class CNN1D(StockModel):
         k = cfg.kernel
         self.conv = nn.Conv1d(n_features, cfg.channels, k)  # over time, features as channels
         self.norm = nn.BatchNorm1d(cfg.channels) if cfg.batch_norm else nn.Identity()
+        width = cfg.channels * (seq_len - k + 1)
+        # a second non-linearity: one conv + ReLU + linear is a sum of 3-day patch terms, which
+        # cannot form a window-wide product (trend x volatility)
+        dense = [nn.Linear(width, cfg.hidden), nn.ReLU()] if cfg.hidden else []
         self.head = nn.Sequential(
-            nn.ReLU(), nn.Flatten(), nn.Dropout(cfg.dropout), nn.Linear(cfg.channels * (seq_len - k + 1), 1)
+            nn.ReLU(), nn.Flatten(), nn.Dropout(cfg.dropout), *dense, nn.Linear(cfg.hidden or width, 1)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, T, F)

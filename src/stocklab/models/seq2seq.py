@@ -1,6 +1,11 @@
 """Sequence-to-sequence regressor: a recurrent net returns the whole sequence and a per-step dense
 head predicts the next value at every step. Trained on per-step targets (the label of every day
-in the window); the prediction for the window is the last step's."""
+in the window); the prediction for the window is the last step's.
+
+With `relative` features (the default recipe's) only the last step is trained: every step's
+input is its price over the window's *last* close, so step s sees the return from s to the
+window's end, most of its own label's forward return (losses.step_mse). Per-step training
+needs inputs that are causal per step: `features=returns` (the seed003 preset)."""
 
 from __future__ import annotations
 

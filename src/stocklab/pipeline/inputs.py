@@ -30,7 +30,7 @@ from stocklab.config import StockLabError, TrainConfig, with_values
 from stocklab.crosssection import MIN_TICKERS
 from stocklab.data import DataReport, ReadOptions, load_panel
 from stocklab.features import Panel, build_panel, resolve_feature_set
-from stocklab.models import MODELS
+from stocklab.models import LEGACY_MODEL_VALUES, MODELS
 from stocklab.windows import (
     Fold,
     Scaler,
@@ -92,6 +92,10 @@ class Bundle:
         if "inputs" not in d:
             known = TrainConfig().input_values()
             values["inputs"] = {k: d[k] for k in known if k in d} | {"scaler": values["scaler"].kind}
+        # what a bundle written before a parameter existed was trained with (not today's default)
+        values["inputs"] = {**LEGACY_INPUTS, **values["inputs"]}
+        legacy = LEGACY_MODEL_VALUES.get(values["inputs"].get("model"), {})
+        values["model_config"] = {**legacy, **d.get("model_config", {})}
         return cls(**values)
 
     def train_config(self, **overrides) -> TrainConfig:
@@ -99,6 +103,11 @@ class Bundle:
         newer version added are ignored."""
         known = {k: v for k, v in self.inputs.items() if k in TrainConfig().input_values()}
         return with_values(TrainConfig(), {**known, "device": "cpu", **overrides})
+
+
+# inputs older bundles lack, with the values they were trained with: before `recipe` (and the
+# cs default) every run was the raw recipe
+LEGACY_INPUTS = {"recipe": "raw", "label": "raw"}
 
 
 @dataclass

@@ -1,0 +1,63 @@
+"""Learning a planted signal is a tested property of every family under its defaults.
+
+A small synthetic market (benchmarks/recovery.py: a market factor with ticker betas, and a
+planted score, a non-linear function of each ticker's last 20 returns, lifting the next day's
+return) is trained on with `train_in_run` exactly as `stocklab train --model M` would, changing
+nothing but the market and the epoch budget. Agreement = the mean daily rank correlation of the
+test predictions with the planted score itself (1 = learned it exactly; unlike the rank IC it
+has no market noise). Under the default recipe (cs) every trainable family must reach
+MIN_AGREEMENT; the raw recipe's agreement is printed beside it, never asserted.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import pandas as pd
+import pytest
+
+from stocklab.benchmarks.recovery import agreement, planted_market
+from stocklab.config import TrainConfig
+from stocklab.models import BASELINES, MODELS
+from stocklab.pipeline.fitting import train_in_run
+
+# the market: small enough to fit every family in seconds on 2 cores, its signal strong enough
+# to be found from ~20k training windows (at the recovery suite's strength, 0.0018, it is not:
+# reports/recovery.md); measured agreement under cs 0.59-0.65, raw 0.14-0.40 (cnn_ta 0.62)
+TICKERS, DAYS, STRENGTH = 60, 600, 0.05
+EPOCHS, PATIENCE = 12, 3
+MIN_AGREEMENT = 0.5
+# the documented exception: a ridge on the flattened window cannot form the score's product of
+# trend and volatility (models/baselines.py); it finds its linear part (0.51 measured)
+EXCEPTIONS = {"linear": 0.3}
+FAMILIES = sorted(set(MODELS) - set(BASELINES)) + ["linear", "lgbm"]
+SLOW = {"cnn_ta", "transformer", "seq2seq", "gru"}  # the longest fits: full suite only
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    planted = planted_market(TICKERS, DAYS, seed=0, strength=STRENGTH)
+    path = tmp_path_factory.mktemp("planted") / "bars.parquet"
+    planted.bars.to_parquet(path)
+    return path, planted.oracle
+
+
+def _agreement(market, model: str, recipe: str) -> tuple[float, dict]:
+    path, oracle = market
+    cfg = TrainConfig(data=str(path), model=model, epochs=EPOCHS, patience=PATIENCE, tear_sheet=False, cache_dir="")
+    if recipe != "cs":
+        cfg = cfg.with_recipe(recipe)
+    with mlflow.start_run() as run:
+        res = train_in_run(cfg)
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="predictions.parquet")
+    test = pd.read_parquet(local)
+    return agreement(oracle, test), res
+
+
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow if m in SLOW else ()) for m in FAMILIES])
+def test_every_family_learns_the_planted_signal_under_its_defaults(tracking, market, model):
+    agree, res = _agreement(market, model, "cs")
+    raw, _ = _agreement(market, model, "raw")
+    print(f"{model}: agreement cs {agree:.3f} (test rank IC {res['test_rank_ic']:+.3f}, "
+          f"{res['train_epochs_run']} epochs), raw {raw:.3f}")  # fmt: skip
+    bar = EXCEPTIONS.get(model, MIN_AGREEMENT)
+    assert agree >= bar, f"{model} agrees {agree:.3f} with the planted score under the default recipe (< {bar})"

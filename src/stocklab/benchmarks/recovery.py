@@ -158,7 +158,8 @@ def run_recovery_suite(cfg: BenchmarkConfig) -> dict:
                          "train_s": res["train_time_s"], "epochs": res["train_epochs_run"]})  # fmt: skip
         elapsed = time.perf_counter() - t0
         out = write_recovery_report(cfg, pd.DataFrame(rows), oracle_ic, device, started, elapsed)
-        mlflow.log_artifacts(str(Path(out["report"]).parent), "report")
+        for path in (out["report"], Path(out["report"]).with_suffix(".png")):  # the report, not its folder
+            mlflow.log_artifact(str(path), "report")
         mlflow.log_metrics({"wall_time_s": elapsed, "test_oracle_rank_ic": oracle_ic})
     return out
 

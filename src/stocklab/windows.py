@@ -238,6 +238,21 @@ def gather_windows(X, n, t, offsets, rel_cols, rel_ref) -> torch.Tensor:
     return x
 
 
+def _split_days(fractions, scaler, n_days: int, span: int, horizon: int) -> tuple[Fold | None, dict]:
+    """(the fold, each split's end-day range) of a WindowSet; none for a prediction-only set."""
+    if fractions is None:
+        if scaler is None:
+            raise ValueError("a prediction-only WindowSet needs the model's fitted scaler")
+        return None, {}
+    if n_days < span + 3 * horizon:
+        raise StockLabError(
+            f"data: only {n_days} trading days; a window of {span} days and horizon={horizon} need "
+            f"at least {span + 3 * horizon} for a train/valid/test split with embargo"
+        )
+    fold = fractions if isinstance(fractions, Fold) else walk_forward_folds(n_days, fractions, horizon)[0]
+    return fold, fold.end_day_ranges(horizon)
+
+
 class WindowSet:
     """The scaled panel as one tensor plus (ticker, end-day) indices per split."""
 
@@ -269,34 +284,12 @@ class WindowSet:
         `fractions=None` builds a prediction-only set (no splits, no labels needed): `scaler`
         must then be the model's fitted one, and `window_ok` says which windows are complete."""
         self.panel, self.seq_len, self.horizon, self.stride = panel, seq_len, horizon, stride
-        N, D, F = panel.X.shape
-        span = window_span(seq_len, stride)
-        self.fold: Fold | None = None
-        if fractions is None:
-            if scaler is None:
-                raise ValueError("a prediction-only WindowSet needs the model's fitted scaler")
-            self.ranges = {}
-        else:
-            if D < span + 3 * horizon:
-                raise StockLabError(
-                    f"data: only {D} trading days; a window of {span} days and horizon={horizon} need "
-                    f"at least {span + 3 * horizon} for a train/valid/test split with embargo"
-                )
-            self.fold = fractions if isinstance(fractions, Fold) else walk_forward_folds(D, fractions, horizon)[0]
-            self.ranges = self.fold.end_day_ranges(horizon)
+        D, span = panel.X.shape[1], window_span(seq_len, stride)
+        self.fold, self.ranges = _split_days(fractions, scaler, D, span, horizon)
         # relative columns: not shifted (the window's difference removes any shift), but divided by
         # their reference's daily-change std (relative_scales), so they reach the models at unit scale
-        if scaler is None:
-            f = self.fold
-            scaler = Scaler.fit(
-                panel.X,
-                f.valid_start,
-                scaler_kind,
-                panel.relative_cols,
-                train_start=f.train_start,
-                skip_ref=panel.relative_ref,
-            )
-        self.scaler = scaler
+        self.scaler = scaler or Scaler.fit(panel.X, self.fold.valid_start, scaler_kind, panel.relative_cols,
+                                           train_start=self.fold.train_start, skip_ref=panel.relative_ref)  # fmt: skip
         ok = valid_window_mask(panel.X, span)  # before scaling: NaN marks the unknown days
         self.window_ok = ok  # (N, D): the window ending on day t is complete
         labelled = ok & np.isfinite(panel.y)
@@ -313,22 +306,27 @@ class WindowSet:
         self.offsets = torch.from_numpy(window_offsets(seq_len, stride)).to(self.device)  # (T,)
         self.rel_cols = torch.tensor(panel.relative_cols, dtype=torch.long, device=self.device)
         self.rel_ref = torch.tensor(panel.relative_ref, dtype=torch.long, device=self.device)
+        self._index_windows(labelled, np.isfinite(target), train_every)
+        self.class_cuts = self._class_cuts()
+
+    def _index_windows(self, labelled: np.ndarray, has_target: np.ndarray, train_every: int) -> None:
+        """`index` (the scored windows of each split) and `loss_index` (those the losses see:
+        with a target, and in training only every `train_every`-th end day)."""
         self.index = self._split_index(labelled)  # {split: (ticker idx (W,), end-day idx (W,))}
-        # the windows the losses see: those with a target (the train split is only these)
-        fitted = labelled & np.isfinite(target)
+        fitted = labelled & has_target
         if train_every > 1 and self.fold is not None:
-            days = np.arange(D)
+            days = np.arange(labelled.shape[1])
             fitted &= ~((days < self.fold.valid_start) & ((days - self.fold.train_start) % train_every != 0))[None, :]
         self.loss_index = self._split_index(fitted)
         if "train" in self.index:
             self.index["train"] = self.loss_index["train"]
-        # sell/hold/buy cut points for classifiers: terciles of the *training* targets only
+
+    def _class_cuts(self) -> torch.Tensor:
+        """Sell/hold/buy cut points for classifiers: terciles of the *training* targets only."""
         y_train = self.target[self.index["train"]].float() if "train" in self.index else self.y[:0, 0]
-        self.class_cuts = (
-            torch.quantile(y_train, torch.tensor([1 / 3, 2 / 3], device=self.device))
-            if y_train.numel()
-            else torch.zeros(2, device=self.device)
-        )
+        if not y_train.numel():
+            return torch.zeros(2, device=self.device)
+        return torch.quantile(y_train, torch.tensor([1 / 3, 2 / 3], device=self.device))
 
     def _split_index(self, labelled: np.ndarray) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The labelled, complete windows ending in each split's day range, by date then ticker."""

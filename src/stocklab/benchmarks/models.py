@@ -328,13 +328,8 @@ LONG_SHORT_NOTE = (
 )
 
 
-def write_models_report(cfg: BenchmarkConfig, records, device, started, resumed: Resumed) -> dict:
-    """reports/models.md + models_rank_ic.png + models_long_short.png from the runs' records."""
-    path = Path(cfg.report)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table = model_report.summary_table(records)
-    horizons = {r.entry: r.metrics.get("horizon") for r in records if r.metrics}
-    table.insert(2, "horizon", [horizons.get(e, float("nan")) for e in table["entry"]])
+def _long_short_curves(cfg: BenchmarkConfig, table: pd.DataFrame, records) -> dict[str, pd.Series]:
+    """Each entry's daily long-short return (its seeds' books averaged) for the report's plot."""
     raw, _ = load_panel(cfg.data)
     close = raw.pivot(index="date", columns="ticker", values="close").sort_index()
     curves = {}
@@ -343,6 +338,17 @@ def write_models_report(cfg: BenchmarkConfig, records, device, started, resumed:
         if preds:
             daily = [model_report.long_short_returns(p, close) for p in preds]
             curves[entry] = pd.concat(daily, axis=1).mean(axis=1)  # the seeds' portfolios, averaged
+    return curves
+
+
+def write_models_report(cfg: BenchmarkConfig, records, device, started, resumed: Resumed) -> dict:
+    """reports/models.md + models_rank_ic.png + models_long_short.png from the runs' records."""
+    path = Path(cfg.report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = model_report.summary_table(records)
+    horizons = {r.entry: r.metrics.get("horizon") for r in records if r.metrics}
+    table.insert(2, "horizon", [horizons.get(e, float("nan")) for e in table["entry"]])
+    curves = _long_short_curves(cfg, table, records)
     stem = path.with_suffix("")
     ic_png, ls_png = Path(f"{stem}_rank_ic.png"), Path(f"{stem}_long_short.png")
     model_report.plot_rank_ic(table, ic_png)

@@ -188,31 +188,7 @@ def write_recovery_report(cfg: BenchmarkConfig, runs: pd.DataFrame, oracle_ic: f
     path.parent.mkdir(parents=True, exist_ok=True)
     table = summary(runs)
 
-    def cell(model: str, what: str, recipe: str, fmt: str) -> str:
-        try:
-            value = table.loc[model, (what, recipe)]
-        except KeyError:
-            return "failed"
-        return "-" if not np.isfinite(value) else format(value, fmt)
-
-    header = ("| model | raw rank IC | raw recovery | raw agreement | cs rank IC | cs recovery | cs agreement "
-              "| raw valid rank IC | cs valid rank IC | raw / cs epochs | raw / cs train s |")  # fmt: skip
-    lines = [header, "|" + "---|" * 11]
-    for model in table.index:
-        ic = {r: f"{cell(model, 'rank_ic', r, '+.4f')} ± {cell(model, 'rank_ic_std', r, '.4f')}" for r in ("raw", "cs")}
-        if cfg.seeds == 1:
-            ic = {r: cell(model, "rank_ic", r, "+.4f") for r in ("raw", "cs")}
-        lines.append(
-            f"| {model} | {ic['raw']} | {cell(model, 'recovery', 'raw', '.2f')} | "
-            f"{cell(model, 'agreement', 'raw', '.2f')} | {ic['cs']} | {cell(model, 'recovery', 'cs', '.2f')} | "
-            f"{cell(model, 'agreement', 'cs', '.2f')} | {cell(model, 'valid_rank_ic', 'raw', '+.4f')} | "
-            f"{cell(model, 'valid_rank_ic', 'cs', '+.4f')} | {cell(model, 'epochs', 'raw', '.1f')} / "
-            f"{cell(model, 'epochs', 'cs', '.1f')} | {cell(model, 'train_s', 'raw', '.0f')} / "
-            f"{cell(model, 'train_s', 'cs', '.0f')} |"
-        )
-    lines.append(
-        f"| oracle (the planted score) | {oracle_ic:+.4f} | 1.00 | 1.00 | {oracle_ic:+.4f} | 1.00 | 1.00 | | | | |"
-    )
+    lines = _results_table(table, cfg.seeds, oracle_ic)
     png = path.with_suffix(".png")
     _plot(table, png)
     failed = runs[runs["error"].notna()] if "error" in runs else runs.iloc[:0]
@@ -252,6 +228,37 @@ def write_recovery_report(cfg: BenchmarkConfig, runs: pd.DataFrame, oracle_ic: f
     path.write_text("\n".join(text) + "\n")
     print(f"wrote {path}, {png}")
     return {"report": str(path), "table": table, "runs": runs, "oracle_rank_ic": oracle_ic}
+
+
+def _results_table(table: pd.DataFrame, seeds: int, oracle_ic: float) -> list[str]:
+    """The report's results table: one row per model, both recipes side by side."""
+
+    def cell(model: str, what: str, recipe: str, fmt: str) -> str:
+        try:
+            value = table.loc[model, (what, recipe)]
+        except KeyError:
+            return "failed"
+        return "-" if not np.isfinite(value) else format(value, fmt)
+
+    header = ("| model | raw rank IC | raw recovery | raw agreement | cs rank IC | cs recovery | cs agreement "
+              "| raw valid rank IC | cs valid rank IC | raw / cs epochs | raw / cs train s |")  # fmt: skip
+    lines = [header, "|" + "---|" * 11]
+    for model in table.index:
+        ic = {r: f"{cell(model, 'rank_ic', r, '+.4f')} ± {cell(model, 'rank_ic_std', r, '.4f')}" for r in ("raw", "cs")}
+        if seeds == 1:
+            ic = {r: cell(model, "rank_ic", r, "+.4f") for r in ("raw", "cs")}
+        lines.append(
+            f"| {model} | {ic['raw']} | {cell(model, 'recovery', 'raw', '.2f')} | "
+            f"{cell(model, 'agreement', 'raw', '.2f')} | {ic['cs']} | {cell(model, 'recovery', 'cs', '.2f')} | "
+            f"{cell(model, 'agreement', 'cs', '.2f')} | {cell(model, 'valid_rank_ic', 'raw', '+.4f')} | "
+            f"{cell(model, 'valid_rank_ic', 'cs', '+.4f')} | {cell(model, 'epochs', 'raw', '.1f')} / "
+            f"{cell(model, 'epochs', 'cs', '.1f')} | {cell(model, 'train_s', 'raw', '.0f')} / "
+            f"{cell(model, 'train_s', 'cs', '.0f')} |"
+        )
+    lines.append(
+        f"| oracle (the planted score) | {oracle_ic:+.4f} | 1.00 | 1.00 | {oracle_ic:+.4f} | 1.00 | 1.00 | | | | |"
+    )
+    return lines
 
 
 def _findings(table: pd.DataFrame) -> list[str]:

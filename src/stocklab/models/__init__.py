@@ -3,11 +3,17 @@
 A new model family is one module here (its `StockModel` subclass and config dataclass, see
 models/base.py for the contract), one line in MODELS and, to be tunable, one search space in
 stocklab/spaces/<name>.yaml. Nothing in the trainer or the pipeline names a model.
+
+A family can also live in another package, without a fork: an entry point of the group
+`stocklab.models` (`name = "package.module:FAMILY"`, FAMILY being `(ModelClass, ConfigDataclass())`)
+adds it to MODELS when stocklab is imported (`load_plugins`); `tune -P space=...` gives it a
+search space.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from importlib import metadata
 
 from stocklab.config import RECIPES, StockLabError, TrainConfig, check_fields, with_values
 from stocklab.losses import objective
@@ -39,6 +45,27 @@ MODELS: dict[str, tuple[type[StockModel], object]] = {
     "factor": (Factor, FactorConfig()),
     "lgbm": (LGBM, LGBMConfig()),
 }
+PLUGIN_GROUP = "stocklab.models"
+
+
+def load_plugins(entry_points, models: dict) -> dict:
+    """Add the families of other packages' `stocklab.models` entry points to `models`; a name
+    that is taken, or an entry that is not (StockModel subclass, config dataclass), is an error
+    naming the entry point."""
+    for ep in entry_points:
+        where = f"entry point {ep.name} = {ep.value} ({PLUGIN_GROUP})"
+        if ep.name in models:
+            raise StockLabError(f"model: {where}: the name {ep.name!r} is already a model")
+        family = ep.load()
+        ok = isinstance(family, tuple) and len(family) == 2 and isinstance(family[0], type)
+        if not ok or not issubclass(family[0], StockModel) or not dataclasses.is_dataclass(family[1]):
+            raise StockLabError(f"model: {where} must be (a StockModel subclass, an instance of its config dataclass)")
+        models[ep.name] = family
+    return models
+
+
+load_plugins(metadata.entry_points(group=PLUGIN_GROUP), MODELS)
+
 # hyper-parameters added to a family after models were logged, with the value those models have
 # (a logged model's Bundle without the key is built with it, not with today's default)
 LEGACY_MODEL_VALUES = {"cnn1d": {"hidden": 0}}

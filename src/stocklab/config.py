@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stocklab.errors import StockLabError
-from stocklab.features import FEATURE_SETS  # the registries beside their builders
+from stocklab.features import FEATURE_SETS, check_feature_sets  # the registries beside their builders
 from stocklab.fields import (  # noqa: F401 - re-exported: the jobs' configs and their users
     ArgumentParser,
     add_arguments,
@@ -27,7 +27,7 @@ from stocklab.losses import DAILY_LOSSES, LOSSES
 
 __all__ = ["StockLabError"]  # re-exported: config users need not import errors too
 
-SCALERS = ("standard", "minmax", "standard_ticker", "minmax_ticker", "cs_zscore", "none")
+SCALERS = ("standard", "minmax", "standard_ticker", "minmax_ticker", "cs_zscore", "robust", "none")
 LABELS = ("raw", "excess", "cs_zscore", "cs_rank")
 # The training recipes (`recipe`): the training target, how batches are drawn, how the kept
 # epoch is chosen and what `features=auto` means (crosssection.py, windows.py, training/).
@@ -94,9 +94,11 @@ class TrainConfig:
         role="panel",
     )
     features: str = opt(
-        "auto", "feature set (auto: the model's own, else the recipe's: relative, or by the data)", FEATURE_SETS,
+        "auto",
+        f"feature set: {', '.join(FEATURE_SETS)}, or sets joined by '+' (relative+alpha158); auto: the model's "
+        "own, else the recipe's (relative, or by the data)",
         role="panel",
-    )  # fmt: skip
+    )
     horizon: int = opt(20, "label = forward return over N trading days", role="panel")
     seq_len: int = opt(20, "steps per input window", role="panel")
     window_stride: int = opt(1, "days between window steps (21: monthly)", role="panel")
@@ -158,6 +160,7 @@ class TrainConfig:
     def validate(self):
         """Raise StockLabError naming the first bad parameter; return self."""
         check_fields(self)
+        check_feature_sets(self.features)
         checks = [
             (self.horizon >= 1, "horizon", "must be >= 1"),
             (self.seq_len >= 1, "seq_len", "must be >= 1"),

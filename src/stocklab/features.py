@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from stocklab.alpha158 import alpha158
 from stocklab.errors import StockLabError
 
 OHLCV_NEEDS = ("open", "high", "low", "close", "volume")
@@ -31,17 +32,33 @@ class Panel:
     relative_ref: list[int]  # for each relative column, the column it is divided by
 
 
+def check_feature_sets(features: str) -> list[str]:
+    """The sets of a `features` value (`relative+alpha158`: both, their columns side by side);
+    an unknown set, or `auto` inside a composition, is a one-line error."""
+    parts = [p.strip() for p in features.split("+")]
+    unknown = [p for p in parts if p not in FEATURE_SETS]
+    if unknown or (len(parts) > 1 and "auto" in parts) or len(set(parts)) < len(parts):
+        raise StockLabError(
+            f"features: {features!r} must be one of {', '.join(FEATURE_SETS)}, or several of "
+            f"{', '.join(_BUILDERS)} joined by '+' (e.g. relative+alpha158), each once"
+        )
+    return parts
+
+
 def resolve_feature_set(features: str, columns: list[str], auto: str | None = None, recipe: str = "cs") -> str:
     """`auto` -> the model's own feature set when it declares one (`auto`; cnn_ta: its indicator
     image), else the recipe's: `relative` under cs; under raw `ohlcv` when the data has full
-    OHLCV bars and `returns` on close-only data."""
+    OHLCV bars and `returns` on close-only data. A composition `a+b` resolves each part."""
+    parts = check_feature_sets(features)
+    if len(parts) > 1:
+        return "+".join(resolve_feature_set(p, columns) for p in parts)
     if features == "auto" and auto is not None:
         features = auto
     if features == "auto" and recipe == "cs":
         features = "relative"  # close-only data gets the close (and volume) relative to the last close
     if features == "auto":
         return "ohlcv" if all(c in columns for c in OHLCV_NEEDS) else "returns"
-    if features in ("ohlcv", "technical"):
+    if features in ("ohlcv", "technical", "alpha158"):
         missing = [c for c in OHLCV_NEEDS if c not in columns]
         if missing:
             raise StockLabError(
@@ -72,8 +89,8 @@ def build_panel(
     position among them (NaN for a ticker the model never saw), so scoring another set of
     tickers gives each known ticker the id it was trained with."""
     features = resolve_feature_set(features, list(panel.columns))
-    if features not in _BUILDERS:
-        raise StockLabError(f"features: unknown feature set '{features}'")
+    if features == "auto" or "auto" in features.split("+"):
+        raise StockLabError("features: 'auto' must be resolved before the panel is built")
     tickers = sorted(panel["ticker"].unique())
     dates = pd.DatetimeIndex(sorted(panel["date"].unique()))
 
@@ -82,7 +99,8 @@ def build_panel(
 
     close = wide("close")
     with np.errstate(divide="ignore", invalid="ignore"):
-        built = _BUILDERS[features](wide, close, _Options(tickers, universe, return_period, set(panel.columns)))
+        opt = _Options(tickers, universe, return_period, set(panel.columns))
+        built = _join([_BUILDERS[part](wide, close, opt) for part in features.split("+")])
         y = np.full(close.shape, np.nan)
         y[:, :-horizon] = close[:, horizon:] / close[:, :-horizon] - 1.0
     X = built.X
@@ -113,6 +131,20 @@ class _Built:
     names: list[str]
     relative_cols: list[int] = field(default_factory=list)
     relative_ref: list[int] = field(default_factory=list)
+
+
+def _join(parts: list[_Built]) -> _Built:
+    """Feature sets side by side: their columns in order, relative columns re-indexed."""
+    if len(parts) == 1:
+        return parts[0]
+    X = np.concatenate([p.X for p in parts], axis=-1)
+    names, rel, ref, offset = [], [], [], 0
+    for p in parts:
+        names += p.names
+        rel += [c + offset for c in p.relative_cols]
+        ref += [c + offset for c in p.relative_ref]
+        offset += p.X.shape[-1]
+    return _Built(X, names, rel, ref)
 
 
 def _stack(cols: list[np.ndarray]) -> np.ndarray:
@@ -176,6 +208,14 @@ def _relative(wide, close: np.ndarray, opt: _Options) -> _Built:
     return _Built(_stack(cols), names, list(range(len(cols))), ref)
 
 
-_BUILDERS = {"ohlcv": _ohlcv, "returns": _returns, "relative": _relative, "technical": _technical}
+def _alpha158(wide, close: np.ndarray, opt: _Options) -> _Built:
+    # Qlib's hand-made set (alpha158.py): 157 columns, 158 with a vwap column
+    vwap = wide("vwap") if "vwap" in opt.columns else None
+    names, X = alpha158(wide("open"), wide("high"), wide("low"), close, wide("volume"), vwap)
+    return _Built(X, names)
+
+
+_BUILDERS = {"ohlcv": _ohlcv, "returns": _returns, "relative": _relative, "technical": _technical,
+             "alpha158": _alpha158}  # fmt: skip
 # the `features` parameter's values: `auto` picks one by the model and the data (resolve_feature_set)
 FEATURE_SETS = ("auto", *_BUILDERS)

@@ -133,6 +133,8 @@ class Scaler:
             return cls(kind, np.zeros((1, F)), np.ones((1, F)), tuple(int(c) for c in skip_cols))
         if kind == "none" or train_end <= train_start:
             return cls("none", np.zeros((1, F)), np.ones((1, F)))
+        if kind == "robust":
+            return cls._robust(train, skip_cols, skip_ref)
         per_ticker = kind.endswith("_ticker")
         axis = 1 if per_ticker else (0, 1)
         shift, scale = [], []
@@ -166,6 +168,28 @@ class Scaler:
             scale[:, c] = s
         return cls(kind, shift, scale)
 
+    @classmethod
+    def _robust(cls, train: np.ndarray, skip_cols, skip_ref) -> Scaler:
+        """Qlib's RobustZScoreNorm: (x - median) / (1.4826 MAD) over the training days, clipped
+        to +-ROBUST_CLIP by transform (relative columns: scaled as by every scaler, never
+        clipped: their levels become a window's differences only later)."""
+        F = train.shape[-1]
+        shift, scale = np.zeros((1, F)), np.ones((1, F))
+        for j in range(0, F, 16):  # a few features at a time (nanmedian copies its input)
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN features
+                part = train[..., j : j + 16].reshape(-1, min(16, F - j)).astype(np.float64)
+                med = np.nanmedian(part, axis=0)
+                shift[0, j : j + 16] = med
+                scale[0, j : j + 16] = 1.4826 * np.nanmedian(np.abs(part - med), axis=0)
+        scale = np.where(np.isfinite(scale) & (scale > 1e-12), scale, 1.0)
+        shift = np.where(np.isfinite(shift), shift, 0.0)
+        for c in skip_cols:
+            shift[:, c], scale[:, c] = 0.0, 1.0
+        for c, s in relative_scales(train, skip_cols, skip_ref).items():
+            scale[:, c] = s
+        return cls("robust", shift, scale, tuple(int(c) for c in skip_cols))
+
     def transform(self, X: np.ndarray, inplace: bool = False) -> np.ndarray:
         """Scaled float32 copy of X, or X itself scaled in place (`inplace`, X float32)."""
         # in float32 throughout: a float64 temporary of a large panel would double peak memory
@@ -175,6 +199,9 @@ class Scaler:
             return zscore_days(out, self.skip, out=out)
         out -= shift
         out /= scale
+        if self.kind == "robust":  # NaN stays NaN here; the WindowSet reads it as 0 (Qlib's Fillna)
+            for c in np.setdiff1d(np.arange(out.shape[-1]), self.skip):  # views: clipped in place
+                np.clip(out[..., c], -ROBUST_CLIP, ROBUST_CLIP, out=out[..., c])
         return out
 
     @property
@@ -191,6 +218,9 @@ class Scaler:
     @classmethod
     def from_dict(cls, d: dict) -> Scaler:
         return cls(d["kind"], np.asarray(d["shift"]), np.asarray(d["scale"]), tuple(d.get("skip", ())))
+
+
+ROBUST_CLIP = 3.0  # the robust scaler's bound, in robust standard deviations
 
 
 def relative_scales(train: np.ndarray, cols, refs) -> dict[int, float]:

@@ -377,3 +377,21 @@ def test_two_jobs_starting_together_on_a_new_sqlite_store_both_succeed(tmp_path)
         assert len(mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'FINISHED'")) >= 2
     finally:
         mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--model", "lgbm", "--num_leaves", "1"], "num_leaves: 1 must be >= 2"),
+        (["predict", "--eval_batch_size", "0"], "eval_batch_size: 0 must be >= 1"),
+        (["evaluate", "--run_id", "x", "--eval_batch_size", "-1"], "eval_batch_size: -1 must be >= 1"),
+        (["benchmark", "--batch_size", "0", "--data", "sample"], "batch_size: 0 must be >= 1"),
+        (["benchmark", "--seq_len", "0", "--data", "sample"], "seq_len: 0 must be >= 1"),
+        (["benchmark", "--train_steps", "0", "--data", "sample"], "train_steps: 0 must be >= 1"),
+        (["benchmark", "--output", ".", "--data", "sample"], "output: '.' is a folder"),
+    ],
+)
+def test_batch_sizes_leaf_counts_and_benchmark_sizes_are_checked_before_any_work(tmp_path, tracking, capsys, argv,
+                                                                                 message):  # fmt: skip
+    line = cli_error(capsys, argv)
+    assert line.startswith("stocklab: error: ") and message in line, line

@@ -106,6 +106,8 @@ def test_bars_of_any_dtype_give_the_same_predictions_and_short_tickers_are_skipp
 
     with pytest.raises(mlflow.exceptions.MlflowException, match="close"):
         model.predict(base.drop(columns="close"))  # a missing required column names it
+    with pytest.raises(mlflow.exceptions.MlflowException, match="batch_size: 0 must be >= 1"):
+        model.predict(base, params={"batch_size": 0})
     with pytest.raises(mlflow.exceptions.MlflowException, match="'high' has 1 value"):
         model.predict(base.astype({"high": object}).assign(high=lambda d: d["high"].where(d.index != 5, "1,5")))
 

@@ -277,6 +277,8 @@ class EvaluateConfig:
             raise StockLabError("run_id/model_uri: give exactly one of them")
         if self.folds < 1:
             raise StockLabError(f"folds: {self.folds} must be >= 1")
+        if self.eval_batch_size < 1:
+            raise StockLabError(f"eval_batch_size: {self.eval_batch_size} must be >= 1")
         check_fields(self)
         return self
 
@@ -293,8 +295,11 @@ class PredictConfig:
     eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size of the scoring pass")
 
     def validate(self):
+        check_fields(self)
         if Path(self.output).suffix.lower() not in (".csv", ".parquet"):
             raise StockLabError(f"output: '{self.output}' must end in .csv or .parquet")
+        if self.eval_batch_size < 1:
+            raise StockLabError(f"eval_batch_size: {self.eval_batch_size} must be >= 1")
         return self
 
 
@@ -367,9 +372,16 @@ class BenchmarkConfig:
         for name in ("epochs", "seeds", "tickers", "days"):
             if getattr(self, name) < 0:
                 raise StockLabError(f"{name}: {getattr(self, name)} must be >= 0")
-        for name in ("train_every", "patience"):
+        at_least_1 = ("train_every", "patience", "n_tickers", "seq_len", "batch_size", "train_steps",
+                      "seed000_steps", "seed000_tickers", "seed000_days", "study_trials", "study_tickers",
+                      "study_jobs", "folds")  # fmt: skip
+        for name in at_least_1:
             if getattr(self, name) < 1:
                 raise StockLabError(f"{name}: {getattr(self, name)} must be >= 1")
+        if self.suite == "speed" and Path(self.output).is_dir():
+            raise StockLabError(
+                f"output: '{self.output}' is a folder; the speed suite writes one JSON file (speed.json)"
+            )
         if self.suite != "recovery" and self.data != "sample" and not Path(self.data).expanduser().exists():
             # the default is the project's reference data beside a development checkout
             raise StockLabError(

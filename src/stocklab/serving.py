@@ -133,6 +133,10 @@ class RawBarModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         params = params or {}
+        if int(params.get("batch_size", EVAL_BATCH_SIZE)) < 1:  # a bad request: one line, HTTP 400
+            raise MlflowException(
+                f"batch_size: {params['batch_size']} must be >= 1", error_code=INVALID_PARAMETER_VALUE
+            )
         try:
             return score_bars(
                 self.network, self.bundle, model_input, all_dates=bool(params.get("all_dates")),

@@ -43,6 +43,8 @@ class LGBMConfig:
     def validate(self):
         check_ranges(self, at_least_1=("num_leaves", "n_estimators", "rounds_per_epoch", "min_data_in_leaf"),
                      at_least_0=("lambda_l2",))  # fmt: skip
+        if self.num_leaves < 2:  # LightGBM's own bound (a one-leaf tree is a constant)
+            raise StockLabError(f"num_leaves: {self.num_leaves} must be >= 2")
         for name in ("learning_rate", "feature_fraction", "bagging_fraction"):
             if not 0 < getattr(self, name) <= 1:
                 raise StockLabError(f"{name}: {getattr(self, name)} must be in (0, 1]")

@@ -395,3 +395,30 @@ def test_batch_sizes_leaf_counts_and_benchmark_sizes_are_checked_before_any_work
                                                                                  message):  # fmt: skip
     line = cli_error(capsys, argv)
     assert line.startswith("stocklab: error: ") and message in line, line
+
+
+def test_more_quantiles_than_tickers_is_one_line_not_a_nan_book(tmp_path, tracking, capsys):
+    data = write_ticker_csvs(synthetic_bars(n_tickers=8, n_days=200), tmp_path / "csvs")
+    line = cli_error(capsys, _train(data, "--quantiles", "1000", "--model", "linear"))
+    assert "quantiles: 1000 buckets of the long-short book need at least 1000 tickers; the data has 8" in line
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--label_scale", "1e30"], "label_scale: 1e+30 must be in (0, 1e+06]"),
+        (["promote", "--model", "lstm' OR name LIKE '%"], "is not a model name (letters, digits"),
+    ],
+)
+def test_absurd_scales_and_names_are_named_as_themselves(tracking, capsys, argv, message):
+    assert message in cli_error(capsys, argv)
+
+
+def test_a_search_space_with_fractional_int_bounds_is_refused(tmp_path):
+    from stocklab.models import MODELS
+    from stocklab.spaces import load_space
+
+    space = tmp_path / "space.yaml"
+    space.write_text("num_layers: {type: int, low: 0.5, high: 4.5}\n")
+    with pytest.raises(StockLabError, match="num_layers: low 0.5 is not a whole number"):
+        load_space("lstm", MODELS["lstm"][1], str(space))

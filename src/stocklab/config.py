@@ -72,6 +72,7 @@ INPUT_ROLES = ("panel", "windows", "recorded")
 
 
 MAX_SEED = 2**32 - 1
+MAX_LABEL_SCALE = 1e6  # beyond it the label's squares overflow float32 losses (blamed on lr otherwise)
 
 
 @dataclass
@@ -174,7 +175,7 @@ class TrainConfig:
             (0.0 <= self.max_drop <= 1.0, "max_drop", "must be a share in [0, 1]"),
             (not self.date_format or "%" in self.date_format, "date_format", "must be a strftime format like %d/%m/%Y"),
             (0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}] (numpy's seed range)"),
-            (self.label_scale > 0, "label_scale", "must be > 0"),
+            (0 < self.label_scale <= MAX_LABEL_SCALE, "label_scale", f"must be in (0, {MAX_LABEL_SCALE:g}]"),
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.max_tickers >= 0, "max_tickers", "must be >= 0"),
             (self.folds >= 1, "folds", "must be >= 1"),

@@ -16,6 +16,7 @@ for a *loss* metric also the training target and loss: label, loss) are not comp
 from __future__ import annotations
 
 import math
+import re
 
 import mlflow
 
@@ -56,6 +57,8 @@ def run_promote(cfg: PromoteConfig) -> dict:
             f"metric: {cfg.metric!r} is measured on out-of-sample data, which never decides; "
             "use a validation metric (valid_loss_min, valid_rank_ic, valid_ls_sharpe_net, ...)"
         )
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", cfg.model):  # it goes into a registry search filter
+        raise StockLabError(f"model: {cfg.model!r} is not a model name (letters, digits, '_', '.', '-')")
     name = registry.registered_name(cfg.model)
     direction = direction_for(cfg.metric, cfg.direction)
     versions = registry.versions(name)

@@ -29,6 +29,7 @@ from stocklab import indicators
 from stocklab.config import StockLabError, TrainConfig, with_values
 from stocklab.crosssection import MIN_TICKERS
 from stocklab.data import DataReport, ReadOptions, load_panel
+from stocklab.factor_eval import MIN_CROSS_SECTION
 from stocklab.features import Panel, build_panel, resolve_feature_set
 from stocklab.models import LEGACY_MODEL_VALUES, MODELS
 from stocklab.windows import (
@@ -228,6 +229,13 @@ def with_windows(
         label=cfg.label,
         train_every=cfg.train_every,
     )
+    # a book needs `quantiles` names a day (a cross-section too small for any is skipped, not an error)
+    n_tickers = len(prep.panel.tickers)
+    if fold is not None and MIN_CROSS_SECTION <= n_tickers < cfg.quantiles:
+        raise StockLabError(
+            f"quantiles: {cfg.quantiles} buckets of the long-short book need at least {cfg.quantiles} tickers; "
+            f"the data has {n_tickers}"
+        )
     for split in ws.ranges:
         if ws.size(split) == 0 and cfg.label != "raw" and len(prep.panel.tickers) < MIN_TICKERS:
             raise StockLabError(

@@ -105,6 +105,8 @@ def load_space(model: str, model_cfg, path: str = "", fixed=frozenset()) -> dict
                 spec["choices"] = [convert(c, typ, name) for c in spec["choices"]]
             else:
                 for key in ("low", "high"):
+                    if typ is int and isinstance(spec[key], float) and not spec[key].is_integer():
+                        raise StockLabError(f"{name}: {key} {spec[key]} is not a whole number (an int dimension)")
                     spec[key] = convert(spec[key], typ, name)
                 if not spec["low"] <= spec["high"]:
                     raise StockLabError(f"{name}: low {spec['low']} > high {spec['high']}")

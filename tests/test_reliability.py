@@ -10,6 +10,7 @@ import time
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import cli_error, synthetic_bars, write_ticker_csvs
 
@@ -422,3 +423,18 @@ def test_a_search_space_with_fractional_int_bounds_is_refused(tmp_path):
     space.write_text("num_layers: {type: int, low: 0.5, high: 4.5}\n")
     with pytest.raises(StockLabError, match="num_layers: low 0.5 is not a whole number"):
         load_space("lstm", MODELS["lstm"][1], str(space))
+
+
+def test_ticker_names_never_reach_a_path_or_mathtext_unescaped(tmp_path):
+    from stocklab.factor_eval import prediction_plots
+
+    names = ["../ZZESC", "a/ZZSLASH", "X" * 300, "X$^$", "AAPL"]
+    days = pd.bdate_range("2020-01-01", periods=80)
+    rng = np.random.default_rng(0)
+    df = pd.concat([pd.DataFrame({"date": days, "ticker": n, "prediction": rng.random(80), "label": rng.random(80)})
+                    for n in names])  # fmt: skip
+    out = tmp_path / "plots"
+    paths = prediction_plots(df, out, n_tickers=len(names))
+    assert len({p.name for p in paths}) == len(names) and all(p.parent == out and p.exists() for p in paths)
+    assert all(len(p.name) < 120 for p in paths) and out / "pred_vs_actual_AAPL.png" in paths
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plots"]  # nothing escaped the folder

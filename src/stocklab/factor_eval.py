@@ -8,7 +8,9 @@ realised forward return over the label horizon (in label units; correlations ign
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -315,6 +317,16 @@ def _sheet_tables(fd: pd.DataFrame, periods: tuple[int, ...], outdir: Path) -> N
     plotting.plot_quantile_statistics_table(fd, return_df=True).to_csv(outdir / "quantile_statistics.csv")
 
 
+def file_name(name: str, limit: int = 80) -> str:
+    """A ticker's name as one safe file-name part: letters, digits, '.', '_' and '-' kept, the
+    rest as '_', at most `limit` characters, and a short digest of the real name whenever it
+    had to change (so two names never share a file; the real name stays in tables and titles)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")[:limit] or "_"
+    if safe == name:
+        return name
+    return f"{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
 def prediction_plots(df: pd.DataFrame, outdir: Path, seed: int = 0, n_tickers: int = 3, seg_days: int = 60):
     """Prediction vs realised label for a few tickers: the whole period and random segments."""
     outdir.mkdir(parents=True, exist_ok=True)
@@ -334,10 +346,12 @@ def prediction_plots(df: pd.DataFrame, outdir: Path, seed: int = 0, n_tickers: i
             ax.plot(s["date"], s["label"], label="actual", lw=1)
             ax.plot(s["date"], s["prediction"], label="prediction", lw=1)
             ax.axhline(0, color="grey", lw=0.5)
-            ax.set_title(f"{tk}: {s['date'].iloc[0].date()} .. {s['date'].iloc[-1].date()}", fontsize=9)
+            # the real name, as text: `$` would start matplotlib's mathtext
+            title = f"{tk}: {s['date'].iloc[0].date()} .. {s['date'].iloc[-1].date()}".replace("$", r"\$")
+            ax.set_title(title, fontsize=9)
         axes[0].legend(loc="upper left")
         fig.tight_layout()
-        path = outdir / f"pred_vs_actual_{tk}.png"
+        path = outdir / f"pred_vs_actual_{file_name(tk)}.png"
         fig.savefig(path, dpi=80)
         plt.close(fig)
         paths.append(path)

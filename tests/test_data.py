@@ -217,3 +217,19 @@ def test_read_options_say_what_cannot_be_detected(tmp_path, capsys):
     assert "lost 10 of 60 rows" in capsys.readouterr().err
     load_panel(folder, cache_dir=None, options=ReadOptions(max_drop=0.2))
     assert "lost" not in capsys.readouterr().err
+
+
+def test_blank_ticker_cells_take_the_files_ticker_or_are_one_line_in_a_long_table(tmp_path):
+    from conftest import synthetic_bars, write_ticker_csvs
+
+    folder = write_ticker_csvs(synthetic_bars(n_tickers=2, n_days=40), tmp_path / "csvs")
+    first = sorted(folder.iterdir())[0]
+    frame = pd.read_csv(first)
+    frame.loc[[3, 10], "Name"] = None  # a per-ticker file with blank Name cells
+    frame.to_csv(first, index=False)
+    raw, _ = load_panel(str(folder), cache_dir=None)
+    assert raw["ticker"].value_counts().tolist() == [40, 40]
+    long = pd.concat([pd.read_csv(p) for p in sorted(folder.iterdir())])
+    long.to_csv(tmp_path / "long.csv", index=False)
+    with pytest.raises(StockLabError, match="long.csv: column 'Name' is blank in 2 row\\(s\\) \\(e.g. row 5\\)"):
+        load_panel(str(tmp_path / "long.csv"), cache_dir=None)

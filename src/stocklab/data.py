@@ -116,17 +116,24 @@ def _normalise(df: pd.DataFrame, where: str, ticker: str | None, options: ReadOp
         tcol = next((lower[n] for n in TICKER_NAMES if n in lower), None)
         if tcol is None:
             raise StockLabError(f"{where}: missing ticker column (expected one of {TICKER_NAMES})")
-        out["ticker"] = df[tcol].astype(str)
+        blank = _blank(df[tcol])
+        if blank.any():
+            raise StockLabError(
+                f"{where}: column '{tcol}' is blank in {int(blank.sum())} row(s) (e.g. row {int(blank.argmax()) + 2}); "
+                "every row of a long-format table names its ticker"
+            )
+        out["ticker"] = df[tcol].astype(str).str.strip()
     else:
         # a Name column inside a per-ticker file wins over the file name; it holds one ticker
         tcol = next((lower[n] for n in TICKER_NAMES if n in lower), None)
-        names = df[tcol].dropna().astype(str).unique() if tcol is not None else []
+        names = df[tcol][~_blank(df[tcol])].astype(str).str.strip().unique() if tcol is not None else []
         if len(names) > 1:
             raise StockLabError(
                 f"{where}: column '{tcol}' holds {len(names)} tickers ({', '.join(names[:3])}); a per-ticker "
                 "file holds one (split it, or pass the file itself as a long-format table)"
             )
-        out["ticker"] = df[tcol].astype(str) if tcol is not None else ticker
+        # the file's one ticker on every row, blank cells included (its name, else the file's)
+        out["ticker"] = names[0] if len(names) else ticker
     for col in VALUE_COLS:
         src = lower.get(col)
         if col == "close" and src is None:
@@ -136,7 +143,11 @@ def _normalise(df: pd.DataFrame, where: str, ticker: str | None, options: ReadOp
     return out[out["date"].notna()]
 
 
-# d/m/y or m/d/y with any of / . - between the parts, then anything (a time)
+def _blank(names: pd.Series) -> np.ndarray:
+    """Cells of a ticker column that hold no name (missing, or only spaces)."""
+    return (names.isna() | (names.astype(str).str.strip() == "")).to_numpy()
+
+
 def _clean(df: pd.DataFrame, report: DataReport, max_drop: float = 0.05) -> pd.DataFrame:
     """Apply the documented cleaning rules, counting every dropped or repaired row."""
     dropped, repaired = report.dropped, report.repaired

@@ -235,6 +235,20 @@ def _study(data, tmp_path, **kw) -> TuneConfig:
     return TuneConfig(**{**values, **kw})
 
 
+def test_a_study_resumes_only_with_its_own_model_and_data(tracking, csv_dir, tmp_path):
+    run_tune(_study(csv_dir, tmp_path, n_trials=1, study_name="s", register=False))
+    with pytest.raises(StockLabError, match="model: study 's' tunes linear, not rnn: rerun with --model linear"):
+        run_tune(_study(csv_dir, tmp_path, n_trials=2, study_name="s", model="rnn", register=False))
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in sorted(csv_dir.iterdir())[:-1]:  # the same folder less one ticker
+        (other / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(StockLabError, match="data: study 's' was run on other data"):
+        run_tune(_study(other, tmp_path, n_trials=2, study_name="s", register=False))
+    study = optuna.load_study(study_name="s", storage=make_storage(str(tmp_path / "j.log")))
+    assert [t.state.name for t in study.trials] == ["COMPLETE"]  # nothing ran, nothing was lost
+
+
 @pytest.mark.slow
 def test_multi_objective_study_registers_the_pareto_trial_with_the_best_rank_ic(tracking, csv_dir, tmp_path):
     cfg = _study(csv_dir, tmp_path, metric="both", n_trials=4, pruner="median")

@@ -314,11 +314,14 @@ def clean_bars(
     return _finish(read_bars(df, where, options).reset_index(drop=True), report, options.max_drop), report
 
 
-def check_source(data: str) -> None:
+def check_source(data: str, options: ReadOptions = ReadOptions()) -> str:
     """Fail at once when `data` names nothing to read (no such file or folder, a folder without
-    data files): a study checks it before its trials, which would each fail on it."""
-    if data != "sample":
-        _input_files(Path(data).expanduser(), data)
+    data files): a study checks it before its trials, which would each fail on it. Returns the
+    source's fingerprint (its files' bytes and the read options: what a study's trials saw)."""
+    if data == "sample":
+        return "sample"
+    files, _ = _input_files(Path(data).expanduser(), data)
+    return _files_fingerprint(files, options)
 
 
 def _input_files(path: Path, data: str) -> tuple[list[Path], list[str]]:

@@ -32,7 +32,7 @@ from optuna.trial import TrialState
 
 from stocklab import tracking
 from stocklab.config import StockLabError, TuneConfig
-from stocklab.data import check_source
+from stocklab.data import ReadOptions, check_source
 from stocklab.errors import mask_secrets
 from stocklab.interrupts import install_signal_handlers, quiet_optuna_interrupts
 from stocklab.models import MODELS, check_model
@@ -59,11 +59,11 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
     cfg.validate()
     model_overrides = model_overrides or {}
     check_model(cfg.model)
-    check_source(cfg.data)  # before the study: each trial would fail on it
+    source = check_source(cfg.data, ReadOptions.of(cfg))  # before the study: each trial would fail on it
     space = load_space(cfg.model, MODELS[cfg.model][1], cfg.space, set(fixed) | set(model_overrides))
     check_comparable(space, cfg.metric)
     study_name = cfg.resolved_study_name()
-    study, created = claim_study(cfg)
+    study, created = claim_study(cfg, source=source)
     fail_dead_local_trials(study)
     trials = budget_trials(study.get_trials(deepcopy=False), cfg.count_failed)  # before this worker starts any
     install_signal_handlers()

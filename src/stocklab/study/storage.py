@@ -106,8 +106,10 @@ def open_study(cfg: TuneConfig) -> optuna.Study:
     return claim_study(cfg, claim=False)[0]
 
 
-def claim_study(cfg: TuneConfig, claim: bool = True) -> tuple[optuna.Study, bool]:
+def claim_study(cfg: TuneConfig, claim: bool = True, source: str | None = None) -> tuple[optuna.Study, bool]:
     """(study, created): created is True for the one process whose call made the study.
+    `source`: the data's fingerprint (data.check_source); a study resumed on other data, or
+    with another model, is an error (their trials would be ranked together).
 
     Creating a study is atomic in every Optuna storage (the journal's log order, the RDB's unique
     study name), so of several brand-new workers started at once exactly one creates it; that
@@ -132,9 +134,13 @@ def claim_study(cfg: TuneConfig, claim: bool = True) -> tuple[optuna.Study, bool
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     study.set_metric_names(list(TUNE_METRICS[cfg.metric]))  # named in the dashboard, dataframes
                 study.set_user_attr(METRIC_ATTR, cfg.metric)
+                study.set_user_attr(MODEL_ATTR, cfg.model)
+                if source is not None:
+                    study.set_user_attr(DATA_ATTR, source)
                 return study, True
         study = optuna.create_study(**kwargs, load_if_exists=True)
         _check_same_objective(study, cfg, url)
+        _check_same_model_and_data(study, cfg, source)
         return study, False
     except ImportError as e:  # Optuna re-raises the driver's ModuleNotFoundError as a bare ImportError
         scheme = url.split("://", 1)[0]
@@ -153,6 +159,24 @@ def claim_study(cfg: TuneConfig, claim: bool = True) -> tuple[optuna.Study, bool
 
 
 METRIC_ATTR = "stocklab_metric"
+MODEL_ATTR, DATA_ATTR = "stocklab_model", "stocklab_data_fingerprint"
+
+
+def _check_same_model_and_data(study: optuna.Study, cfg: TuneConfig, source: str | None) -> None:
+    """A resumed study keeps its model and its data (studies made before they were recorded
+    are not checked)."""
+    model = study.user_attrs.get(MODEL_ATTR)
+    if model is not None and model != cfg.model:
+        raise StockLabError(
+            f"model: study '{study.study_name}' tunes {model}, not {cfg.model}: rerun with --model {model} "
+            "or start a new study with --study_name"
+        )
+    data = study.user_attrs.get(DATA_ATTR)
+    if data is not None and source is not None and data != source:
+        raise StockLabError(
+            f"data: study '{study.study_name}' was run on other data (or read options) than '{cfg.data}': "
+            "its trials would be ranked with these; rerun on its data or start a new study with --study_name"
+        )
 
 
 def _check_same_objective(study: optuna.Study, cfg: TuneConfig, url: str) -> None:

@@ -438,3 +438,31 @@ def test_ticker_names_never_reach_a_path_or_mathtext_unescaped(tmp_path):
     assert len({p.name for p in paths}) == len(names) and all(p.parent == out and p.exists() for p in paths)
     assert all(len(p.name) < 120 for p in paths) and out / "pred_vs_actual_AAPL.png" in paths
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plots"]  # nothing escaped the folder
+
+
+@pytest.mark.parametrize("damage", [b"garbage that is no record\n", b'{"op_code": 5, "worker_id'])
+def test_a_damaged_journal_is_repaired_on_resume_and_its_trials_kept(tmp_path, tracking, capsys, damage):
+    """A garbage line (a bad copy) or a torn last line (a writer killed mid-line): the resume
+    recovers every readable trial, says which lines it skipped and keeps the damaged file."""
+    import optuna
+
+    from stocklab.study.storage import make_storage
+
+    data = write_ticker_csvs(synthetic_bars(n_tickers=6, n_days=200), tmp_path / "csvs")
+    journal = tmp_path / "j.log"
+    argv = ["tune", "--data", str(data), "--model", "linear", "--n_trials", "1", "--epochs", "1", "--horizon", "5",
+            "--seq_len", "5", "--storage", str(journal), "--study_name", "s", "--register", "false",
+            "--cache_dir", ""]  # fmt: skip
+    assert main(argv) == 0
+    lines = journal.read_bytes().count(b"\n")
+    with open(journal, "ab") as f:
+        f.write(damage)
+    capsys.readouterr()
+    argv[argv.index("--n_trials") + 1] = "2"
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"had 1 unreadable line(s) (line {lines + 1}); they are skipped, the damaged file is kept as" in err
+    (backup,) = tmp_path.glob("j.log.damaged-*")
+    assert backup.read_bytes().endswith(damage)
+    study = optuna.load_study(study_name="s", storage=make_storage(str(journal)))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]

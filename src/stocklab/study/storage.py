@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import optuna
@@ -39,8 +42,50 @@ def make_storage(storage: str = DEFAULT_JOURNAL, heartbeat: int = 60):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
+    repair_journal(storage)
     # a journal file uses file locks, so several workers on one machine can share it (SQLite cannot)
     return JournalStorage(JournalFileBackend(storage))
+
+
+def repair_journal(path: str) -> list[int]:
+    """Drop the lines of an Optuna journal that are no log record (a crashed writer's torn last
+    line, garbage from a bad copy), keeping the damaged file beside it; returns the 1-based
+    numbers of the dropped lines. Optuna reads past a torn *last* line, but the next append
+    glues onto it and from then on no read succeeds: resuming would destroy the study. Done
+    under the journal's own lock, so no worker appends meanwhile."""
+    import datetime
+    import shutil
+
+    from optuna.storages.journal import JournalFileSymlinkLock
+    from optuna.storages.journal._file import get_lock_file
+
+    file = Path(path)
+    if not file.is_file() or file.stat().st_size == 0:
+        return []
+    with get_lock_file(JournalFileSymlinkLock(str(file))):
+        lines = file.read_bytes().splitlines(keepends=True)
+        bad = [i for i, line in enumerate(lines, 1) if not _is_record(line)]
+        if not bad:
+            return []
+        stamp = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
+        backup = file.with_name(f"{file.name}.damaged-{stamp}")
+        shutil.copy2(file, backup)
+        tmp = file.with_name(f".{file.name}.repair")
+        tmp.write_bytes(b"".join(line for i, line in enumerate(lines, 1) if i not in bad))
+        os.replace(tmp, file)
+    shown = ", ".join(map(str, bad[:10])) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+    print(f"stocklab: warning: storage: {file} had {len(bad)} unreadable line(s) (line {shown}); they are "
+          f"skipped, the damaged file is kept as {backup}", file=sys.stderr)  # fmt: skip
+    return bad
+
+
+def _is_record(line: bytes) -> bool:
+    if not line.endswith(b"\n"):
+        return False  # torn: its writer died mid-line
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def make_pruner(name: str, epochs: int):
@@ -152,6 +197,8 @@ def claim_study(cfg: TuneConfig, claim: bool = True, source: str | None = None) 
     except StockLabError:
         raise
     except ValueError as e:  # e.g. the study exists with other directions
+        if isinstance(e, json.JSONDecodeError):  # a record that is not JSON: the file, not the name
+            raise StockLabError(f"storage: the journal {url} is damaged ({one_line(e)})") from None
         raise StockLabError(f"study_name: {one_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - sqlalchemy's OperationalError/ArgumentError, a bad journal path
         where = _host_port(url)

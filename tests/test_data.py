@@ -138,7 +138,7 @@ def test_every_date_format_of_a_file_gives_the_same_dates(tmp_path, rewrite):
     [
         (lambda d: d.iloc[:5].assign(date=pd.to_datetime(d["date"][:5]).dt.strftime("%m/%d/%Y")),
          "has an ambiguous day/month order"),
-        (lambda d: d.assign(date=["31/01/2015", "01/31/2015"] + list(d["date"][2:])),
+        (lambda d: d.assign(date=["31/01/2015", "01/31/2015"] + list(pd.to_datetime(d["date"][2:]).dt.strftime("%d/%m/%Y"))),
          "mixes day-first and month-first"),
         (lambda d: d.assign(date=["2300-01-02"] + list(d["date"][1:])),
          "date '2300-01-02' in column 'date' is outside 1678-2261"),
@@ -147,6 +147,12 @@ def test_every_date_format_of_a_file_gives_the_same_dates(tmp_path, rewrite):
         (lambda d: d.assign(open=["$" + str(v) for v in d["open"]]),
          "column 'open' has 30 value(s) that are not numbers"),
         (lambda d: d.assign(Name=["AAA"] * 15 + ["BBB"] * 15), "column 'Name' holds 2 tickers (AAA, BBB)"),
+        # two-digit years: pandas would read 08/02/13 as August 2nd 2013 (another calendar)
+        (lambda d: d.assign(date=pd.to_datetime(d["date"]).dt.strftime("%d/%m/%y")),
+         "column 'date' has two-digit years (e.g. '"),
+        # half ISO, half day-first: one rule for both halves would misdate one of them
+        (lambda d: d.assign(date=list(d["date"][:15]) + list(pd.to_datetime(d["date"][15:]).dt.strftime("%d/%m/%Y"))),
+         "column 'date' mixes date shapes (ISO (yyyy-mm-dd): '"),
     ],
 )  # fmt: skip
 def test_dirty_dates_numbers_and_tickers_are_errors_naming_the_file(tmp_path, mutate, message):

@@ -15,6 +15,32 @@ _DAY_MONTH = re.compile(r"^(\d{1,2})[/.-](\d{1,2})[/.-](\d{4})")
 _OFFSET = re.compile(r"(\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)\s*(?:[+-]\d{2}:?\d{2}|Z)$")
 
 
+# the written shapes of a date, one per file: a file mixing them would be read with one rule
+_SHAPES = {
+    "ISO (yyyy-mm-dd)": re.compile(r"^\d{4}-\d{1,2}-\d{1,2}(?:$|[T ])"),
+    "d/m/yyyy or m/d/yyyy": _DAY_MONTH,
+    "two-digit years (d/m/yy)": re.compile(r"^\d{1,2}[/.-]\d{1,2}[/.-]\d{2}(?:$|\s)"),
+}
+
+
+def _check_one_shape(text: pd.Series, where: str, col: str) -> None:
+    """Two-digit years, or several shapes in one file, are errors: read with one rule (or by
+    pandas' guess: 08/02/13 as August 2nd) they would land on another calendar."""
+    found = {name: text[text.str.match(rx)] for name, rx in _SHAPES.items()}
+    found = {name: hits for name, hits in found.items() if len(hits)}
+    if "two-digit years (d/m/yy)" in found:
+        example = found["two-digit years (d/m/yy)"].iloc[0]
+        raise StockLabError(
+            f"{where}: column '{col}' has two-digit years (e.g. {example!r}), which cannot be told apart; "
+            "write YYYY-MM-DD or say how they are written (-P date_format=%d/%m/%y)"
+        )
+    if len(found) > 1:
+        examples = "; ".join(f"{name}: {hits.iloc[0]!r}" for name, hits in found.items())
+        raise StockLabError(
+            f"{where}: column '{col}' mixes date shapes ({examples}); write every date one way (YYYY-MM-DD)"
+        )
+
+
 def parse_dates(raw: pd.Series, where: str, col: str, date_format: str = "") -> pd.Series:
     """Dates of one file with one explicit reading: `date_format` when given, else ISO strings,
     yyyymmdd integers, or d/m/y vs m/d/y decided from the values (a first field above 12 means
@@ -35,6 +61,7 @@ def parse_dates(raw: pd.Series, where: str, col: str, date_format: str = "") -> 
             dates = pd.to_datetime(raw.astype("Int64").astype("string"), format="%Y%m%d", errors="coerce")
         else:
             text = raw.astype("string").str.strip().str.replace(_OFFSET, r"\1", regex=True)
+            _check_one_shape(text.dropna(), where, col)
             parts = text.str.extract(_DAY_MONTH).dropna().astype(int)
             dayfirst = False
             if len(parts):

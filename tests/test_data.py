@@ -87,6 +87,10 @@ def _one_file(tmp_path, df, name="BAD_data.csv"):
     return str(folder), str(folder / name)
 
 
+def _day_first(dates: pd.Series) -> pd.Series:
+    return pd.to_datetime(dates).dt.strftime("%d/%m/%Y")
+
+
 @pytest.mark.parametrize(
     "mutate, message",
     [
@@ -138,7 +142,7 @@ def test_every_date_format_of_a_file_gives_the_same_dates(tmp_path, rewrite):
     [
         (lambda d: d.iloc[:5].assign(date=pd.to_datetime(d["date"][:5]).dt.strftime("%m/%d/%Y")),
          "has an ambiguous day/month order"),
-        (lambda d: d.assign(date=["31/01/2015", "01/31/2015"] + list(pd.to_datetime(d["date"][2:]).dt.strftime("%d/%m/%Y"))),
+        (lambda d: d.assign(date=["31/01/2015", "01/31/2015"] + list(_day_first(d["date"][2:]))),
          "mixes day-first and month-first"),
         (lambda d: d.assign(date=["2300-01-02"] + list(d["date"][1:])),
          "date '2300-01-02' in column 'date' is outside 1678-2261"),
@@ -151,7 +155,7 @@ def test_every_date_format_of_a_file_gives_the_same_dates(tmp_path, rewrite):
         (lambda d: d.assign(date=pd.to_datetime(d["date"]).dt.strftime("%d/%m/%y")),
          "column 'date' has two-digit years (e.g. '"),
         # half ISO, half day-first: one rule for both halves would misdate one of them
-        (lambda d: d.assign(date=list(d["date"][:15]) + list(pd.to_datetime(d["date"][15:]).dt.strftime("%d/%m/%Y"))),
+        (lambda d: d.assign(date=list(d["date"][:15]) + list(_day_first(d["date"][15:]))),
          "column 'date' mixes date shapes (ISO (yyyy-mm-dd): '"),
     ],
 )  # fmt: skip

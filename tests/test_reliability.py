@@ -466,3 +466,51 @@ def test_a_damaged_journal_is_repaired_on_resume_and_its_trials_kept(tmp_path, t
     assert backup.read_bytes().endswith(damage)
     study = optuna.load_study(study_name="s", storage=make_storage(str(journal)))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+
+
+@pytest.fixture
+def http_server():
+    """A local HTTP server answering /health with the status in `server.status`, recording the
+    Authorization headers it got."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.server.auth.append(self.headers.get("Authorization"))
+            self.send_response(self.server.status)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    server.status, server.auth = 200, []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def test_the_tracking_preflight_sends_credentials_and_fails_fast(http_server, monkeypatch, tmp_path):
+    import socket
+
+    import mlflow
+
+    from stocklab.tracking import check_tracking_server, prepare_sqlite_store
+
+    port = http_server.server_address[1]
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: f"http://user:p%40ss@127.0.0.1:{port}")
+    check_tracking_server()  # a valid URI with credentials is accepted
+    assert http_server.auth == ["Basic dXNlcjpwQHNz"]  # user:p@ss, as MLflow would send it
+    http_server.status = 503
+    with pytest.raises(StockLabError, match="answers 503 .*it is not serving"):
+        check_tracking_server()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: f"postgresql://u:secret@127.0.0.1:{free}/db")
+    with pytest.raises(StockLabError, match=f"no database server accepts connections at .*port {free}") as e:
+        check_tracking_server()
+    assert "secret" not in str(e.value)
+    with pytest.raises(StockLabError, match="the SQLite store's folder '.*nowhere' does not exist"):
+        prepare_sqlite_store(f"sqlite:///{tmp_path}/nowhere/mlflow.db")

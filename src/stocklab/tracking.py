@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -9,16 +10,18 @@ import os
 import platform
 import re
 import shlex
+import socket
 import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import unquote
 
 import mlflow
 import numpy as np
 import torch
 
-from stocklab.errors import StockLabError, mask_secrets
+from stocklab.errors import StockLabError, mask_secrets, one_line
 
 
 def unquote_param(logged: str) -> str:
@@ -228,18 +231,50 @@ def check_tracking_server(timeout: float = 5.0) -> None:
     from urllib.parse import urlsplit
 
     uri = mlflow.get_tracking_uri()
+    if uri.startswith(("postgresql", "mysql", "mssql")):
+        return _check_database_server(uri, timeout)
     if not uri.startswith(("http://", "https://")):
         return
     parts = urlsplit(uri)
+    # credentials in the URI (http://user:pw@host) go in a header, as MLflow sends them
+    netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+    request = urllib.request.Request(f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}/health")
+    if parts.username is not None:
+        token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return  # it answered (a proxy or an older server without /health): MLflow takes over
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as e:
+        if e.code >= 500:  # MLflow would retry it for minutes
+            raise StockLabError(
+                f"MLFLOW_TRACKING_URI: the tracking server at {mask_secrets(uri)} answers {e.code} ({e.reason}); "
+                "it is not serving"
+            ) from None
+        return  # it answered (a proxy, an auth wall, an older server without /health): MLflow takes over
     except OSError as e:
         reason = getattr(e, "reason", e)
         raise StockLabError(
             f"MLFLOW_TRACKING_URI: no MLflow tracking server answers at {mask_secrets(uri)} "
             f"(host {parts.hostname}, port {parts.port or 'default'}): {mask_secrets(reason)}"
+        ) from None
+
+
+def _check_database_server(uri: str, timeout: float) -> None:
+    """A database store whose server does not accept connections: one line in seconds (MLflow's
+    SQLAlchemy store retries for minutes)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    if not parts.hostname:
+        return  # a socket path or a DSN: MLflow's own error
+    ports = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+    port = parts.port or ports.get(parts.scheme.split("+")[0], 5432)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise StockLabError(
+            f"MLFLOW_TRACKING_URI: no database server accepts connections at {mask_secrets(uri)} "
+            f"(host {parts.hostname}, port {port}): {e.strerror or one_line(e)}"
         ) from None
 
 
@@ -254,6 +289,11 @@ def prepare_sqlite_store(uri: str) -> None:
     if str(path) in ("", ":memory:"):
         return
     where = path.parent if str(path.parent) else Path(".")
+    if not where.is_dir():
+        raise StockLabError(
+            f"MLFLOW_TRACKING_URI: the SQLite store's folder '{where.resolve()}' does not exist; create it or point "
+            "MLFLOW_TRACKING_URI at a file in an existing folder"
+        )
     if (path.exists() and not os.access(path, os.W_OK)) or (not path.exists() and not os.access(where, os.W_OK)):
         what = path if path.exists() else where
         raise StockLabError(

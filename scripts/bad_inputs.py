@@ -27,7 +27,7 @@ import pandas as pd
 FAST = ["--epochs", "1", "--seq_len", "5", "--horizon", "1", "--cache_dir", "", "--tear_sheet", "false"]
 
 
-def bars(n_tickers: int = 4, n_days: int = 120, seed: int = 0) -> pd.DataFrame:
+def bars(n_tickers: int = 6, n_days: int = 120, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     dates = pd.bdate_range("2015-01-01", periods=n_days)
     out = []
@@ -183,6 +183,56 @@ def cases() -> list[tuple[str, str, object, dict]]:
         subprocess.run([sys.executable, "-m", "stocklab.cli", *first], cwd=root, capture_output=True, env=_env(root))
         return tune("--study_name", "s", "--metric", "valid_rank_ic")(root)
 
+    def two_digit_years(frame):
+        frame["date"] = pd.to_datetime(frame["date"]).dt.strftime("%d/%m/%y")
+
+    def half_iso(frame):
+        d = pd.to_datetime(frame["date"])
+        frame["date"] = [x.strftime("%Y-%m-%d") if i % 120 < 60 else x.strftime("%d/%m/%Y") for i, x in enumerate(d)]
+
+    def renamed(name):  # one ticker under a name that is no file name
+        def fn(frame):
+            frame.loc[frame["Name"] == "T0", "Name"] = name
+
+        return fn
+
+    def blank_names(text):  # two blank Name cells in a per-ticker file
+        lines = text.splitlines()
+        for i in (3, 10):
+            lines[i] = lines[i].rsplit(",", 1)[0] + ","
+        return "\n".join(lines) + "\n"
+
+    def long_blank(root):
+        frame = bars()
+        frame.loc[[3, 10], "Name"] = None
+        frame.to_csv(root / "long.csv", index=False)
+        return root / "long.csv"
+
+    def two_tickers(root):
+        return folder(root, bars(n_tickers=2))
+
+    def tune_again(*second, first=()):  # a study, then the same study resumed with `second`
+        def argv(root):
+            base = tune("--study_name", "s", *first)(root)
+            subprocess.run([sys.executable, "-m", "stocklab.cli", *base], cwd=root, capture_output=True, env=_env(root))
+            later = [a(root) if callable(a) else a for a in second]
+            return tune("--study_name", "s", "--n_trials", "2", *later)(root)
+
+        return argv
+
+    def other_data(root):
+        return str(folder(root, bars(seed=1), "other"))
+
+    def damaged_journal(damage: bytes):
+        def argv(root):
+            base = tune("--study_name", "s")(root)
+            subprocess.run([sys.executable, "-m", "stocklab.cli", *base], cwd=root, capture_output=True, env=_env(root))
+            with open(root / "j.log", "ab") as f:
+                f.write(damage)
+            return tune("--study_name", "s", "--n_trials", "2")(root)
+
+        return argv
+
     def predict_folder(root):
         (root / "out").mkdir()
         return ["predict", "--model", "lstm", "--data", _data(root, good), "--output", str(root / "out")]
@@ -240,6 +290,39 @@ def cases() -> list[tuple[str, str, object, dict]]:
         ("promote with no registered version", "error", lambda r: ["promote", "--model", "gru"], {}),
         ("a tracking server that does not answer", "error", train(good),
          {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9/?password=hunter2"}),
+        # the fourth round (issue 46)
+        ("dd/mm/yy dates (two-digit years)", "error", train(mod(two_digit_years)), {}),
+        ("one file half ISO, half dd/mm/yyyy", "error", train(mod(half_iso)), {}),
+        ("--quantiles 1000 on 6 tickers", "error", train(good, "--quantiles", "1000"), {}),
+        ("tune: resume with another --model", "error", tune_again("--model", "rnn"), {}),
+        ("tune: resume on other --data", "error", tune_again("--data", other_data), {}),
+        ("tune: int bounds 0.5..4.5", "error", tune(space_text="seq_len: {type: int, low: 0.5, high: 4.5}\n"), {}),
+        ("a ticker named ../ZZESC", "ok", train(mod(renamed("../ZZESC"))), {}),
+        ("a ticker named a/ZZSLASH", "ok", train(mod(renamed("a/ZZSLASH"))), {}),
+        ("a ticker name of 300 characters", "ok", train(mod(renamed("Z" * 300))), {}),
+        ("a ticker named X$^$", "ok", train(mod(renamed("X$^$"))), {}),
+        ("blank Name cells in a per-ticker file", "ok", train(per_file(blank_names)), {}),
+        ("blank Name cells in a long-format file", "error", train(long_blank), {}),
+        ("lgbm --num_leaves 1", "error", train(good, "--model", "lgbm", "--num_leaves", "1"), {}),
+        ("benchmark --batch_size 0", "error", lambda r: ["benchmark", "--data", "sample", "--batch_size", "0"], {}),
+        ("benchmark --seq_len 0", "error", lambda r: ["benchmark", "--data", "sample", "--seq_len", "0"], {}),
+        ("benchmark --train_steps 0", "error", lambda r: ["benchmark", "--data", "sample", "--train_steps", "0"], {}),
+        ("benchmark --output onto a folder", "error", lambda r: ["benchmark", "--data", "sample", "--output", str(r)],
+         {}),
+        ("predict --eval_batch_size 0", "error",
+         lambda r: ["predict", "--data", _data(r, good), "--eval_batch_size", "0", "--output", str(r / "p.csv")], {}),
+        ("evaluate --eval_batch_size -1", "error", lambda r: ["evaluate", "--run_id", "x", "--eval_batch_size", "-1"],
+         {}),
+        ("an Optuna journal with a garbage line appended", "ok", damaged_journal(b"garbage\n"), {}),
+        ("an Optuna journal whose last line is cut off", "ok", damaged_journal(b'{"op_code": 5, "worker'), {}),
+        ("label=cs_rank (the default) on 2 tickers", "error", train(two_tickers), {}),
+        ("--label_scale 1e30", "error", train(good, "--label_scale", "1e30"), {}),
+        ("promote --model \"lstm' OR name LIKE '%\"", "error",
+         lambda r: ["promote", "--model", "lstm' OR name LIKE '%"], {}),
+        ("a SQLite store in a folder that does not exist", "error", train(good),
+         {"MLFLOW_TRACKING_URI": "sqlite:////nonexistent/folder/mlflow.db"}),
+        ("a PostgreSQL store that is down", "error", train(good),
+         {"MLFLOW_TRACKING_URI": "postgresql://u:hunter2@127.0.0.1:9/db"}),
     ]  # fmt: skip
 
 

@@ -279,7 +279,8 @@ def run_models_suite(cfg: BenchmarkConfig) -> dict:
         started = datetime.datetime.fromtimestamp(parent.info.start_time / 1000, datetime.timezone.utc)
         resumed = Resumed(sessions=sessions, reused=reused, fits=len(jobs))
         out = write_models_report(cfg, records, device, started, resumed)
-        mlflow.log_artifacts(str(Path(cfg.report).parent), "report")
+        for path in (out["report"], *out["plots"]):  # the report and its plots, not their folder
+            mlflow.log_artifact(str(path), "report")
     return out
 
 
@@ -396,4 +397,4 @@ def write_models_report(cfg: BenchmarkConfig, records, device, started, resumed:
         lines += ["", "## Failed runs", ""] + [f"- {r.entry} seed {r.seed}: {r.error}" for r in failed]
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}, {ic_png}, {ls_png}")
-    return {"report": str(path), "table": table, "records": records}
+    return {"report": str(path), "plots": [str(ic_png), str(ls_png)], "table": table, "records": records}

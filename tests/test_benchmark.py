@@ -35,10 +35,11 @@ def test_naive_windows_match_the_project_windows():
 
 @pytest.mark.slow
 def test_speed_suite_writes_speed_json(tmp_path, tracking):
-    data = write_ticker_csvs(synthetic_bars(n_tickers=3, n_days=260), tmp_path / "csvs")
+    # the study (d) trains under the default recipe, whose cross-section needs 5 tickers a day
+    data = write_ticker_csvs(synthetic_bars(n_tickers=6, n_days=260), tmp_path / "csvs")
     cfg = BenchmarkConfig(data=str(data), n_tickers=3, seq_len=20, batch_size=64, train_steps=3, seed000_steps=2,
                           seed000_tickers=4, seed000_days=400, output=str(tmp_path / "speed.json"),
-                          study_trials=2, study_tickers=3, study_jobs=1)  # fmt: skip
+                          study_trials=2, study_tickers=6, study_jobs=1)  # fmt: skip
     res = run_benchmark(cfg)
     saved = json.loads((tmp_path / "speed.json").read_text())
     for key in ("window_speedup", "window_mem_naive_mb", "window_mem_project_mb", "train_speedup_cnn2d",

@@ -72,9 +72,9 @@ def test_mlflow_run_train_end_to_end(tmp_path, csv_dir, tracking):
     assert p["hidden_size"] == "8" and p["epochs"] == "2" and float(p["lr"]) == 1e-3 and p["data"] == str(csv_dir)
     model, bundle = load_network(f"runs:/{run.info.run_id}/model")
     with torch.no_grad():
-        out = model(torch.randn(3, 10, 7))
+        out = model(torch.randn(3, 10, 5))  # the default recipe's relative o/h/l/c/volume
     assert out.shape == (3,) and torch.isfinite(out).all()
-    assert bundle.scaler.shift.shape == (1, 7) and bundle.data == str(csv_dir)
+    assert bundle.features == "relative" and bundle.scaler.shift.shape == (1, 5) and bundle.data == str(csv_dir)
 
     # `evaluate` re-scores the logged model into a new run linked by a tag
     r = mlflow_run("evaluate", {"run_id": run.info.run_id, "tear_sheet": "false"}, tracking, tmp_path)

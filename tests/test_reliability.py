@@ -305,7 +305,7 @@ def test_a_study_whose_parent_is_in_another_tracking_store_carries_on_here(tmp_p
     journal: the study goes on in the new store with a new parent and a warning naming both."""
     from stocklab.jobs.tune import run_tune
 
-    data = write_ticker_csvs(synthetic_bars(n_tickers=4, n_days=150), tmp_path / "csvs")
+    data = write_ticker_csvs(synthetic_bars(n_tickers=6, n_days=150), tmp_path / "csvs")
     cfg = TuneConfig(data=str(data), model="linear", n_trials=1, epochs=1, horizon=1, seq_len=5, cache_dir="",
                      storage=str(tmp_path / "j.log"), study_name="moved", pruner="none", tear_sheet=False)  # fmt: skip
     run_tune(cfg)
@@ -366,7 +366,7 @@ def test_two_jobs_starting_together_on_a_new_sqlite_store_both_succeed(tmp_path)
     import subprocess
     import sys
 
-    data = write_ticker_csvs(synthetic_bars(n_tickers=3, n_days=120), tmp_path / "csvs")
+    data = write_ticker_csvs(synthetic_bars(n_tickers=6, n_days=120), tmp_path / "csvs")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'new.db'}", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "stocklab.cli", "train", "--data", str(data), "--epochs", "1", "--seq_len", "5",
            "--horizon", "1", "--cache_dir", "", "--tear_sheet", "false"]  # fmt: skip

@@ -265,6 +265,28 @@ def _nan_gt0(x: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+class _Packed:
+    """Each ticker's bar days packed to the front of its row (a stable argsort of the validity
+    mask), and the way back into the union calendar of the output."""
+
+    def __init__(self, close: np.ndarray, X: np.ndarray, col: dict[str, int]):
+        valid = np.isfinite(close)
+        self.order = np.argsort(~valid, axis=1, kind="stable")  # each row's bar days first, in order
+        self.inv = np.argsort(self.order, axis=1, kind="stable")
+        self.valid = np.arange(close.shape[1])[None, :] < valid.sum(axis=1)[:, None]
+        self.X, self.col = X, col
+
+    def pack(self, a: np.ndarray) -> np.ndarray:
+        p = np.take_along_axis(a, self.order, axis=1)
+        p[~self.valid] = np.nan
+        return p
+
+    def put(self, name: str, packed: np.ndarray) -> None:
+        out = np.take_along_axis(np.where(self.valid, packed, np.nan), self.inv, axis=1).astype(np.float32)
+        out[~np.isfinite(out)] = np.nan
+        self.X[:, :, self.col[name]] = out
+
+
 def alpha158(open, high, low, close, volume, vwap=None) -> tuple[list[str], np.ndarray]:
     """Alpha158 features of an (N, D) OHLCV(+VWAP) panel -> (names, (N, D, F) float32 array).
 
@@ -274,93 +296,86 @@ def alpha158(open, high, low, close, volume, vwap=None) -> tuple[list[str], np.n
     shape = arrays[3].shape
     if len(shape) != 2 or any(a.shape != shape for a in arrays):
         raise ValueError(f"alpha158 needs (N, D) arrays of one shape, got {[a.shape for a in arrays]}")
-    n_tk, n_days = shape
     names = feature_names(vwap is not None)
-    col = {name: i for i, name in enumerate(names)}
-    X = np.full((n_tk, n_days, len(names)), np.nan, dtype=np.float32)
-    if n_tk == 0 or n_days == 0:
+    X = np.full((*shape, len(names)), np.nan, dtype=np.float32)
+    if 0 in shape:
         return names, X
-
-    valid = np.isfinite(arrays[3])
-    order = np.argsort(~valid, axis=1, kind="stable")  # each row's bar days first, in order
-    inv = np.argsort(order, axis=1, kind="stable")
-    pvalid = np.arange(n_days)[None, :] < valid.sum(axis=1)[:, None]
-
-    def pack(a):
-        p = np.take_along_axis(a, order, axis=1)
-        p[~pvalid] = np.nan
-        return p
-
-    def put(name, packed):
-        out = np.take_along_axis(np.where(pvalid, packed, np.nan), inv, axis=1)
-        out = out.astype(np.float32)
-        out[~np.isfinite(out)] = np.nan
-        X[:, :, col[name]] = out
-
-    O, H, L, C, V = (pack(a) for a in arrays[:5])  # noqa: E741
+    packed = _Packed(arrays[3], X, {name: i for i, name in enumerate(names)})
+    O, H, L, C, V = (packed.pack(a) for a in arrays[:5])  # noqa: E741
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        rng = H - L + EPS
-        top, bot = np.maximum(O, C), np.minimum(O, C)
-        put("KMID", (C - O) / O)  # one call at a time, so one temporary is alive at a time
-        put("KLEN", (H - L) / O)
-        put("KMID2", (C - O) / rng)
-        put("KUP", (H - top) / O)
-        put("KUP2", (H - top) / rng)
-        put("KLOW", (bot - L) / O)
-        put("KLOW2", (bot - L) / rng)
-        put("KSFT", (2 * C - H - L) / O)
-        put("KSFT2", (2 * C - H - L) / rng)
-        put("OPEN0", O / C)
-        put("HIGH0", H / C)
-        put("LOW0", L / C)
-        del rng, top, bot
-        if vwap is not None:
-            put("VWAP0", pack(arrays[5]) / C)
-
-        C1, V1 = _ref(C, 1), _ref(V, 1)
-        dC, dV = C - C1, V - V1
-        ret = _finite(C / C1)
-        logv = _finite(np.log(V + 1))
-        logdv = _finite(np.log(V / V1 + 1))
-        wv = _finite(np.abs(ret - 1) * V)
-        del C1, V1
-        for d in WINDOWS:
-            put(f"ROC{d}", _ref(C, d) / C)
-            put(f"MA{d}", _mean(C, d) / C)
-            put(f"STD{d}", _std(C, d) / C)
-            slope, rsq, resi = _ols(C, d)
-            put(f"BETA{d}", slope / C)
-            put(f"RSQR{d}", rsq)
-            put(f"RESI{d}", resi / C)
-            del slope, rsq, resi
-            hmax, lmin = _max(H, d), _min(L, d)
-            put(f"MAX{d}", hmax / C)
-            put(f"MIN{d}", lmin / C)
-            put(f"RSV{d}", (C - lmin) / (hmax - lmin + EPS))
-            del hmax, lmin
-            put(f"QTLU{d}", _quantile(C, d, 0.8) / C)
-            put(f"QTLD{d}", _quantile(C, d, 0.2) / C)
-            put(f"RANK{d}", _rank(C, d))
-            imax, imin = _idx_extreme(H, d, True), _idx_extreme(L, d, False)
-            put(f"IMAX{d}", imax / d)
-            put(f"IMIN{d}", imin / d)
-            put(f"IMXD{d}", (imax - imin) / d)
-            del imax, imin
-            put(f"CORR{d}", _corr(C, logv, d))
-            put(f"CORD{d}", _corr(ret, logdv, d))
-            cntp, cntn = _mean(_nan_gt0(dC), d), _mean(_nan_gt0(-dC), d)
-            put(f"CNTP{d}", cntp)
-            put(f"CNTN{d}", cntn)
-            put(f"CNTD{d}", cntp - cntn)
-            del cntp, cntn
-            for pre, dx in (("", dC), ("V", dV)):  # np.maximum keeps NaN
-                sp, sn = _sum(np.maximum(dx, 0), d), _sum(np.maximum(-dx, 0), d)
-                sa = _sum(np.abs(dx), d) + EPS
-                put(f"{pre}SUMP{d}", sp / sa)
-                put(f"{pre}SUMN{d}", sn / sa)
-                put(f"{pre}SUMD{d}", (sp - sn) / sa)
-            del sp, sn, sa
-            put(f"VMA{d}", _mean(V, d) / (V + EPS))
-            put(f"VSTD{d}", _std(V, d) / (V + EPS))
-            put(f"WVMA{d}", _std(wv, d) / (_mean(wv, d) + EPS))
+        _candle_and_price(packed.put, O, H, L, C, None if vwap is None else packed.pack(arrays[5]))
+        _rolling_families(packed.put, H, L, C, V)
     return names, X
+
+
+def _candle_and_price(put, O, H, L, C, vwap) -> None:  # noqa: E741 - the formulas' names
+    rng = H - L + EPS
+    top, bot = np.maximum(O, C), np.minimum(O, C)
+    put("KMID", (C - O) / O)  # one call at a time, so one temporary is alive at a time
+    put("KLEN", (H - L) / O)
+    put("KMID2", (C - O) / rng)
+    put("KUP", (H - top) / O)
+    put("KUP2", (H - top) / rng)
+    put("KLOW", (bot - L) / O)
+    put("KLOW2", (bot - L) / rng)
+    put("KSFT", (2 * C - H - L) / O)
+    put("KSFT2", (2 * C - H - L) / rng)
+    put("OPEN0", O / C)
+    put("HIGH0", H / C)
+    put("LOW0", L / C)
+    if vwap is not None:
+        put("VWAP0", vwap / C)
+
+
+def _rolling_families(put, H, L, C, V) -> None:
+    """The 29 rolling families at every window (their formulas: the module docstring)."""
+    C1, V1 = _ref(C, 1), _ref(V, 1)
+    dC, dV = C - C1, V - V1
+    ret = _finite(C / C1)
+    logv = _finite(np.log(V + 1))
+    logdv = _finite(np.log(V / V1 + 1))
+    wv = _finite(np.abs(ret - 1) * V)
+    del C1, V1
+    for d in WINDOWS:
+        _price_window(put, H, L, C, d)
+        put(f"CORR{d}", _corr(C, logv, d))
+        put(f"CORD{d}", _corr(ret, logdv, d))
+        cntp, cntn = _mean(_nan_gt0(dC), d), _mean(_nan_gt0(-dC), d)
+        put(f"CNTP{d}", cntp)
+        put(f"CNTN{d}", cntn)
+        put(f"CNTD{d}", cntp - cntn)
+        del cntp, cntn
+        for pre, dx in (("", dC), ("V", dV)):  # np.maximum keeps NaN
+            sp, sn = _sum(np.maximum(dx, 0), d), _sum(np.maximum(-dx, 0), d)
+            sa = _sum(np.abs(dx), d) + EPS
+            put(f"{pre}SUMP{d}", sp / sa)
+            put(f"{pre}SUMN{d}", sn / sa)
+            put(f"{pre}SUMD{d}", (sp - sn) / sa)
+        del sp, sn, sa
+        put(f"VMA{d}", _mean(V, d) / (V + EPS))
+        put(f"VSTD{d}", _std(V, d) / (V + EPS))
+        put(f"WVMA{d}", _std(wv, d) / (_mean(wv, d) + EPS))
+
+
+def _price_window(put, H, L, C, d: int) -> None:
+    """The families of one window made from prices alone: ROC .. IMXD."""
+    put(f"ROC{d}", _ref(C, d) / C)
+    put(f"MA{d}", _mean(C, d) / C)
+    put(f"STD{d}", _std(C, d) / C)
+    slope, rsq, resi = _ols(C, d)
+    put(f"BETA{d}", slope / C)
+    put(f"RSQR{d}", rsq)
+    put(f"RESI{d}", resi / C)
+    del slope, rsq, resi
+    hmax, lmin = _max(H, d), _min(L, d)
+    put(f"MAX{d}", hmax / C)
+    put(f"MIN{d}", lmin / C)
+    put(f"RSV{d}", (C - lmin) / (hmax - lmin + EPS))
+    del hmax, lmin
+    put(f"QTLU{d}", _quantile(C, d, 0.8) / C)
+    put(f"QTLD{d}", _quantile(C, d, 0.2) / C)
+    put(f"RANK{d}", _rank(C, d))
+    imax, imin = _idx_extreme(H, d, True), _idx_extreme(L, d, False)
+    put(f"IMAX{d}", imax / d)
+    put(f"IMIN{d}", imin / d)
+    put(f"IMXD{d}", (imax - imin) / d)

@@ -24,10 +24,10 @@ from stocklab.fields import (  # noqa: F401 - re-exported: the jobs' configs and
     with_values,
 )
 from stocklab.losses import DAILY_LOSSES, LOSSES
+from stocklab.scalers import SCALERS
 
 __all__ = ["StockLabError"]  # re-exported: config users need not import errors too
 
-SCALERS = ("standard", "minmax", "standard_ticker", "minmax_ticker", "cs_zscore", "robust", "none")
 LABELS = ("raw", "excess", "cs_zscore", "cs_rank")
 # The training recipes (`recipe`): the training target, how batches are drawn, how the kept
 # epoch is chosen and what `features=auto` means (crosssection.py, windows.py, training/).

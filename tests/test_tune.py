@@ -55,8 +55,10 @@ def study(tmp_path_factory):
         {"hidden_size": 4, "lr": 0.01, "dropout": 1.5},
     ):
         pinned.enqueue_trial({**p, "batch_size": 32})
+    # the source studies' recipe on validation losses: the pinned outcomes are certain there
     params = {"data": data, "n_trials": 4, "epochs": 2, "study_name": "s1", "storage": journal, "space": space,
-              "horizon": 1, "features": "returns", "seed": 0, "count_failed": "true"}  # fmt: skip
+              "horizon": 1, "features": "returns", "seed": 0, "count_failed": "true", "recipe": "raw",
+              "metric": "valid_loss"}  # fmt: skip
     r = mlflow_run("tune", params, uri, tmp)
     mlflow.set_tracking_uri(uri)
     try:
@@ -154,7 +156,7 @@ def test_a_resumed_study_runs_only_the_trials_it_lacks(study_store, monkeypatch)
 @pytest.mark.e2e
 def test_mlflow_run_promote_then_predict_with_the_champion(study_store):
     tmp, uri = study_store.tmp, study_store.uri
-    r = mlflow_run("promote", {"model": "lstm"}, uri, tmp)  # default: valid_loss_min
+    r = mlflow_run("promote", {"model": "lstm"}, uri, tmp)  # default: valid_rank_ic
     assert r.returncode == 0 and "champion -> v" in r.stdout, r.stderr[-3000:]
     out = tmp / "preds.csv"
     r = mlflow_run("predict", {"model": "lstm", "data": study_store.data, "output": out}, uri, tmp)

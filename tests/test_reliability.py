@@ -317,7 +317,7 @@ def test_a_study_whose_parent_is_in_another_tracking_store_carries_on_here(tmp_p
     assert "is not in this tracking store" in err and tracking in err and other in err
     parents = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`stocklab.role` = 'study'")
     assert list(parents["status"]) == ["FINISHED"] and summary["parent_run_id"] == parents["run_id"].iloc[0]
-    study = claim_study(TuneConfig(storage=cfg.storage, study_name="moved"))[0]
+    study = claim_study(TuneConfig(storage=cfg.storage, study_name="moved", model="linear"))[0]
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert study.user_attrs["mlflow_parent_run_id"] == summary["parent_run_id"]
 

@@ -233,7 +233,7 @@ def test_promote_decides_on_validation_and_refuses_incomparable_versions(trackin
 def _study(data, tmp_path, **kw) -> TuneConfig:
     """A small in-process study on `data` (linear, 2 trials of 1 epoch, journal in tmp_path)."""
     values = dict(data=str(data), model="linear", n_trials=2, epochs=1, horizon=5, cache_dir="",
-                  storage=str(tmp_path / "j.log"), pruner="none")  # fmt: skip
+                  storage=str(tmp_path / "j.log"), pruner="none", metric="valid_loss")  # fmt: skip
     return TuneConfig(**{**values, **kw})
 
 

@@ -66,7 +66,9 @@ def small_data(tmp_path):
 @pytest.mark.slow
 def test_two_workers_run_exactly_n_trials_with_distinct_configurations(tmp_path, tracking, small_data):
     # registration and the tear sheet of the best trial: test_tune.py and the last-worker case below
-    cfg = _tune_cfg(tmp_path, small_data, n_trials=4, n_jobs=2, pruner="none")
+    # trials long enough (6 epochs, patience 6) that the second worker, which starts a few
+    # seconds after the first (imports), still finds trials to run
+    cfg = _tune_cfg(tmp_path, small_data, n_trials=4, n_jobs=2, pruner="none", epochs=6, patience=6)
     summary = run_tune(cfg)
 
     study = optuna.load_study(study_name="w", storage=make_storage(cfg.storage))

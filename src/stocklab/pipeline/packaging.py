@@ -2,14 +2,11 @@
 
 Every logged model is the raw-bar pyfunc (serving.py) as MLflow "models from code": the entry
 script `pyfunc_model.py`, the network's fitted state (`artifacts/state/`), its Bundle
-(`artifacts/preprocess.json`) and, as the model's code, the part of this package that scoring
-imports (`scoring_modules`: the import closure of the entry script, read from the source, so
-benchmarks, jobs, studies and report writers stay out of every model).
+(`artifacts/preprocess.json`) and, as the model's code, this package's source.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import shutil
 import tempfile
@@ -93,10 +90,11 @@ def log_scoring_model(network: torch.nn.Module, bundle: dict, example: pd.DataFr
         state.mkdir()
         network.save_state(state)
         bundle_file.write_text(json.dumps(bundle))
-        code = Path(tmp) / "code" / "stocklab"  # the source scoring imports, without bytecode caches
-        for rel in scoring_modules():
-            (code / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(PACKAGE / rel, code / rel)
+        # the whole package's source, without bytecode caches: MLflow puts a model's code first on
+        # sys.path of the process that loads it (and of the processes it spawns), so a copy with
+        # only the scoring modules would hide the rest of stocklab from that process
+        code = Path(tmp) / "code" / "stocklab"
+        shutil.copytree(PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(ENTRY),
@@ -108,38 +106,3 @@ def log_scoring_model(network: torch.nn.Module, bundle: dict, example: pd.DataFr
         )
     mlflow.set_tags({"stocklab.model_uri": info.model_uri, "model_serialization": "pyfunc"})
     return info
-
-
-def _module_file(name: str) -> Path | None:
-    rel = Path(*name.split(".")[1:])
-    for path in (PACKAGE / rel / "__init__.py", (PACKAGE / rel).with_suffix(".py")):
-        if path.is_file():
-            return path
-    return None
-
-
-def _imported(path: Path) -> set[str]:
-    """The stocklab modules a source file imports (lazy imports in functions included)."""
-    out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.startswith("stocklab")}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("stocklab"):
-            out.add(node.module)
-            out |= {f"{node.module}.{a.name}" for a in node.names}
-    return out
-
-
-def scoring_modules() -> list[Path]:
-    """The package files (relative to it) that loading and scoring a logged model imports: the
-    entry script's import closure, with the package __init__ of every module in it."""
-    todo, files = ["stocklab.pyfunc_model"], set()
-    while todo:
-        name = todo.pop()
-        parts = name.split(".")
-        for k in range(1, len(parts) + 1):  # a module's packages run their __init__ first
-            path = _module_file(".".join(parts[:k]))
-            if path is not None and path not in files:
-                files.add(path)
-                todo.extend(_imported(path))
-    return sorted(p.relative_to(PACKAGE) for p in files)

@@ -10,7 +10,7 @@ from conftest import ROOT
 
 from stocklab.cli import JOBS, job_parser, main, parse_job, parse_model_job
 from stocklab.config import JOB_CONFIGS, TrainConfig, TuneConfig, convert, field_types
-from stocklab.errors import describe, one_line
+from stocklab.errors import StockLabError, describe, one_line
 from stocklab.models import MODELS
 
 MLPROJECT = yaml.safe_load((ROOT / "MLproject").read_text())
@@ -82,9 +82,15 @@ def test_tune_accepts_every_train_parameter():
         (["tune", "--n_trials", "two"], "n_trials: 'two' is not a valid int"),
         (["tune", "--register", "maybe"], "register: 'maybe' is not a boolean"),
         (["train", "--variant", "deep"], "variant: not a parameter of model 'lstm'"),
+        # a value the model's definition replaces is refused, not silently changed
+        (["train", "--model", "cnn_ta", "--seq_len", "20"], "seq_len: cnn_ta fixes seq_len=1"),
+        (["tune", "--model", "lgbm", "--epochs", "3"], "epochs: lgbm fixes epochs=20"),
+        (["train", "--model", "lgbm", "--n_estimators", "100", "--epochs", "3"], "epochs: lgbm fixes epochs=4"),
+        (["train", "--model", "factor", "--scaler", "standard"], "scaler: factor fixes scaler=none"),
     ],
 )
 def test_bad_parameters_are_one_line_errors(argv, message, capsys):
+    """Each fails in parsing, before any data is read or any run is recorded."""
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("stocklab: error: ") and message in err[0], err
@@ -126,3 +132,67 @@ def test_no_job_imports_another_job():
         if path.name == "cli.py":
             continue
         assert not jobs, f"{path.relative_to(pkg)} imports job(s) {sorted(jobs)}"
+
+
+def _bounded_fields():
+    """(config class, field) for every field of every job and model config that declares bounds."""
+    classes = list(JOB_CONFIGS.values()) + [type(default) for _, default in MODELS.values()]
+    for cls in dict.fromkeys(classes):  # in order, once (TuneConfig repeats TrainConfig's fields)
+        for f in dataclasses.fields(cls):
+            if "bounds" in f.metadata:
+                yield pytest.param(cls, f, id=f"{cls.__name__}.{f.name}")
+
+
+@pytest.mark.parametrize("cls, f", list(_bounded_fields()))
+def test_a_value_past_a_declared_bound_is_a_one_line_error_and_the_bound_itself_is_allowed(cls, f):
+    """One validation style: bounds live on the fields (`opt(ge=..)`), `check_fields` enforces
+    them for job and model configs alike, and the message names the field and its rule."""
+    from stocklab.fields import bounds_text, check_fields
+
+    typ = field_types(cls)[f.name]
+    step = 1 if typ is int else 1e-9
+    for key, value in f.metadata["bounds"].items():
+        outside = {"ge": value - step, "gt": value, "le": value + step, "lt": value}[key]
+        with pytest.raises(StockLabError) as e:
+            check_fields(dataclasses.replace(cls(), **{f.name: typ(outside)}))
+        assert str(e.value).startswith(f"{f.name}: ") and bounds_text(f.metadata["bounds"]) in str(e.value)
+        if key in ("ge", "le"):  # a closed bound is itself a valid value
+            check_fields(dataclasses.replace(cls(), **{f.name: typ(value)}))
+
+
+def test_the_numeric_sizes_of_every_config_declare_their_bounds():
+    """A size, count or rate without a declared bound would take 0 or a negative value silently."""
+    sizes = ("epochs", "batch_size", "seq_len", "horizon", "hidden_size", "num_layers", "d_model", "nhead",
+             "channels", "kernel", "n_trials", "folds", "patience", "n_estimators", "dropout", "lr")  # fmt: skip
+    classes = list(JOB_CONFIGS.values()) + [type(default) for _, default in MODELS.values()]
+    missing = [
+        f"{cls.__name__}.{f.name}"
+        for cls in classes
+        for f in dataclasses.fields(cls)
+        if f.name in sizes and "bounds" not in f.metadata
+    ]
+    assert not missing, f"fields without declared bounds: {missing}"
+
+
+def test_sections_are_frozen_views_of_train_config_fields_with_the_same_types():
+    """FitOptions (the trainers) and BookOptions (the long-short book) take their values from a
+    TrainConfig, whose fields stay the one CLI/MLflow surface and the one home of defaults."""
+    from stocklab.config import BookOptions, FitOptions
+
+    cfg = TrainConfig(lr=3e-4, epochs=7, quantiles=10, hold=0, horizon=5, cost_bps=2.5)
+    fit = FitOptions.of(cfg)
+    train_types = field_types(TrainConfig)
+    for f in dataclasses.fields(FitOptions):
+        assert field_types(FitOptions)[f.name] is train_types[f.name] and getattr(fit, f.name) == getattr(cfg, f.name)
+    assert FitOptions.of(fit) is fit
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fit.lr = 1.0
+    book = BookOptions.of(cfg)
+    assert (book.quantiles, book.hold_days, book.cost_bps) == (10, 5, 2.5)  # hold 0: the label horizon
+
+
+def test_an_explicit_value_equal_to_the_fixed_one_is_accepted():
+    cfg, _, explicit = parse_model_job("train", ["--model", "cnn_ta", "--seq_len", "1"])
+    assert cfg.seq_len == 1 and "seq_len" in explicit
+    cfg, _, _ = parse_model_job("train", ["--model", "lgbm", "--n_estimators", "100", "--epochs", "4"])
+    assert cfg.epochs == 4

@@ -134,7 +134,27 @@ def parse_model_job(job: str, argv: list[str], cls=TrainConfig):
     if recipe not in RECIPES:
         raise StockLabError(f"recipe: {recipe!r} must be one of {', '.join(RECIPES)}")
     values = {**RECIPES[recipe], **from_preset, **values, "model": model, "recipe": recipe}
-    return with_values(cls(), values), {**preset_model, **model_args}, set(explicit)
+    cfg, model_args = with_values(cls(), values), {**preset_model, **model_args}
+    check_not_fixed(cfg, model_args, set(explicit))
+    return cfg, model_args, set(explicit)
+
+
+def check_not_fixed(cfg: TrainConfig, model_args: dict, explicit: set[str]) -> None:
+    """An explicit value that the model's definition replaces (StockModel.fixed_inputs: cnn_ta's
+    one-day window, a factor's bars and look-back, lgbm's epochs from its rounds) is an error:
+    the run would otherwise train, and log, something other than what was asked for."""
+    from stocklab.models import fixed_values
+
+    for key, value in fixed_values(cfg.model, model_args).items():
+        if key in explicit and getattr(cfg, key) != value:
+            raise StockLabError(
+                f"{key}: {cfg.model} fixes {key}={value} from its definition, so {key}={getattr(cfg, key)!r} "
+                f"would be ignored; drop it{FIXED_HINTS.get((cfg.model, key), '')}"
+            )
+
+
+# how to ask for what a fixed input would have changed
+FIXED_HINTS = {("lgbm", "epochs"): " (lgbm's budget is n_estimators, in epochs of rounds_per_epoch rounds)"}
 
 
 def parse_job(job: str, argv: list[str]):

@@ -25,6 +25,7 @@ from stocklab.fields import (  # noqa: F401 - re-exported: the jobs' configs and
 )
 from stocklab.losses import DAILY_LOSSES, LOSSES
 from stocklab.scalers import SCALERS
+from stocklab.sections import BookOptions, FitOptions  # noqa: F401 - re-exported: the sections of TrainConfig
 
 __all__ = ["StockLabError"]  # re-exported: config users need not import errors too
 
@@ -84,7 +85,9 @@ class TrainConfig:
                            role="panel")  # fmt: skip
     decimal: str = opt(".", "decimal mark of numbers written as text (',' also drops '.' thousands separators)",
                        (".", ","), role="panel")  # fmt: skip
-    max_drop: float = opt(0.05, "warn about a ticker losing more than this share of its rows in cleaning", role="panel")
+    max_drop: float = opt(
+        0.05, "warn about a ticker losing more than this share of its rows in cleaning", role="panel", ge=0.0, le=1.0
+    )
     model: str = opt("lstm", "a name from stocklab.models.MODELS", role="panel")
     preset: str = opt("", "a source study's configuration (see presets.py); explicit values override it")
     recipe: str = opt(
@@ -100,17 +103,21 @@ class TrainConfig:
         "own, else the recipe's (relative, or by the data)",
         role="panel",
     )
-    horizon: int = opt(20, "label = forward return over N trading days", role="panel")
-    seq_len: int = opt(20, "steps per input window", role="panel")
-    window_stride: int = opt(1, "days between window steps (21: monthly)", role="panel")
-    return_period: int = opt(1, "look-back of `returns` features in days", role="panel")
-    epochs: int = opt(10, "maximum training epochs")
-    batch_size: int = opt(256, "training batch size")
-    lr: float = opt(1e-3, "Adam learning rate")
-    weight_decay: float = opt(0.0, "Adam weight decay")
-    patience: int = opt(3, "early-stopping patience (epochs without a better validation loss or rank IC)")
-    seed: int = opt(0, "seed of model init, shuffling and plots", role="recorded")
-    label_scale: float = opt(1.0, "multiplies the label (the 2D CNN study tried 1 and 10)", role="panel")
+    horizon: int = opt(20, "label = forward return over N trading days", role="panel", ge=1)
+    seq_len: int = opt(20, "steps per input window", role="panel", ge=1)
+    window_stride: int = opt(1, "days between window steps (21: monthly)", role="panel", ge=1)
+    return_period: int = opt(1, "look-back of `returns` features in days", role="panel", ge=1)
+    epochs: int = opt(10, "maximum training epochs", ge=1)
+    batch_size: int = opt(256, "training batch size", ge=1)
+    lr: float = opt(1e-3, "Adam learning rate", gt=0.0)
+    weight_decay: float = opt(0.0, "Adam weight decay", ge=0.0)
+    patience: int = opt(3, "early-stopping patience (epochs without a better validation loss or rank IC)", ge=1)
+    seed: int = opt(
+        0, "seed of model init, shuffling and plots", role="recorded", ge=0, le=MAX_SEED, why="(numpy's seed range)"
+    )
+    label_scale: float = opt(
+        1.0, "multiplies the label (the 2D CNN study tried 1 and 10)", role="panel", gt=0.0, le=MAX_LABEL_SCALE
+    )
     label: str = opt(
         "cs_rank",
         "training target: the forward return, minus the day's mean, or z-scored / ranked within each day "
@@ -123,25 +130,35 @@ class TrainConfig:
     select: str = opt("rank_ic", "the kept epoch, early stopping: lowest validation loss or best rank IC", SELECTS)
     split: str = opt("0.6,0.2,0.2", "train,valid,test fractions of the calendar", role="panel")
     folds: int = opt(
-        1, "walk-forward: the test fraction cut into K out-of-sample periods, a refit per fold", role="windows"
+        1, "walk-forward: the test fraction cut into K out-of-sample periods, a refit per fold", role="windows", ge=1
     )
     walk: str = opt(
         "expanding", "walk-forward training span: all earlier days or the initial length", WALKS, role="windows"
     )
     scaler: str = opt("standard", "feature scaling, fit on the training days only", SCALERS, role="windows")
-    train_every: int = opt(1, "only every k-th end day enters training (every day is still scored)", role="windows")
-    max_tickers: int = opt(0, "use the first N tickers in name order (0 = all)", role="panel")
+    train_every: int = opt(
+        1, "only every k-th end day enters training (every day is still scored)", role="windows", ge=1
+    )
+    max_tickers: int = opt(0, "use the first N tickers in name order (0 = all)", role="panel", ge=0)
     device: str = opt("auto", "where to train", DEVICES, setup=True)
     compile: bool = opt(False, "torch.compile the model for training", setup=True)
     cuda_graph: bool = opt(True, "CUDA: replay the training step from a CUDA graph (false: eager steps)", setup=True)
-    eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size for validation/test passes", setup=True)
+    eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size for validation/test passes", setup=True, ge=1)
     tear_sheet: bool = opt(
         True, "log the alphalens tear sheet of the test predictions (its slowest artifact)", setup=True
     )
     # the long-short book every scored split is judged by (portfolio.py)
-    quantiles: int = opt(5, "portfolio: long the top 1/q and short the bottom 1/q by prediction", role="recorded")
-    hold: int = opt(0, "portfolio: trading days each daily tranche is held (0 = the label horizon)", role="recorded")
-    cost_bps: float = opt(10.0, "portfolio: trading cost in basis points per unit of weight traded", role="recorded")
+    quantiles: int = opt(5, "portfolio: long the top 1/q and short the bottom 1/q by prediction", role="recorded", ge=2)
+    hold: int = opt(
+        0,
+        "portfolio: trading days each daily tranche is held (0 = the label horizon)",
+        role="recorded",
+        ge=0,
+        why="(0 = the label horizon)",
+    )
+    cost_bps: float = opt(
+        10.0, "portfolio: trading cost in basis points per unit of weight traded", role="recorded", ge=0.0
+    )
     cache_dir: str = opt(CACHE_DIR, "parsed-panel cache folder ('' = no cache)", setup=True)
     experiment: str = opt(
         "", "MLflow experiment (default: stocklab-train; for tune: stocklab-tune-<study>)", setup=True
@@ -162,31 +179,8 @@ class TrainConfig:
         """Raise StockLabError naming the first bad parameter; return self."""
         check_fields(self)
         check_feature_sets(self.features)
-        checks = [
-            (self.horizon >= 1, "horizon", "must be >= 1"),
-            (self.seq_len >= 1, "seq_len", "must be >= 1"),
-            (self.window_stride >= 1, "window_stride", "must be >= 1"),
-            (self.return_period >= 1, "return_period", "must be >= 1"),
-            (self.epochs >= 1, "epochs", "must be >= 1"),
-            (self.batch_size >= 1, "batch_size", "must be >= 1"),
-            (self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1"),
-            (self.lr > 0, "lr", "must be > 0"),
-            (self.patience >= 1, "patience", "must be >= 1"),
-            (0.0 <= self.max_drop <= 1.0, "max_drop", "must be a share in [0, 1]"),
-            (not self.date_format or "%" in self.date_format, "date_format", "must be a strftime format like %d/%m/%Y"),
-            (0 <= self.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}] (numpy's seed range)"),
-            (0 < self.label_scale <= MAX_LABEL_SCALE, "label_scale", f"must be in (0, {MAX_LABEL_SCALE:g}]"),
-            (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
-            (self.max_tickers >= 0, "max_tickers", "must be >= 0"),
-            (self.folds >= 1, "folds", "must be >= 1"),
-            (self.train_every >= 1, "train_every", "must be >= 1"),
-            (self.quantiles >= 2, "quantiles", "must be >= 2"),
-            (self.hold >= 0, "hold", "must be >= 0 (0 = the label horizon)"),
-            (self.cost_bps >= 0, "cost_bps", "must be >= 0"),
-        ]
-        for ok, name, problem in checks:
-            if not ok:
-                raise StockLabError(f"{name}: {getattr(self, name)!r} {problem}")
+        if self.date_format and "%" not in self.date_format:
+            raise StockLabError(f"date_format: {self.date_format!r} must be a strftime format like %d/%m/%Y")
         if self.loss in DAILY_LOSSES and self.batching != "daily":
             raise StockLabError(
                 f"loss: '{self.loss}' is computed over each date's cross-section and needs batching=daily "
@@ -218,10 +212,10 @@ class TrainConfig:
 class TuneConfig(TrainConfig):
     """A study: every `train` parameter (the base of each trial) plus the study's own settings."""
 
-    epochs: int = opt(4, "maximum epochs per trial")
-    n_trials: int = opt(8, "total finished trials of the study (a resumed study runs the rest)")
+    epochs: int = opt(4, "maximum epochs per trial", ge=1)
+    n_trials: int = opt(8, "total finished trials of the study (a resumed study runs the rest)", ge=1)
     count_failed: bool = opt(False, "failed trials count towards n_trials (false: a rerun after a fix runs them again)")
-    timeout: float = opt(0.0, "seconds for this invocation (0 = no limit)")
+    timeout: float = opt(0.0, "seconds for this invocation (0 = no limit)", ge=0.0)
     study_name: str = opt("", "default: <model>-<data folder name>")
     storage: str = opt("", f"Optuna storage: a journal file (default {DEFAULT_JOURNAL}) or an RDB URL")
     metric: str = opt(
@@ -233,26 +227,19 @@ class TuneConfig(TrainConfig):
     space: str = opt("", "search-space YAML replacing the built-in one (stocklab/spaces/<model>.yaml)")
     register: bool = opt(True, "register the best trial's model as stocklab-<model>")
     n_jobs: int = opt(
-        1, "worker processes on this machine sharing the study (and its GPU); n_trials stays the total", setup=True
+        1,
+        "worker processes on this machine sharing the study (and its GPU); n_trials stays the total",
+        setup=True,
+        ge=1,
     )
     trial_artifacts: str = opt(
         "best",
         "best: trials log metrics, loss curves and weights; the best gets model, plots, tear sheet. all: every trial",
         ("best", "all"),
     )
-    heartbeat: int = opt(60, "RDB storage: seconds between a trial's heartbeats; silent 2x as long = failed, retried")
-
-    def validate(self):
-        super().validate()
-        if self.n_trials < 1:
-            raise StockLabError(f"n_trials: {self.n_trials} must be >= 1")
-        if self.timeout < 0:
-            raise StockLabError(f"timeout: {self.timeout} must be >= 0")
-        if self.n_jobs < 1:
-            raise StockLabError(f"n_jobs: {self.n_jobs} must be >= 1")
-        if self.heartbeat < 1:
-            raise StockLabError(f"heartbeat: {self.heartbeat} must be >= 1")
-        return self
+    heartbeat: int = opt(
+        60, "RDB storage: seconds between a trial's heartbeats; silent 2x as long = failed, retried", ge=1
+    )
 
     def resolved_study_name(self) -> str:
         data_name = "sample" if self.data == "sample" else Path(self.data.rstrip("/")).name
@@ -266,8 +253,8 @@ class EvaluateConfig:
     split: str = opt("test", "the split to score", ("valid", "test"))
     data: str = opt("", "data to score (default: the data the model was trained on)")
     cache_dir: str = opt(CACHE_DIR, "parsed-panel cache folder ('' = no cache)")
-    eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size of the scoring pass")
-    folds: int = opt(1, "K > 1: walk-forward evaluation of the model's configuration (a refit per fold)")
+    eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size of the scoring pass", ge=1)
+    folds: int = opt(1, "K > 1: walk-forward evaluation of the model's configuration (a refit per fold)", ge=1)
     walk: str = opt("expanding", "walk-forward training span (with folds > 1)", WALKS)
     tear_sheet: bool = opt(True, "log the alphalens tear sheet of the scored split")
 
@@ -276,10 +263,6 @@ class EvaluateConfig:
     def validate(self):
         if bool(self.run_id) == bool(self.model_uri):
             raise StockLabError("run_id/model_uri: give exactly one of them")
-        if self.folds < 1:
-            raise StockLabError(f"folds: {self.folds} must be >= 1")
-        if self.eval_batch_size < 1:
-            raise StockLabError(f"eval_batch_size: {self.eval_batch_size} must be >= 1")
         check_fields(self)
         return self
 
@@ -293,14 +276,12 @@ class PredictConfig:
     output: str = opt("predictions.csv", "where to write (date, ticker, prediction): .csv or .parquet")
     model_uri: str = opt("", "any model URI instead of the champion")
     cache_dir: str = opt(CACHE_DIR, "parsed-panel cache folder ('' = no cache)")
-    eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size of the scoring pass")
+    eval_batch_size: int = opt(EVAL_BATCH_SIZE, "batch size of the scoring pass", ge=1)
 
     def validate(self):
         check_fields(self)
         if Path(self.output).suffix.lower() not in (".csv", ".parquet"):
             raise StockLabError(f"output: '{self.output}' must end in .csv or .parquet")
-        if self.eval_batch_size < 1:
-            raise StockLabError(f"eval_batch_size: {self.eval_batch_size} must be >= 1")
         return self
 
 
@@ -328,17 +309,17 @@ class BenchmarkConfig:
         ("speed", "models", "recovery"),
     )
     data: str = opt("../shared/data/sp500_5yr", "real bars (speed: (a) and (b)); or 'sample'")
-    n_tickers: int = opt(20, "tickers for (a) and (b): the naive loop is slow")
-    seq_len: int = opt(96, "window length")
-    batch_size: int = opt(1024, "the project's training batch in (b), (c)")
-    train_steps: int = opt(60, "timed steps per pipeline in (b)")
-    seed000_steps: int = opt(40, "timed steps in (c) on CPU (a full epoch on GPU)")
-    seed000_tickers: int = opt(514, "tickers of the synthetic seed000 panel")
-    seed000_days: int = opt(3500, "days of the synthetic seed000 panel")
+    n_tickers: int = opt(20, "tickers for (a) and (b): the naive loop is slow", ge=1)
+    seq_len: int = opt(96, "window length", ge=1)
+    batch_size: int = opt(1024, "the project's training batch in (b), (c)", ge=1)
+    train_steps: int = opt(60, "timed steps per pipeline in (b)", ge=1)
+    seed000_steps: int = opt(40, "timed steps in (c) on CPU (a full epoch on GPU)", ge=1)
+    seed000_tickers: int = opt(514, "tickers of the synthetic seed000 panel", ge=1)
+    seed000_days: int = opt(3500, "days of the synthetic seed000 panel", ge=1)
     device: str = opt("auto", "where to run", DEVICES)
-    study_trials: int = opt(4, "speed (d): trials of the short lstm study on `data`")
-    study_tickers: int = opt(40, "speed (d): tickers of that study (first N by name)")
-    study_jobs: int = opt(4, "speed (d): worker processes compared with one")
+    study_trials: int = opt(4, "speed (d): trials of the short lstm study on `data`", ge=1)
+    study_tickers: int = opt(40, "speed (d): tickers of that study (first N by name)", ge=1)
+    study_jobs: int = opt(4, "speed (d): worker processes compared with one", ge=1)
     output: str = opt("speed.json", "speed: where to write the results")
     # suite=models: every preset, every catalogue model at its defaults and every baseline
     models: str = opt(
@@ -347,21 +328,23 @@ class BenchmarkConfig:
         "on every recipe and every baseline; 'all' adds the source-study presets",
     )
     model_tickers: int = opt(0, "models: tickers (first N by name; 0 = all)")
-    epochs: int = opt(0, "models, recovery: maximum epochs per fit, presets' capped to it (0: models 15, recovery 30)")
-    seeds: int = opt(0, "models, recovery: seeds per trained model, baselines once (0: models 2, recovery 1)")
-    folds: int = opt(3, "models: walk-forward folds")
+    epochs: int = opt(
+        0, "models, recovery: maximum epochs per fit, presets' capped to it (0: models 15, recovery 30)", ge=0
+    )
+    seeds: int = opt(0, "models, recovery: seeds per trained model, baselines once (0: models 2, recovery 1)", ge=0)
+    folds: int = opt(3, "models: walk-forward folds", ge=1)
     walk: str = opt("expanding", "models: walk-forward training span", WALKS)
     split: str = opt("0.45,0.15,0.4", "models: initial train,valid fractions and the out-of-sample fraction")
     report: str = opt("", "models, recovery: the report, its plots beside it (default reports/<suite>.md)")
     tear_sheet: bool = opt(False, "models: log each fit's model, plots and alphalens tear sheet (slower)")
     # suite=models: how every trained entry is fitted
     recipes: str = opt("raw,cs", "models: training recipes of the catalogue models: raw (MSE on the return), cs")
-    train_every: int = opt(5, "models: only every k-th end day enters training (see train --train_every)")
-    patience: int = opt(2, "models, recovery: early-stopping patience of every fit (see train --patience)")
+    train_every: int = opt(5, "models: only every k-th end day enters training (see train --train_every)", ge=1)
+    patience: int = opt(2, "models, recovery: early-stopping patience of every fit (see train --patience)", ge=1)
     resume: bool = opt(True, "models: read back the fits an earlier run of the same configuration finished")
     # suite=recovery: a synthetic market with a planted cross-sectional signal (benchmarks/recovery.py)
-    tickers: int = opt(200, "recovery: tickers of the planted market")
-    days: int = opt(1260, "recovery: trading days of the planted market (1260: five years)")
+    tickers: int = opt(200, "recovery: tickers of the planted market", ge=0)
+    days: int = opt(1260, "recovery: trading days of the planted market (1260: five years)", ge=0)
 
     experiment: str = opt("", "MLflow experiment (default: stocklab-benchmark)")
 
@@ -370,15 +353,6 @@ class BenchmarkConfig:
 
     def validate(self):
         check_fields(self)
-        for name in ("epochs", "seeds", "tickers", "days"):
-            if getattr(self, name) < 0:
-                raise StockLabError(f"{name}: {getattr(self, name)} must be >= 0")
-        at_least_1 = ("train_every", "patience", "n_tickers", "seq_len", "batch_size", "train_steps",
-                      "seed000_steps", "seed000_tickers", "seed000_days", "study_trials", "study_tickers",
-                      "study_jobs", "folds")  # fmt: skip
-        for name in at_least_1:
-            if getattr(self, name) < 1:
-                raise StockLabError(f"{name}: {getattr(self, name)} must be >= 1")
         if self.suite == "speed" and Path(self.output).is_dir():
             raise StockLabError(
                 f"output: '{self.output}' is a folder; the speed suite writes one JSON file (speed.json)"

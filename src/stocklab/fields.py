@@ -1,7 +1,7 @@
 """Typed configuration fields: the machinery every config dataclass (the jobs' and the models')
 is built with. A field's type, default, help text and allowed values are declared once with
 `opt`; `add_arguments` turns them into argparse flags, `with_values` / `convert` into typed
-values with one-line errors, `check_fields` checks choices and finite numbers.
+values with one-line errors, `check_fields` checks choices, bounds and finite numbers.
 """
 
 from __future__ import annotations
@@ -17,14 +17,31 @@ from dataclasses import field
 from stocklab.errors import StockLabError
 
 
-def opt(default, help: str = "", choices: tuple | None = None, role: str | None = None, setup: bool = False):  # noqa: A002
-    """A dataclass field with its CLI help text and, optionally, its allowed values, its input
-    role (INPUT_ROLES), and `setup=True` for how a job runs, not what it fits or scores (where
-    it runs, caches, batch sizes of scoring passes, artifacts to skip): logged as `setup.<name>`
+def opt(
+    default,
+    help: str = "",  # noqa: A002
+    choices: tuple | None = None,
+    role: str | None = None,
+    setup: bool = False,
+    *,
+    ge=None,
+    gt=None,
+    le=None,
+    lt=None,
+    why: str = "",
+):
+    """A dataclass field with its CLI help text and, optionally, its allowed values, its bounds
+    (`ge`/`gt` below, `le`/`lt` above; `why` is added to the error), its input role
+    (INPUT_ROLES), and `setup=True` for how a job runs, not what it fits or scores (where it
+    runs, caches, batch sizes of scoring passes, artifacts to skip): logged as `setup.<name>`
     params so the compare page groups them apart from what differs between models."""
     meta = {"help": help}
     if choices is not None:
         meta["choices"] = tuple(choices)
+    bounds = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt).items() if v is not None}
+    if bounds:
+        meta["bounds"] = bounds
+        meta["why"] = why
     if role is not None:
         meta["role"] = role
     if setup:
@@ -65,10 +82,36 @@ def convert(value, typ: type, name: str):
         raise StockLabError(f"{name}: {value!r} is not a valid {typ.__name__}") from None
 
 
+def _number(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def bounds_text(bounds: dict) -> str:
+    """'>= 1', '> 0', 'in [0, 1)', 'in (0, 1e+06]': the rule of a field's declared bounds."""
+    low = ("[", bounds["ge"]) if "ge" in bounds else ("(", bounds["gt"]) if "gt" in bounds else None
+    high = ("]", bounds["le"]) if "le" in bounds else (")", bounds["lt"]) if "lt" in bounds else None
+    if low and high:
+        return f"in {low[0]}{_number(low[1])}, {_number(high[1])}{high[0]}"
+    if low:
+        return f"{'>=' if low[0] == '[' else '>'} {_number(low[1])}"
+    return f"{'<=' if high[0] == ']' else '<'} {_number(high[1])}"
+
+
+def within(value, bounds: dict) -> bool:
+    return (
+        value >= bounds.get("ge", value)
+        and value <= bounds.get("le", value)
+        and ("gt" not in bounds or value > bounds["gt"])
+        and ("lt" not in bounds or value < bounds["lt"])
+    )
+
+
 def check_fields(cfg) -> None:
-    """Every field of dataclass `cfg` against what any parameter must be: one of its choices,
-    and a finite number where it is a float (a nan or inf learning rate, alpha or timeout has
-    no meaning, and would fail later under another parameter's name)."""
+    """Every field of dataclass `cfg` against what its declaration allows: one of its choices,
+    within its bounds, and a finite number where it is a float (a nan or inf learning rate,
+    alpha or timeout has no meaning, and would fail later under another parameter's name).
+    The one place single-field rules are checked; a config's `validate` adds the rules that
+    relate fields."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         allowed = f.metadata.get("choices")
@@ -76,6 +119,10 @@ def check_fields(cfg) -> None:
             raise StockLabError(f"{f.name}: {value!r} must be one of {', '.join(map(str, allowed))}")
         if isinstance(value, float) and not math.isfinite(value):
             raise StockLabError(f"{f.name}: {value!r} must be a finite number")
+        bounds = f.metadata.get("bounds")
+        if bounds and not within(value, bounds):
+            why = f" {f.metadata['why']}" if f.metadata.get("why") else ""
+            raise StockLabError(f"{f.name}: {value!r} must be {bounds_text(bounds)}{why}")
 
 
 def with_values(cfg, values: dict, what: str | None = None):

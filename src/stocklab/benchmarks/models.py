@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from stocklab import factor_eval, portfolio
 from stocklab.benchmarks import report as model_report
-from stocklab.config import RECIPES, BenchmarkConfig, StockLabError, TrainConfig, split_params, with_values
+from stocklab.config import RECIPES, BenchmarkConfig, BookOptions, StockLabError, TrainConfig, split_params, with_values
 from stocklab.data import load_panel
 from stocklab.errors import describe
 from stocklab.models import BASELINES, MODELS, recipe_values
@@ -208,7 +208,8 @@ def _ensemble(members: list[model_report.RunRecord], tcfg: TrainConfig, cache, p
     logged.update({f"test_{k}": v for k, v in metrics.items() if k in ("rank_ic", "hit_rate", "spread_q5_q1")})
     if not skipped:
         panel = cache.inputs(tcfg).panel
-        book = portfolio.daily_portfolio(frame, panel_close(panel), tcfg.quantiles, tcfg.holding_days(), tcfg.cost_bps)
+        opts = BookOptions.of(tcfg)
+        book = portfolio.daily_portfolio(frame, panel_close(panel), opts.quantiles, opts.hold_days, opts.cost_bps)
         logged.update(portfolio.portfolio_metrics(book, prefix="oos_"))
     starts = pd.to_datetime(pd.Series(members[0].fold_starts or [frame["date"].min()]))
     fold = starts.searchsorted(pd.to_datetime(frame["date"]), side="right")  # 1-based fold of each date
@@ -324,21 +325,27 @@ LEGEND = (
     "nothing: no IC)."
 )
 LONG_SHORT_NOTE = (
-    "Long-short: every day, long the top fifth and short the bottom fifth by prediction, equal weights, "
-    "next-day close-to-close returns, averaged over seeds; no costs."
+    "Long-short: the book of every run's metrics (portfolio.py): each day a tranche long the top fifth and "
+    "short the bottom fifth by prediction, held for the label horizon, next-day close-to-close returns, "
+    "net of the trading cost; `cum. L/S` and the plot are that net book, averaged over seeds."
 )
 
 
-def _long_short_curves(cfg: BenchmarkConfig, table: pd.DataFrame, records) -> dict[str, pd.Series]:
-    """Each entry's daily long-short return (its seeds' books averaged) for the report's plot."""
+def _long_short_curves(cfg: BenchmarkConfig, table: pd.DataFrame, records, horizons: dict) -> dict[str, pd.Series]:
+    """Each entry's daily net long-short return (its seeds' books averaged): the same book
+    (portfolio.daily_portfolio, costs included) as the table's net columns."""
     raw, _ = load_panel(cfg.data)
     close = raw.pivot(index="date", columns="ticker", values="close").sort_index()
     curves = {}
     for entry in table["entry"]:
         preds = [r.predictions for r in records if r.entry == entry and r.predictions is not None]
         if preds:
-            daily = [model_report.long_short_returns(p, close) for p in preds]
-            curves[entry] = pd.concat(daily, axis=1).mean(axis=1)  # the seeds' portfolios, averaged
+            horizon = horizons.get(entry)
+            hold = int(horizon) if horizon and np.isfinite(horizon) else TrainConfig().horizon
+            book = BookOptions.of(TrainConfig(horizon=hold))
+            daily = [portfolio.daily_portfolio(p, close, book.quantiles, book.hold_days, book.cost_bps)["net"]
+                     for p in preds]  # fmt: skip
+            curves[entry] = pd.concat(daily, axis=1).mean(axis=1)  # the seeds' books, averaged
     return curves
 
 
@@ -349,7 +356,7 @@ def write_models_report(cfg: BenchmarkConfig, records, device, started, resumed:
     table = model_report.summary_table(records)
     horizons = {r.entry: r.metrics.get("horizon") for r in records if r.metrics}
     table.insert(2, "horizon", [horizons.get(e, float("nan")) for e in table["entry"]])
-    curves = _long_short_curves(cfg, table, records)
+    curves = _long_short_curves(cfg, table, records, horizons)
     stem = path.with_suffix("")
     ic_png, ls_png = Path(f"{stem}_rank_ic.png"), Path(f"{stem}_long_short.png")
     model_report.plot_rank_ic(table, ic_png)

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from stocklab.factor_eval import daily_ic, daily_quintile_spread, newey_west_se  # noqa: E402
+from stocklab.factor_eval import daily_ic, newey_west_se  # noqa: E402
 
 
 @dataclass
@@ -32,16 +32,6 @@ class RunRecord:
     fold_starts: list = field(default_factory=list)  # first test day of each walk-forward fold
     predictions: pd.DataFrame | None = None  # date, ticker, prediction, label (out of sample)
     error: str = ""
-
-
-def long_short_returns(pred: pd.DataFrame, close: pd.DataFrame) -> pd.Series:
-    """Daily return of a portfolio long the top fifth and short the bottom fifth by prediction,
-    rebalanced every day at the close: the next day's close-to-close return of each leg (equal
-    weights). `close` is (dates x tickers). Days with fewer than five names are left out."""
-    fwd = (close.shift(-1) / close - 1.0).stack().rename("fwd")  # return from t to t+1
-    fwd.index = fwd.index.set_names(["date", "ticker"])
-    df = pred[["date", "ticker", "prediction"]].merge(fwd.reset_index(), on=["date", "ticker"])
-    return daily_quintile_spread(df[np.isfinite(df["fwd"])], outcome="fwd")
 
 
 def daily_rank_ic(runs: list[RunRecord]) -> pd.Series:
@@ -273,14 +263,14 @@ def plot_rank_ic(table: pd.DataFrame, path: Path) -> None:
 
 
 def plot_long_short(curves: dict[str, pd.Series], path: Path) -> None:
-    """Cumulative daily-rebalanced q5-q1 return of every model over the out-of-sample periods."""
+    """Cumulative net long-short return (portfolio.py's book) of every model out of sample."""
     fig, ax = plt.subplots(figsize=(10, 6))
     cmap = plt.get_cmap("tab20")
     for i, (name, ret) in enumerate(sorted(curves.items(), key=lambda kv: -(1 + kv[1]).prod())):
         style = "--" if name.startswith(("factor", "naive")) else "-"
         ax.plot(ret.index, (1 + ret).cumprod() - 1, style, lw=1.2, color=cmap(i % 20), label=name)
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_ylabel("cumulative long-short return (q5 - q1, daily rebalanced)")
+    ax.set_ylabel("cumulative long-short return, net of costs (top - bottom fifth)")
     ax.legend(fontsize=7, ncol=2, loc="upper left")
     fig.autofmt_xdate()
     fig.tight_layout()

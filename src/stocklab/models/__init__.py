@@ -85,8 +85,10 @@ def model_config(name: str, overrides: dict | None = None):
     """The model's default config with `overrides` applied and checked."""
     check_model(name)
     cfg = with_values(MODELS[name][1], overrides or {}, what=f"model '{name}'")
-    cfg.validate()
-    check_fields(cfg)
+    check_fields(cfg)  # choices and bounds declared on the fields
+    cross_field_rules = getattr(cfg, "validate", None)  # optional: rules that relate fields
+    if cross_field_rules is not None:
+        cross_field_rules()
     return cfg
 
 

@@ -10,18 +10,15 @@ import torch
 from torch import nn
 
 from stocklab.fields import opt
-from stocklab.models.base import StockModel, check_ranges
+from stocklab.models.base import StockModel
 
 
 @dataclass
 class AttentionConfig:
-    hidden_size: int = opt(32, "hidden units per recurrent layer")
-    num_layers: int = opt(1, "stacked layers")
-    dropout: float = opt(0.1, "dropout rate")
+    hidden_size: int = opt(32, "hidden units per recurrent layer", ge=1)
+    num_layers: int = opt(1, "stacked layers", ge=1)
+    dropout: float = opt(0.1, "dropout rate", ge=0.0, lt=1.0)
     batch_norm: bool = opt(False, "BatchNorm1d on [context, query] before the head")
-
-    def validate(self):
-        check_ranges(self, at_least_1=("hidden_size", "num_layers"))
 
 
 class Attention(StockModel):

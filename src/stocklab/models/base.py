@@ -19,18 +19,17 @@ the model trains on and needs is declared here, never sniffed with `hasattr`:
                       the fitted state as files: `state_dict.pt` (tensors, read back with
                       weights_only=True) unless the family keeps another format (LightGBM text)
 
-Each model's config dataclass checks its own values (`validate`, with `check_ranges`).
+Each model's config dataclass declares its fields' bounds with `opt` (checked by
+`fields.check_fields`) and, where fields constrain each other, a `validate` method.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from stocklab.errors import StockLabError
 from stocklab.losses import RETURN, Output
 
 STATE_FILE = "state_dict.pt"
@@ -60,17 +59,3 @@ class StockModel(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor | None:
         return None
-
-
-def check_ranges(cfg, at_least_1: tuple[str, ...] = (), at_least_0: tuple[str, ...] = ()) -> None:
-    """The shared range rules of model hyper-parameters: `dropout` in [0, 1), sizes >= 1, and
-    channel counts or penalties >= 0 (0 meaning "from the variant" or "none")."""
-    values = dataclasses.asdict(cfg)
-    if "dropout" in values and not 0.0 <= values["dropout"] < 1.0:
-        raise StockLabError(f"dropout: {values['dropout']!r} must be in [0, 1)")
-    for key in at_least_1:
-        if values[key] < 1:
-            raise StockLabError(f"{key}: {values[key]!r} must be >= 1")
-    for key in at_least_0:
-        if values[key] < 0:
-            raise StockLabError(f"{key}: {values[key]!r} must be >= 0")

@@ -15,15 +15,12 @@ import torch
 from torch import nn
 
 from stocklab.fields import opt
-from stocklab.models.base import StockModel, check_ranges
+from stocklab.models.base import StockModel
 
 
 @dataclass
 class LinearConfig:
-    alpha: float = opt(1e-3, "ridge penalty on the weights")
-
-    def validate(self):
-        check_ranges(self, at_least_0=("alpha",))
+    alpha: float = opt(1e-3, "ridge penalty on the weights", ge=0.0)
 
 
 class Linear(StockModel):

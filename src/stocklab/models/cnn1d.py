@@ -10,19 +10,16 @@ from torch import nn
 
 from stocklab.errors import StockLabError
 from stocklab.fields import opt
-from stocklab.models.base import StockModel, check_ranges
+from stocklab.models.base import StockModel
 
 
 @dataclass
 class CNN1DConfig:
-    channels: int = opt(16, "convolution channels")
-    kernel: int = opt(3, "convolution kernel size")
-    dropout: float = opt(0.1, "dropout rate")
+    channels: int = opt(16, "convolution channels", ge=1)
+    kernel: int = opt(3, "convolution kernel size", ge=1)
+    dropout: float = opt(0.1, "dropout rate", ge=0.0, lt=1.0)
     batch_norm: bool = opt(False, "BatchNorm1d after the convolution")
-    hidden: int = opt(32, "units of a ReLU dense layer before the output (0: the conv's features straight to it)")
-
-    def validate(self):
-        check_ranges(self, at_least_1=("kernel", "channels"), at_least_0=("hidden",))
+    hidden: int = opt(32, "units of a ReLU dense layer before the output (0: the conv's features straight to it)", ge=0)
 
 
 class CNN1D(StockModel):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from stocklab.fields import opt
-from stocklab.models.base import StockModel, check_ranges
+from stocklab.models.base import StockModel
 
 VARIANTS = {"baseline": (2, 4), "deep": (8, 16), "custom": (0, 0)}
 
@@ -24,14 +24,11 @@ class CNN2DConfig:
     variant: str = opt(
         "baseline", "channel preset: baseline 2->4, deep 8->16, custom = channels1/2", ("baseline", "deep", "custom")
     )
-    channels1: int = opt(0, "first conv layer's channels (0 = from variant)")
-    channels2: int = opt(0, "second conv layer's channels (0 = from variant)")
-    kernel: int = opt(3, "convolution kernel size")
-    dropout: float = opt(0.1, "dropout rate")
+    channels1: int = opt(0, "first conv layer's channels (0 = from variant)", ge=0)
+    channels2: int = opt(0, "second conv layer's channels (0 = from variant)", ge=0)
+    kernel: int = opt(3, "convolution kernel size", ge=1)
+    dropout: float = opt(0.1, "dropout rate", ge=0.0, lt=1.0)
     batch_norm: bool = opt(False, "BatchNorm before the head")
-
-    def validate(self):
-        check_ranges(self, at_least_1=("kernel",), at_least_0=("channels1", "channels2"))
 
 
 class CNN2D(StockModel):

@@ -11,19 +11,16 @@ from torch import nn
 
 from stocklab.fields import opt
 from stocklab.losses import CLASSES
-from stocklab.models.base import StockModel, check_ranges
+from stocklab.models.base import StockModel
 
 
 @dataclass
 class CNNTAConfig:
-    channels1: int = opt(32, "first conv layer's channels")
-    channels2: int = opt(64, "second conv layer's channels")
-    dense: int = opt(128, "units of the dense layer")
-    dropout: float = opt(0.25, "dropout rate")
+    channels1: int = opt(32, "first conv layer's channels", ge=0)
+    channels2: int = opt(64, "second conv layer's channels", ge=0)
+    dense: int = opt(128, "units of the dense layer", ge=1)
+    dropout: float = opt(0.25, "dropout rate", ge=0.0, lt=1.0)
     batch_norm: bool = opt(False, "BatchNorm2d after each convolution")
-
-    def validate(self):
-        check_ranges(self, at_least_1=("dense",), at_least_0=("channels1", "channels2"))
 
 
 class CNNTA(StockModel):

@@ -21,7 +21,7 @@ import torch
 
 from stocklab.errors import StockLabError
 from stocklab.fields import opt
-from stocklab.models.base import StockModel, check_ranges
+from stocklab.models.base import StockModel
 
 BOOSTER_FILE = "booster.txt"
 
@@ -30,26 +30,21 @@ BOOSTER_FILE = "booster.txt"
 class LGBMConfig:
     objective: str = opt("regression", "regression (L2 on the target) or lambdarank (a query per date)",
                          ("regression", "lambdarank"))  # fmt: skip
-    num_leaves: int = opt(31, "leaves per tree")
-    learning_rate: float = opt(0.05, "shrinkage per boosting round")
-    feature_fraction: float = opt(0.8, "share of the T*F columns each tree sees")
-    bagging_fraction: float = opt(0.8, "share of the rows each round sees (bagging every round)")
-    min_data_in_leaf: int = opt(200, "rows a leaf holds at least")
-    lambda_l2: float = opt(1.0, "L2 penalty on the leaf values")
-    n_estimators: int = opt(500, "boosting rounds at most (early stopping on the validation split)")
-    rounds_per_epoch: int = opt(25, "boosting rounds per reported epoch (logging, pruning, patience)")
-    relevance_levels: int = opt(10, "lambdarank: relevance grades (each date's quantile buckets)")
-
-    def validate(self):
-        check_ranges(self, at_least_1=("num_leaves", "n_estimators", "rounds_per_epoch", "min_data_in_leaf"),
-                     at_least_0=("lambda_l2",))  # fmt: skip
-        if self.num_leaves < 2:  # LightGBM's own bound (a one-leaf tree is a constant)
-            raise StockLabError(f"num_leaves: {self.num_leaves} must be >= 2")
-        for name in ("learning_rate", "feature_fraction", "bagging_fraction"):
-            if not 0 < getattr(self, name) <= 1:
-                raise StockLabError(f"{name}: {getattr(self, name)} must be in (0, 1]")
-        if not 2 <= self.relevance_levels <= 31:  # LightGBM's default label_gain has 31 grades
-            raise StockLabError(f"relevance_levels: {self.relevance_levels} must be in [2, 31]")
+    num_leaves: int = opt(31, "leaves per tree", ge=2, why="(a one-leaf tree is a constant)")
+    learning_rate: float = opt(0.05, "shrinkage per boosting round", gt=0.0, le=1.0)
+    feature_fraction: float = opt(0.8, "share of the T*F columns each tree sees", gt=0.0, le=1.0)
+    bagging_fraction: float = opt(0.8, "share of the rows each round sees (bagging every round)", gt=0.0, le=1.0)
+    min_data_in_leaf: int = opt(200, "rows a leaf holds at least", ge=1)
+    lambda_l2: float = opt(1.0, "L2 penalty on the leaf values", ge=0.0)
+    n_estimators: int = opt(500, "boosting rounds at most (early stopping on the validation split)", ge=1)
+    rounds_per_epoch: int = opt(25, "boosting rounds per reported epoch (logging, pruning, patience)", ge=1)
+    relevance_levels: int = opt(
+        10,
+        "lambdarank: relevance grades (each date's quantile buckets)",
+        ge=2,
+        le=31,
+        why="(LightGBM's default label_gain has 31 grades)",
+    )
 
 
 class LGBM(StockModel):

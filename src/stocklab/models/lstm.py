@@ -9,18 +9,15 @@ import torch
 from torch import nn
 
 from stocklab.fields import opt
-from stocklab.models.base import StockModel, check_ranges
+from stocklab.models.base import StockModel
 
 
 @dataclass
 class LSTMConfig:
-    hidden_size: int = opt(32, "hidden units per recurrent layer")
-    num_layers: int = opt(2, "stacked layers")
-    dropout: float = opt(0.1, "between recurrent layers and before the head")
+    hidden_size: int = opt(32, "hidden units per recurrent layer", ge=1)
+    num_layers: int = opt(2, "stacked layers", ge=1)
+    dropout: float = opt(0.1, "between recurrent layers and before the head", ge=0.0, lt=1.0)
     batch_norm: bool = opt(False, "BatchNorm1d on the last hidden state")
-
-    def validate(self):
-        check_ranges(self, at_least_1=("hidden_size", "num_layers"))
 
 
 class LSTM(StockModel):

@@ -8,19 +8,16 @@ import torch
 from torch import nn
 
 from stocklab.fields import opt
-from stocklab.models.base import StockModel, check_ranges
+from stocklab.models.base import StockModel
 
 
 @dataclass
 class RNNConfig:
-    hidden_size: int = opt(8, "hidden units per recurrent layer")
-    num_layers: int = opt(2, "stacked layers")
-    dropout: float = opt(0.0, "between RNN layers")
+    hidden_size: int = opt(8, "hidden units per recurrent layer", ge=1)
+    num_layers: int = opt(2, "stacked layers", ge=1)
+    dropout: float = opt(0.0, "between RNN layers", ge=0.0, lt=1.0)
     batch_norm: bool = opt(False, "BatchNorm1d on the flattened step outputs before the head")
     sigmoid: bool = opt(False, "squash the output to (0, 1) for min-max scaled targets")
-
-    def validate(self):
-        check_ranges(self, at_least_1=("hidden_size", "num_layers"))
 
 
 class RNN(StockModel):

@@ -16,19 +16,16 @@ from torch import nn
 
 from stocklab.fields import opt
 from stocklab.losses import STEPS
-from stocklab.models.base import StockModel, check_ranges
+from stocklab.models.base import StockModel
 
 
 @dataclass
 class Seq2SeqConfig:
-    hidden_size: int = opt(100, "hidden units per recurrent layer")
-    num_layers: int = opt(1, "stacked layers")
+    hidden_size: int = opt(100, "hidden units per recurrent layer", ge=1)
+    num_layers: int = opt(1, "stacked layers", ge=1)
     cell: str = opt("lstm", "recurrent cell", ("lstm", "rnn"))
-    dropout: float = opt(0.0, "dropout rate")
+    dropout: float = opt(0.0, "dropout rate", ge=0.0, lt=1.0)
     batch_norm: bool = opt(False, "BatchNorm1d over the hidden units of every step, before the per-step head")
-
-    def validate(self):
-        check_ranges(self, at_least_1=("hidden_size", "num_layers"))
 
 
 class Seq2Seq(StockModel):

@@ -10,20 +10,19 @@ from torch import nn
 
 from stocklab.errors import StockLabError
 from stocklab.fields import opt
-from stocklab.models.base import StockModel, check_ranges
+from stocklab.models.base import StockModel
 
 
 @dataclass
 class TransformerConfig:
-    d_model: int = opt(32, "model width (divisible by nhead)")
-    nhead: int = opt(4, "attention heads")
-    num_layers: int = opt(2, "stacked layers")
-    dim_feedforward: int = opt(64, "feed-forward width")
-    dropout: float = opt(0.1, "dropout rate")
+    d_model: int = opt(32, "model width (divisible by nhead)", ge=1)
+    nhead: int = opt(4, "attention heads", ge=1)
+    num_layers: int = opt(2, "stacked layers", ge=1)
+    dim_feedforward: int = opt(64, "feed-forward width", ge=1)
+    dropout: float = opt(0.1, "dropout rate", ge=0.0, lt=1.0)
     batch_norm: bool = opt(False, "BatchNorm1d on the last token before the head (the encoder keeps its LayerNorms)")
 
     def validate(self):
-        check_ranges(self, at_least_1=("num_layers", "d_model", "nhead", "dim_feedforward"))
         if self.d_model % self.nhead:
             raise StockLabError(f"d_model: {self.d_model} must be divisible by nhead={self.nhead}")
 

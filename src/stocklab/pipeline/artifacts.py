@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from stocklab import factor_eval, plots
-from stocklab.config import TrainConfig
+from stocklab.config import BookOptions, TrainConfig
 from stocklab.data import ReadOptions, load_panel
 from stocklab.errors import describe
 from stocklab.pipeline import packaging
@@ -57,7 +57,7 @@ def log_evaluation_plots(df: pd.DataFrame, prep: Prepared, cfg: TrainConfig, ski
         mlflow.log_artifacts(tmp, "plots")
     if not skipped:
         book = portfolio_of(df, prep.ws, cfg)
-        title = f"long-short book: top/bottom 1/{cfg.quantiles}, hold {cfg.holding_days()} days, {cfg.cost_bps:g} bp"
+        title = f"long-short book: {BookOptions.of(cfg).title()}"
         plots.log_figure(plots.portfolio_plot(book, title), "plots/portfolio.png")
     if tear_sheet and cfg.tear_sheet and not skipped:
         try:

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from stocklab import factor_eval, portfolio
-from stocklab.config import EVAL_BATCH_SIZE, TrainConfig
+from stocklab.config import EVAL_BATCH_SIZE, BookOptions, TrainConfig
 from stocklab.training.inference import eval_mode, predict, score
 from stocklab.windows import WindowSet
 
@@ -46,7 +46,8 @@ def panel_close(panel) -> pd.DataFrame:
 
 def portfolio_of(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig) -> pd.DataFrame:
     """The daily long-short book of a predictions frame (portfolio.py), with cfg's settings."""
-    return portfolio.daily_portfolio(df, panel_close(ws.panel), cfg.quantiles, cfg.holding_days(), cfg.cost_bps)
+    book = BookOptions.of(cfg)
+    return portfolio.daily_portfolio(df, panel_close(ws.panel), book.quantiles, book.hold_days, book.cost_bps)
 
 
 def split_metrics(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig, split: str) -> tuple[dict, str | None]:

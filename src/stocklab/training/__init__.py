@@ -7,7 +7,7 @@
     device.py     seeds, the device, the CPU threads
 
 A model family says which trainer fits it with `trained_by` (models/base.py); TRAINERS maps
-that name to the trainer. Both keep one contract: fit(model, ws, cfg, on_epoch) -> History,
+that name to the trainer. Both keep one contract: fit(model, ws, FitOptions, on_epoch) -> History,
 the kept epoch restored.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from stocklab.config import StockLabError, TrainConfig
+from stocklab.config import FitOptions, StockLabError, TrainConfig
 from stocklab.training.boosting import fit_booster
 from stocklab.training.device import configure_cpu_threads, resolve_device, set_seed
 from stocklab.training.gradient import fit_gradient
@@ -31,13 +31,16 @@ __all__ = [
 ]  # fmt: skip
 
 
-def fit(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallback | None = None) -> History:
+def fit(
+    model: nn.Module, ws: WindowSet, cfg: TrainConfig | FitOptions, on_epoch: EpochCallback | None = None
+) -> History:
     """Train `model` on ws's train split with its trainer, early-stop on the validation split
-    (its loss, or its rank IC: cfg.select) and keep the best epoch. `on_epoch(Epoch)` runs after
-    every epoch; it may raise to stop training (e.g. optuna.TrialPruned)."""
+    (its loss, or its rank IC: cfg.select) and keep the best epoch. The trainers see the
+    FitOptions section of `cfg` only. `on_epoch(Epoch)` runs after every epoch; it may raise to
+    stop training (e.g. optuna.TrialPruned)."""
     trainer = TRAINERS.get(model.trained_by)
     if trainer is None:
         raise StockLabError(
             f"model: {type(model).__name__} is trained_by {model.trained_by!r}, not one of {', '.join(TRAINERS)}"
         )
-    return trainer(model, ws, cfg, on_epoch)
+    return trainer(model, ws, FitOptions.of(cfg), on_epoch)

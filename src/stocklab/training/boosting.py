@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from stocklab.config import StockLabError, TrainConfig
+from stocklab.config import FitOptions, StockLabError
 from stocklab.training.history import EpochCallback, History, finish, improved, record_epoch
 from stocklab.training.inference import valid_rank_ic
 from stocklab.windows import WindowSet
@@ -64,7 +64,7 @@ def _dataset(lgb, X, y, days, cfg, reference=None):
     return lgb.Dataset(X, y, reference=reference)
 
 
-def fit_booster(model, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallback | None = None) -> History:
+def fit_booster(model, ws: WindowSet, cfg: FitOptions, on_epoch: EpochCallback | None = None) -> History:
     """Boost `model`'s trees on ws's train split, early-stop on the validation split, keep the
     best epoch's rounds (model.best_iteration). Same contract and History as fit_gradient."""
     import lightgbm as lgb

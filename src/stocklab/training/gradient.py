@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from stocklab.config import StockLabError, TrainConfig
+from stocklab.config import FitOptions, StockLabError
 from stocklab.losses import Loss, objective
 from stocklab.models.base import StockModel
 from stocklab.training.device import configure_cpu_threads
@@ -134,7 +134,7 @@ class GraphStep:
         self.graph = graph
 
 
-def make_optimizer(params: list, cfg: TrainConfig, device: torch.device, graph: bool):
+def make_optimizer(params: list, cfg: FitOptions, device: torch.device, graph: bool):
     """Adam; on CUDA the fused kernel, capturable (its step count on the device) for a graph."""
     if not params:
         return None  # a parameter-free baseline (naive zero forecast) is only evaluated
@@ -143,7 +143,7 @@ def make_optimizer(params: list, cfg: TrainConfig, device: torch.device, graph: 
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def fit_gradient(model: nn.Module, ws: WindowSet, cfg: TrainConfig, on_epoch: EpochCallback | None = None) -> History:
+def fit_gradient(model: nn.Module, ws: WindowSet, cfg: FitOptions, on_epoch: EpochCallback | None = None) -> History:
     """Train `model` on ws's train split, early-stop on the validation loss (or rank IC:
     cfg.select), restore the kept epoch's weights. `on_epoch(Epoch)` runs after every epoch and
     may raise to stop training (optuna.TrialPruned)."""

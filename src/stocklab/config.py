@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stocklab.errors import StockLabError
-from stocklab.features import FEATURE_SETS, check_feature_sets  # the registries beside their builders
+from stocklab.features import FEATURE_SETS, check_extra, check_feature_sets  # the registries beside their builders
 from stocklab.fields import (  # noqa: F401 - re-exported: the jobs' configs and their users
     ArgumentParser,
     add_arguments,
@@ -103,6 +103,12 @@ class TrainConfig:
         "own, else the recipe's (relative, or by the data)",
         role="panel",
     )
+    extra: str = opt(
+        "",
+        "the user's own columns beside the bars (pe_ratio,short_interest; all: every numeric non-bar column), "
+        "added to the feature set as of each row's date; features=extra uses them alone",
+        role="panel",
+    )
     horizon: int = opt(20, "label = forward return over N trading days", role="panel", ge=1)
     seq_len: int = opt(20, "steps per input window", role="panel", ge=1)
     window_stride: int = opt(1, "days between window steps (21: monthly)", role="panel", ge=1)
@@ -147,6 +153,11 @@ class TrainConfig:
     tear_sheet: bool = opt(
         True, "log the alphalens tear sheet of the test predictions (its slowest artifact)", setup=True
     )
+    importance: bool = opt(
+        True,
+        "log feature_importance.csv and its plot: permutation importance on validation (+ trees' gain)",
+        setup=True,
+    )
     # the long-short book every scored split is judged by (portfolio.py)
     quantiles: int = opt(5, "portfolio: long the top 1/q and short the bottom 1/q by prediction", role="recorded", ge=2)
     hold: int = opt(
@@ -179,6 +190,7 @@ class TrainConfig:
         """Raise StockLabError naming the first bad parameter; return self."""
         check_fields(self)
         check_feature_sets(self.features)
+        check_extra(self.extra)
         if self.date_format and "%" not in self.date_format:
             raise StockLabError(f"date_format: {self.date_format!r} must be a strftime format like %d/%m/%Y")
         if self.loss in DAILY_LOSSES and self.batching != "daily":

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stocklab import user_columns
 from stocklab.config import CACHE_DIR, StockLabError
 from stocklab.errors import one_line
 from stocklab.text_values import numbers as _numbers
@@ -46,21 +47,29 @@ CACHE_VERSION = "2"  # bump when cleaning rules change so old caches are not reu
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How to read what cannot be detected (TrainConfig's `date_format`, `decimal`, `max_drop`)."""
+    """How to read what cannot be detected (TrainConfig's `date_format`, `decimal`, `max_drop`),
+    and which of the user's own columns to keep (`extra`)."""
 
     date_format: str = ""  # strftime format of text dates ("%d/%m/%Y"); "" detects it per file
     decimal: str = "."  # the decimal mark of numbers written as text; "," also drops "." and " " separators
     max_drop: float = 0.05  # warn about a ticker that loses more than this share of its rows
+    extra: str = ""  # the user's columns: "pe_ratio,short_interest", "all" (every numeric non-bar column) or ""
 
     @classmethod
     def of(cls, cfg) -> ReadOptions:
         """The options of a TrainConfig (or any config with these fields; absent ones default)."""
         d = cls()
-        return cls(*(getattr(cfg, f, getattr(d, f)) for f in ("date_format", "decimal", "max_drop")))
+        return cls(*(getattr(cfg, f, getattr(d, f)) for f in ("date_format", "decimal", "max_drop", "extra")))
 
     def key(self) -> str:
         """What the cache and fingerprint add for these options ('' for the defaults)."""
-        return "" if self == ReadOptions() else f"{self.date_format}|{self.decimal}|{self.max_drop!r}"
+        if self == ReadOptions():
+            return ""
+        return f"{self.date_format}|{self.decimal}|{self.max_drop!r}" + (f"|extra={self.extra}" if self.extra else "")
+
+    def extra_names(self) -> list[str]:
+        """The named extra columns ([] for none or for "all")."""
+        return [] if self.extra in ("", "all") else [c.strip() for c in self.extra.split(",") if c.strip()]
 
 
 @dataclass
@@ -79,6 +88,8 @@ class DataReport:
     date_max: str = ""
     columns: list = field(default_factory=list)
     heavy_losses: dict = field(default_factory=dict)  # ticker -> rule -> rows, tickers losing > max_drop
+    extra: list = field(default_factory=list)  # the user's columns kept beside the bars (ReadOptions.extra)
+    extra_missing: dict = field(default_factory=dict)  # extra column -> files without it (NaN there)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -140,6 +151,8 @@ def _normalise(df: pd.DataFrame, where: str, ticker: str | None, options: ReadOp
             src = lower["adj close"]
         if src is not None:
             out[col] = _numbers(df[src], where, src, options.decimal)
+    for name, src in user_columns.in_frame(df, lower, options).items():
+        out[name] = _numbers(df[src], where, src, options.decimal).astype(np.float64)
     return out[out["date"].notna()]
 
 
@@ -167,6 +180,10 @@ def _clean(df: pd.DataFrame, report: DataReport, max_drop: float = 0.05) -> pd.D
     prices = [c for c in PRICE_COLS if c in df.columns]
     values = [c for c in VALUE_COLS if c in df.columns]
     df = drop(np.isinf(df[values]).any(axis=1), "infinite_value")
+    extra = [c for c in df.columns if c not in ("date", "ticker", *VALUE_COLS)]
+    if extra and np.isinf(df[extra]).to_numpy().any():  # a user's column: unknown that day, the row kept
+        repaired["extra_infinite_to_nan"] = int(np.isinf(df[extra]).to_numpy().sum())
+        df = df.assign(**{c: df[c].where(np.isfinite(df[c])) for c in extra})
     df = drop(df[prices].isna().any(axis=1), "missing_price")
     df = drop((df[prices] <= 0).any(axis=1), "nonpositive_price")
     df = drop(_outliers(df, values), "outlier")
@@ -254,6 +271,8 @@ def load_panel(
     input files' bytes, so repeated runs (e.g. trials of one study) parse the CSVs once.
     """
     if data == "sample":
+        if options.extra:
+            raise StockLabError("extra: the built-in sample holds closes only; extra columns come with your own files")
         raw, fp = _load_sample()
         report = DataReport(source="sample (skfolio load_sp500_dataset)", fingerprint=fp, files=1)
         return _finish(raw, report, options.max_drop), report
@@ -309,9 +328,17 @@ def read_bars(df: pd.DataFrame, where: str = "bars", options: ReadOptions = Read
 def clean_bars(
     df: pd.DataFrame, where: str = "bars", options: ReadOptions = ReadOptions()
 ) -> tuple[pd.DataFrame, DataReport]:
-    """`read_bars`, then the cleaning rules a data file gets (counted in the report)."""
+    """`read_bars`, then the cleaning rules a data file gets (counted in the report). A named
+    extra column (a model's `extra`) must be in the bars: the model reads it."""
     report = DataReport(source=where, files=1)
-    return _finish(read_bars(df, where, options).reset_index(drop=True), report, options.max_drop), report
+    bars = read_bars(df, where, options).reset_index(drop=True)
+    missing = [c for c in options.extra_names() if c not in bars.columns]
+    if missing:
+        raise StockLabError(
+            f"{where}: missing column {missing[0]!r}, one of the model's extra columns ({options.extra})"
+        )
+    report.extra = options.extra_names()
+    return _finish(bars, report, options.max_drop), report
 
 
 def check_source(data: str, options: ReadOptions = ReadOptions()) -> str:
@@ -370,10 +397,12 @@ def _read_files(files: list[Path], path: Path, data: str, report: DataReport, op
         frame_files.append(f)
     if not frames:
         raise StockLabError(f"data: '{data}' has no rows")
-    # files may differ in optional columns; keep the columns every file has, and say so
-    common = set.intersection(*(set(f.columns) for f in frames))
+    extra = user_columns.in_files(frames, options, data, report)
+    frames = [f.reindex(columns=[*(c for c in f.columns if c not in extra), *extra]) for f in frames]
+    # files may differ in optional bar columns; keep the columns every file has, and say so
+    common = set.intersection(*(set(f.columns) for f in frames)) - set(extra)
     cols = [c for c in ("date", "ticker", *VALUE_COLS) if c in common]
-    lost = sorted({c for f in frames for c in f.columns} - common, key=list(VALUE_COLS).index)
+    lost = sorted({c for f in frames for c in f.columns} - common - set(extra), key=list(VALUE_COLS).index)
     if lost:
         short = [f for f, fr in zip(frame_files, frames) if not set(lost) <= set(fr.columns)]
         kept = ", ".join(c for c in cols if c not in ("date", "ticker"))
@@ -383,7 +412,7 @@ def _read_files(files: list[Path], path: Path, data: str, report: DataReport, op
             file=sys.stderr,
         )
         report.repaired["columns_not_in_every_file"] = len(lost)
-    return pd.concat([f[cols] for f in frames], ignore_index=True)
+    return pd.concat([f[cols + extra] for f in frames], ignore_index=True)
 
 
 def _write_atomic(path: Path, write) -> None:

@@ -16,6 +16,30 @@ from stocklab.alpha158 import alpha158
 from stocklab.errors import StockLabError
 
 OHLCV_NEEDS = ("open", "high", "low", "close", "volume")
+BAR_COLS = ("open", "high", "low", "close", "volume", "vwap")  # data.VALUE_COLS: any other column is extra
+
+
+# what data.py reads as dates and tickers (DATE_NAMES, TICKER_NAMES): never a user's extra column
+READ_NAMES = ("date", "datetime", "timestamp", "time", "name", "ticker", "symbol", "adj close")
+
+
+def check_extra(extra: str) -> None:
+    """`extra`: '', 'all' or distinct comma-separated names of the user's columns (not bar, date
+    or ticker columns, which are read already)."""
+    names = [c.strip() for c in extra.split(",") if c.strip()] if extra not in ("", "all") else []
+    reserved = [c for c in names if c.lower() in (*BAR_COLS, *READ_NAMES)]
+    if reserved:
+        raise StockLabError(
+            f"extra: {reserved[0]!r} is a bar, date or ticker column, read already; extra names the user's "
+            "own columns (e.g. extra=pe_ratio,short_interest or extra=all)"
+        )
+    if extra not in ("", "all") and (not names or len(set(names)) < len(names) or "all" in names):
+        raise StockLabError(f"extra: {extra!r} must be 'all' or distinct comma-separated column names")
+
+
+def extra_columns(columns) -> list[str]:
+    """The user's own columns of a clean long frame (data.py keeps them with `extra`)."""
+    return [c for c in columns if c not in ("date", "ticker", *BAR_COLS)]
 
 
 @dataclass
@@ -30,6 +54,9 @@ class Panel:
     feature_names: list[str]
     relative_cols: list[int]  # columns made relative to the window's last day (see windows.py)
     relative_ref: list[int]  # for each relative column, the column it is divided by
+    # columns whose NaN means "not reported that day" (the user's extra columns): read as 0 after
+    # scaling (the training mean) instead of making the window incomplete
+    optional_cols: list[int] = field(default_factory=list)
 
 
 def check_feature_sets(features: str) -> list[str]:
@@ -50,8 +77,15 @@ def resolve_feature_set(features: str, columns: list[str], auto: str | None = No
     image), else the recipe's: `relative` under cs; under raw `ohlcv` when the data has full
     OHLCV bars and `returns` on close-only data. A composition `a+b` resolves each part."""
     parts = check_feature_sets(features)
-    if len(parts) > 1:
-        return "+".join(resolve_feature_set(p, columns) for p in parts)
+    extra = extra_columns(columns)
+    if "extra" in parts and not extra:
+        raise StockLabError("features: 'extra' is the user's own columns: name them with extra=col1,col2 (or all)")
+    if extra and "extra" not in parts:  # the user's columns join whichever set is chosen
+        parts = [*parts, "extra"]
+    return "+".join(p if p == "extra" else _resolve_one(p, columns, auto, recipe) for p in parts)
+
+
+def _resolve_one(features: str, columns: list[str], auto: str | None, recipe: str) -> str:
     if features == "auto" and auto is not None:
         features = auto
     if features == "auto" and recipe == "cs":
@@ -99,7 +133,7 @@ def build_panel(
 
     close = wide("close")
     with np.errstate(divide="ignore", invalid="ignore"):
-        opt = _Options(tickers, universe, return_period, set(panel.columns))
+        opt = _Options(tickers, universe, return_period, set(panel.columns), extra_columns(panel.columns))
         built = _join([_BUILDERS[part](wide, close, opt) for part in features.split("+")])
         y = np.full(close.shape, np.nan)
         y[:, :-horizon] = close[:, horizon:] / close[:, :-horizon] - 1.0
@@ -114,6 +148,7 @@ def build_panel(
         feature_names=built.names,
         relative_cols=built.relative_cols,
         relative_ref=built.relative_ref,
+        optional_cols=built.optional_cols,
     )
 
 
@@ -123,6 +158,7 @@ class _Options:
     universe: list[str] | None
     return_period: int
     columns: set[str]
+    extra: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -131,6 +167,7 @@ class _Built:
     names: list[str]
     relative_cols: list[int] = field(default_factory=list)
     relative_ref: list[int] = field(default_factory=list)
+    optional_cols: list[int] = field(default_factory=list)
 
 
 def _join(parts: list[_Built]) -> _Built:
@@ -138,13 +175,14 @@ def _join(parts: list[_Built]) -> _Built:
     if len(parts) == 1:
         return parts[0]
     X = np.concatenate([p.X for p in parts], axis=-1)
-    names, rel, ref, offset = [], [], [], 0
+    names, rel, ref, optional, offset = [], [], [], [], 0
     for p in parts:
         names += p.names
         rel += [c + offset for c in p.relative_cols]
         ref += [c + offset for c in p.relative_ref]
+        optional += [c + offset for c in p.optional_cols]
         offset += p.X.shape[-1]
-    return _Built(X, names, rel, ref)
+    return _Built(X, names, rel, ref, optional)
 
 
 def _stack(cols: list[np.ndarray]) -> np.ndarray:
@@ -215,7 +253,13 @@ def _alpha158(wide, close: np.ndarray, opt: _Options) -> _Built:
     return _Built(X, names)
 
 
+def _extra(wide, close: np.ndarray, opt: _Options) -> _Built:
+    # the user's columns as read (as of each row's date), scaled like every set; NaN where a
+    # ticker has no value that day, read as the training mean (0 after scaling)
+    return _Built(_stack([wide(c) for c in opt.extra]), list(opt.extra), optional_cols=list(range(len(opt.extra))))
+
+
 _BUILDERS = {"ohlcv": _ohlcv, "returns": _returns, "relative": _relative, "technical": _technical,
-             "alpha158": _alpha158}  # fmt: skip
+             "alpha158": _alpha158, "extra": _extra}  # fmt: skip
 # the `features` parameter's values: `auto` picks one by the model and the data (resolve_feature_set)
 FEATURE_SETS = ("auto", *_BUILDERS)

@@ -59,6 +59,26 @@ def portfolio_plot(daily, title: str = "long-short book (top minus bottom quanti
     return fig
 
 
+def feature_importance_plot(table, top: int = 20):
+    """Horizontal bars of the `top` largest permutation drops (and the trees' gain share)."""
+    head = table.head(top).iloc[::-1]
+    panels = 2 if "gain" in head else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4 + 5 * panels, 0.3 * len(head) + 1.5), squeeze=False, sharey=True)
+    ax = axes[0, 0]
+    ax.barh(head["feature"], head["permutation_drop"], color="tab:blue")
+    ax.axvline(0, color="black", lw=0.6)
+    days = table.attrs.get("days", table["days"].iloc[0] if len(table) else 0)
+    ax.set_xlabel(f"drop in validation rank IC when shuffled within days ({days} days)")
+    ax.tick_params(axis="y", labelsize=7)
+    if "gain" in head:
+        total = table["gain"].sum() or 1.0
+        axes[0, 1].barh(head["feature"], head["gain"] / total, color="tab:green")
+        axes[0, 1].set_xlabel("share of LightGBM split gain")
+    fig.suptitle(f"feature importance (top {len(head)} of {len(table)} by permutation)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def log_figure(fig, artifact_file: str) -> None:
     mlflow.log_figure(fig, artifact_file)
     plt.close(fig)

@@ -103,9 +103,17 @@ def window_span(seq_len: int, stride: int = 1) -> int:
     return (seq_len - 1) * stride + 1
 
 
-def valid_window_mask(X: np.ndarray, seq_len: int) -> np.ndarray:
+def known_days(X: np.ndarray, optional_cols=()) -> np.ndarray:
+    """(N, D) bool: every feature known on the day, the optional ones (Panel.optional_cols) aside."""
+    if len(optional_cols):
+        required = np.setdiff1d(np.arange(X.shape[-1]), optional_cols)
+        return np.isfinite(X[..., required]).all(axis=-1) if len(required) else np.ones(X.shape[:2], bool)
+    return np.isfinite(X).all(axis=-1)
+
+
+def valid_window_mask(X: np.ndarray, seq_len: int, optional_cols=()) -> np.ndarray:
     """(N, D) bool: True where the `seq_len` days ending on day t are all fully known."""
-    finite = np.isfinite(X).all(axis=-1)  # (N, D)
+    finite = known_days(X, optional_cols)  # (N, D)
     c = np.concatenate([np.zeros((X.shape[0], 1), np.int64), np.cumsum(finite, axis=1)], axis=1)
     ok = np.zeros_like(finite)
     ok[:, seq_len - 1 :] = (c[:, seq_len:] - c[:, :-seq_len]) == seq_len
@@ -174,7 +182,7 @@ class WindowSet:
         # their reference's daily-change std (relative_scales), so they reach the models at unit scale
         self.scaler = scaler or Scaler.fit(panel.X, self.fold.valid_start, scaler_kind, panel.relative_cols,
                                            train_start=self.fold.train_start, skip_ref=panel.relative_ref)  # fmt: skip
-        ok = valid_window_mask(panel.X, span)  # before scaling: NaN marks the unknown days
+        ok = valid_window_mask(panel.X, span, panel.optional_cols)  # before scaling: NaN marks the unknown days
         self.window_ok = ok  # (N, D): the window ending on day t is complete
         labelled = ok & np.isfinite(panel.y)
         Xs = self.scaler.transform(panel.X, inplace=scale_in_place)
@@ -316,7 +324,7 @@ class TooShort(StockLabError):
 def drop_short_tickers(panel: Panel, seq_len: int, horizon: int) -> tuple[Panel, int]:
     """Drop tickers with fewer rows than one window (`seq_len` days) plus the horizon; error if
     none is left. The panel is consumed (see select_tickers)."""
-    rows = np.isfinite(panel.X).all(axis=-1).sum(axis=1)  # (N,)
+    rows = known_days(panel.X, panel.optional_cols).sum(axis=1)  # (N,)
     keep = rows >= seq_len + horizon
     if not keep.any():
         raise TooShort(

@@ -11,6 +11,7 @@ model's inputs with its Bundle (features, column order, train-fitted scaler) and
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +36,9 @@ def run_predict(cfg: PredictConfig) -> pd.DataFrame:
         raise
     except Exception as e:  # noqa: BLE001 - MLflow raises several types for a missing model/alias
         raise StockLabError(f"model: cannot load '{uri}' ({one_line(e, 200)})") from None
-    bars, _ = load_panel(cfg.data, cfg.cache_dir, ReadOptions.of(cfg))
+    # the model's own columns beside the bars (its training run's `extra`) are read too
+    extra = model.unwrap_python_model().bundle.inputs.get("extra", "")
+    bars, _ = load_panel(cfg.data, cfg.cache_dir, dataclasses.replace(ReadOptions.of(cfg), extra=extra))
     try:
         df = model.predict(bars, params={"batch_size": cfg.eval_batch_size})
     except MlflowException as e:  # the scoring model's own one-line errors (serving.py)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -58,4 +59,8 @@ class StockModel(nn.Module):
         return {}
 
     def attention(self, x: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def gain_importance(self, n_features: int) -> np.ndarray | None:
+        """(F,) the model's own importance of each input feature (trees: split gain), or None."""
         return None

@@ -72,6 +72,12 @@ class LGBM(StockModel):
         pred = self.booster.predict(flat, num_iteration=self.best_iteration) if len(flat) else np.zeros(0)
         return torch.from_numpy(np.asarray(pred, dtype=np.float32)).to(x.device)  # (B,)
 
+    def gain_importance(self, n_features: int) -> np.ndarray:
+        """Split gain of the kept rounds per feature, summed over the window's days (the rows
+        are flattened (T, F) windows: column t * F + f)."""
+        gain = self.booster.feature_importance("gain", iteration=self.best_iteration)  # (T*F,)
+        return np.asarray(gain, dtype=float).reshape(-1, n_features).sum(axis=0)  # (F,)
+
     def save_state(self, folder: Path) -> None:
         self.booster.save_model(str(Path(folder) / BOOSTER_FILE), num_iteration=self.best_iteration)
 

@@ -82,9 +82,29 @@ def evaluate_split(model, prep: Prepared, cfg: TrainConfig, split: str, tear_she
     return metrics
 
 
+IMPORTANCE_SHARE = 0.2  # permutation importance may take this share of the fit's time (sampled days beyond)
+IMPORTANCE_MIN_S = 10.0  # ... and at least this many seconds
+
+
+def log_importance(model, prep: Prepared, cfg: TrainConfig, fit_seconds: float) -> None:
+    """feature_importance.csv and plots/feature_importance.png (importance.py), on the
+    validation split, within IMPORTANCE_SHARE of the fit's time."""
+    from stocklab.importance import TOP, feature_importance
+
+    budget = max(IMPORTANCE_MIN_S, IMPORTANCE_SHARE * fit_seconds)
+    table = feature_importance(model, prep.ws, prep.panel.feature_names, cfg.eval_batch_size, budget, cfg.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "feature_importance.csv"
+        table.to_csv(path, index=False)
+        mlflow.log_artifact(str(path))
+    plots.log_figure(plots.feature_importance_plot(table, TOP), "plots/feature_importance.png")
+    mlflow.log_metrics({"importance_time_s": table.attrs["seconds"], "importance_valid_days": table.attrs["days"]})
+
+
 def log_full_evaluation(
-    model, prep: Prepared, test: pd.DataFrame, cfg: TrainConfig, bundle: dict, skipped: str | None
-) -> None:
+    model, prep: Prepared, test: pd.DataFrame, cfg: TrainConfig, bundle: dict, skipped: str | None,
+    fit_seconds: float = 0.0,
+) -> None:  # fmt: skip
     """What a model that may be used gets, in the active run: prediction plots and the tear sheet
     of its out-of-sample predictions, the attention heatmap, and the model itself: the raw-bar
     scoring pyfunc (serving.py) with its weights and Bundle, which predict, serving and the
@@ -98,6 +118,8 @@ def log_full_evaluation(
         labels = [f"{prep.panel.tickers[i]} {prep.panel.dates[d].date()}" for i, d in zip(n.tolist(), t.tolist())]
         heatmap = plots.attention_heatmap(weights.float().cpu().numpy(), labels)
         plots.log_figure(heatmap, "plots/attention_heatmap.png")
+    if cfg.importance and not model.constant_forecast:  # a factor's formula uses what it says
+        log_importance(model, prep, cfg, fit_seconds)
     raw, _ = load_panel(cfg.data, cfg.cache_dir, ReadOptions.of(cfg))  # the parsed-panel cache: no second parse
     example = packaging.example_bars(raw, bundle["tickers"], cfg.seq_len, cfg.window_stride)
     packaging.log_scoring_model(model, bundle, example)

@@ -203,7 +203,7 @@ def train_in_run(
     bundle = Bundle.from_training(cfg, mcfg, last.prep).to_dict()
     tracking.log_json(bundle, BUNDLE_ARTIFACT)
     if full:
-        log_full_evaluation(last.model, last.prep, test, cfg, bundle, sheet_skipped)
+        log_full_evaluation(last.model, last.prep, test, cfg, bundle, sheet_skipped, last.hist.train_time_s)
     else:
         log_state(last.model)
     why = None if last.model.constant_forecast else degenerate(test, metrics, skipped)
@@ -275,7 +275,7 @@ def _label_report(cfg: TrainConfig, base: Prepared) -> dict:
     if cfg.label == "raw":
         return {"label": "raw"}
     span = window_span(cfg.seq_len, cfg.window_stride)
-    labelled = valid_window_mask(base.panel.X, span) & np.isfinite(base.panel.y)
+    labelled = valid_window_mask(base.panel.X, span, base.panel.optional_cols) & np.isfinite(base.panel.y)
     _, thin = label_target(base.panel.y, labelled, cfg.label)
     return {"label": cfg.label, "label_min_tickers": MIN_TICKERS, "label_thin_days_dropped": thin}
 

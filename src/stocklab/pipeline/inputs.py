@@ -63,7 +63,8 @@ class Bundle:
     @classmethod
     def from_training(cls, cfg: TrainConfig, mcfg, prep: Prepared) -> Bundle:
         return cls(
-            inputs={**cfg.input_values(), "features": prep.features},
+            # `extra` as the columns read (extra=all resolved): scoring reads, and requires, those
+            inputs={**cfg.input_values(), "features": prep.features, "extra": ",".join(prep.report.extra)},
             model_config=dataclasses.asdict(mcfg),
             feature_names=list(prep.panel.feature_names),
             scaler=prep.ws.scaler,

@@ -34,12 +34,14 @@ OUTPUT = ("date", "ticker", "prediction")
 EXAMPLE_TICKERS, EXAMPLE_WARMUP = 3, 250  # the input example: 3 tickers' last window span + 250 bars
 
 
-def signature() -> ModelSignature:
+def signature(extra: tuple[str, ...] = ()) -> ModelSignature:
     """Named columns in, named columns out; the same for every version of every model. Inputs
     are typed `Any`: data.py parses them as it parses a file (dates as strings, yyyymmdd or
     datetimes; numbers of any int or float dtype), where MLflow's own `double` would refuse
-    int64 volumes ("cannot safely convert") and its datetime would read 07/02 month-first."""
+    int64 volumes ("cannot safely convert") and its datetime would read 07/02 month-first.
+    A model trained with the user's `extra` columns requires them too."""
     values = [ColSpec(AnyType(), c, required=c in REQUIRED) for c in VALUE_COLS]
+    values += [ColSpec(AnyType(), c, required=True) for c in extra]
     inputs = Schema([ColSpec(AnyType(), "date"), ColSpec(DataType.string, "ticker"), *values])
     outputs = Schema(
         [ColSpec(DataType.datetime, "date"), ColSpec(DataType.string, "ticker"), ColSpec(DataType.double, "prediction")]
@@ -100,7 +102,7 @@ def log_scoring_model(network: torch.nn.Module, bundle: dict, example: pd.DataFr
             python_model=str(ENTRY),
             artifacts={"state": str(state), "bundle": str(bundle_file)},
             code_paths=[str(code)],
-            signature=signature(),
+            signature=signature(tuple(c for c in bundle["inputs"].get("extra", "").split(",") if c)),
             input_example=example,
             pip_requirements=requirements(),  # explicit: skips MLflow's slow requirement inference
         )

@@ -6,6 +6,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import SHARED_DATA, write_ticker_csvs
 
 from stocklab.config import StockLabError, TrainConfig
@@ -109,7 +110,7 @@ def test_permutation_importance_ranks_the_planted_column_first_and_restores_the_
 
     from stocklab.importance import permutation_importance
     from stocklab.models import build_model, model_config
-    from stocklab.training import fit
+    from stocklab.training import fit, valid_rank_ic
 
     bars = synthetic_bars(n_tickers=12, n_days=400, seed=3)
     bars = bars.sort_values(["Name", "date"]).reset_index(drop=True)
@@ -121,8 +122,10 @@ def test_permutation_importance_ranks_the_planted_column_first_and_restores_the_
     cfg = TrainConfig(data=str(folder), model="linear", extra="planted,noise", features="extra", seq_len=1,
                       horizon=5, cache_dir="", label="raw", batching="random", epochs=30, lr=1e-2)  # fmt: skip
     prep = prepare(cfg)
+    torch.manual_seed(0)
     model = build_model("linear", prep.ws.n_features, 1, model_config("linear"))
     fit(model, prep.ws, cfg)
+    print(f"rank IC {valid_rank_ic(model, prep.ws):.3f}")
     before = prep.ws.X.clone()
     table = permutation_importance(model, prep.ws, prep.panel.feature_names, 4096, budget_s=30.0)
     assert torch_equal(before, prep.ws.X)
@@ -132,8 +135,6 @@ def test_permutation_importance_ranks_the_planted_column_first_and_restores_the_
 
 
 def torch_equal(a, b) -> bool:
-    import torch
-
     return bool(torch.equal(a, b))
 
 

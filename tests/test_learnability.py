@@ -11,13 +11,15 @@ MIN_AGREEMENT; the raw recipe's agreement is printed beside it, never asserted.
 
 from __future__ import annotations
 
+import dataclasses
+
 import mlflow
 import pandas as pd
 import pytest
 
 from stocklab.benchmarks.recovery import agreement, planted_market
 from stocklab.config import TrainConfig
-from stocklab.models import BASELINES, MODELS
+from stocklab.models import BASELINES, MODELS, recipe_values
 from stocklab.pipeline.fitting import train_in_run
 
 # the market: small enough to fit every family in seconds on 2 cores, its signal strong enough
@@ -30,7 +32,7 @@ MIN_AGREEMENT = 0.5
 # trend and volatility (models/baselines.py); it finds its linear part (0.51 measured)
 EXCEPTIONS = {"linear": 0.3}
 FAMILIES = sorted(set(MODELS) - set(BASELINES)) + ["linear", "lgbm"]
-SLOW = {"cnn_ta", "transformer", "seq2seq", "gru"}  # the longest fits: full suite only
+SLOW = {"cnn_ta", "transformer", "seq2seq", "gru", "cross"}  # the longest fits: full suite only
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +46,8 @@ def market(tmp_path_factory):
 def _agreement(market, model: str, recipe: str) -> tuple[float, dict]:
     path, oracle = market
     cfg = TrainConfig(data=str(path), model=model, epochs=EPOCHS, patience=PATIENCE, tear_sheet=False, cache_dir="")
-    if recipe != "cs":
-        cfg = cfg.with_recipe(recipe)
+    if recipe != "cs":  # the recipe as the model trains under it (a whole-day model keeps daily batches)
+        cfg = dataclasses.replace(cfg, **recipe_values(model, recipe))
     with mlflow.start_run() as run:
         res = train_in_run(cfg)
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="predictions.parquet")

@@ -133,7 +133,9 @@ def parse_model_job(job: str, argv: list[str], cls=TrainConfig):
     recipe = values.get("recipe") or from_preset.get("recipe") or cls().recipe
     if recipe not in RECIPES:
         raise StockLabError(f"recipe: {recipe!r} must be one of {', '.join(RECIPES)}")
-    values = {**RECIPES[recipe], **from_preset, **values, "model": model, "recipe": recipe}
+    from stocklab.models import recipe_for
+
+    values = {**recipe_for(model, recipe), **from_preset, **values, "model": model, "recipe": recipe}
     cfg, model_args = with_values(cls(), values), {**preset_model, **model_args}
     check_not_fixed(cfg, model_args, set(explicit))
     return cfg, model_args, set(explicit)

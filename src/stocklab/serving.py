@@ -79,7 +79,7 @@ def score_bars(
     if prep is None:
         out = pd.DataFrame({"date": pd.DatetimeIndex([]), "ticker": pd.Series([], dtype=str), "prediction": []})
     else:
-        pred = predict_windows(network, prep.ws.gather(n, t), batch_size).astype(np.float64)  # (B,)
+        pred = predict_windows(network, prep.ws.gather(n, t), batch_size, days=t).astype(np.float64)  # (B,)
         tickers = np.asarray(prep.panel.tickers)[n.numpy()]
         out = pd.DataFrame({"date": prep.panel.dates[t.numpy()], "ticker": tickers, "prediction": pred})
         out = out.sort_values(["date", "ticker"], kind="stable", ignore_index=True)

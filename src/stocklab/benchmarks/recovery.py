@@ -90,6 +90,45 @@ def planted_market(tickers: int, days: int, seed: int = 0, strength: float = STR
     return Planted(bars, oracle)
 
 
+GROUP_SIZE = 10  # tickers per hidden group of the group market
+
+
+def group_market(tickers: int, days: int, seed: int = 0, strength: float = STRENGTH) -> Planted:
+    """A market a per-ticker model can only half see: hidden groups of GROUP_SIZE tickers share
+    a group factor, and the planted score is the group's 20-day trend (the sum of its factor's
+    last 20 returns, squashed), lifting every member's next-day return. A ticker's own window
+    shows that trend only through its own idiosyncratic noise (twice the factor's volatility);
+    a model that pools the peers whose windows move with it can average the noise away."""
+    rng = np.random.default_rng(seed)
+    n, d = tickers, days
+    group = np.arange(n) % max(1, n // GROUP_SIZE)  # (n,) hidden membership
+    factor = rng.normal(0.0, 0.01, (group.max() + 1, d))  # (G, d) group factors
+    beta = rng.uniform(0.5, 1.5, n)
+    market = rng.normal(0.0003, 0.01, d)
+    trend = np.zeros_like(factor)  # (G, d): the planted score at each day's close
+    for t in range(LOOKBACK, d):
+        trend[:, t - 1] = np.tanh(factor[:, t - LOOKBACK : t].sum(axis=1) / (0.01 * np.sqrt(LOOKBACK)))
+    lift = np.concatenate([np.zeros((n, 1)), trend[group, :-1]], axis=1)  # day t's return gets t-1's score
+    r = beta[:, None] * market + factor[group] + 0.01 * rng.standard_normal((n, d)) + strength * lift
+    close = 50.0 * np.exp(rng.normal(0.0, 0.5, n))[:, None] * np.exp(np.cumsum(r, axis=1))  # (n, d)
+    prev = np.concatenate([close[:, :1], close[:, :-1]], axis=1)
+    open_ = prev * np.exp(rng.normal(0.0, 0.003, (n, d)))
+    high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0.0, 0.006, (n, d))))
+    low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0.0, 0.006, (n, d))))
+    volume = np.round(1e6 * np.exp(rng.normal(0.0, 0.4, (n, 1)) + rng.normal(0.0, 0.3, (n, d))))
+    dates = pd.bdate_range("2013-01-02", periods=d)
+    index = pd.MultiIndex.from_product([[f"S{i:03d}" for i in range(n)], dates], names=["ticker", "date"])
+    bars = pd.DataFrame(
+        {"open": open_.ravel(), "high": high.ravel(), "low": low.ravel(), "close": close.ravel(),
+         "volume": volume.ravel()},
+        index=index,
+    ).reset_index()  # fmt: skip
+    return Planted(bars, pd.DataFrame({"score": trend[group].ravel()}, index=index).reset_index())
+
+
+MARKETS = {"single": planted_market, "group": group_market}  # the recovery suite's planted markets
+
+
 def recipes(model: str) -> dict[str, dict]:
     """The two recipes every model is trained with (config.RECIPES)."""
     return {name: recipe_values(model, name) for name in ("raw", "cs")}

@@ -23,6 +23,7 @@ from stocklab.models.baselines import Linear, LinearConfig, Naive, NaiveConfig
 from stocklab.models.cnn1d import CNN1D, CNN1DConfig
 from stocklab.models.cnn2d import CNN2D, VARIANTS, CNN2DConfig
 from stocklab.models.cnn_ta import CNNTA, CNNTAConfig
+from stocklab.models.cross import Cross, CrossConfig
 from stocklab.models.factors import Factor, FactorConfig
 from stocklab.models.lgbm import LGBM, LGBMConfig
 from stocklab.models.lstm import GRU, LSTM, LSTMConfig
@@ -40,6 +41,7 @@ MODELS: dict[str, tuple[type[StockModel], object]] = {
     "cnn_ta": (CNNTA, CNNTAConfig()),
     "attention": (Attention, AttentionConfig()),
     "transformer": (Transformer, TransformerConfig()),
+    "cross": (Cross, CrossConfig()),
     "linear": (Linear, LinearConfig()),
     "naive": (Naive, NaiveConfig()),
     "factor": (Factor, FactorConfig()),
@@ -102,6 +104,11 @@ def effective_config(cfg: TrainConfig, mcfg) -> TrainConfig:
     the model's output cannot be trained with is an error here, before any data is read."""
     cls = MODELS[cfg.model][0]
     objective(cls.output, cfg.loss)
+    if cls.whole_days and cfg.batching != "daily":
+        raise StockLabError(
+            f"batching: {cfg.model} scores each date's tickers together and trains on whole dates: "
+            f"it needs batching=daily (is '{cfg.batching}')"
+        )
     if cls.trained_by == "boosting" and cfg.loss != "mse":
         raise StockLabError(
             f"loss: '{cfg.loss}' is a network loss; {cfg.model} trains -P objective=regression|lambdarank"
@@ -112,7 +119,16 @@ def effective_config(cfg: TrainConfig, mcfg) -> TrainConfig:
 def recipe_values(name: str, recipe: str) -> dict:
     """The TrainConfig values of training recipe `recipe` (config.RECIPES) for model `name`:
     `features=auto` then means the model's own set (cnn_ta's indicator image) or the recipe's."""
-    return {"recipe": recipe, **RECIPES[recipe], "features": "auto"}
+    return {"recipe": recipe, **recipe_for(name, recipe), "features": "auto"}
+
+
+def recipe_for(name: str, recipe: str) -> dict:
+    """RECIPES[recipe] as model `name` trains under it: a whole-day model (StockModel.whole_days)
+    keeps batching=daily under every recipe (raw: its label and loss, on whole dates)."""
+    values = dict(RECIPES[recipe])
+    if name in MODELS and MODELS[name][0].whole_days:
+        values["batching"] = "daily"
+    return values
 
 
 def fixed_values(name: str, values: dict) -> dict:

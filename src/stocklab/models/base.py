@@ -15,6 +15,12 @@ the model trains on and needs is declared here, never sniffed with `hasattr`:
                       the degenerate-run check (pipeline.fitting.degenerate)
     trained_by        "gradient" (the shared trainer: Adam on the output's loss) or "boosting"
                       (boosting.py: gradient-boosted trees on the flattened window)
+    whole_days        True for a model whose score of a window depends on the other tickers of
+                      its date (cross.py): forward(x) then always receives exactly one date's
+                      windows, all of its tickers, in training (batching=daily, one date a
+                      step), in every scoring pass and in serving; other models' windows are
+                      scored in any batches (their outputs independent of the batch)
+    gain_importance(F) the model's own importance per feature (trees: split gain), or None
     save_state(dir) / load_state(dir)
                       the fitted state as files: `state_dict.pt` (tensors, read back with
                       weights_only=True) unless the family keeps another format (LightGBM text)
@@ -41,6 +47,7 @@ class StockModel(nn.Module):
     auto_features: str | None = None  # the feature set `features=auto` means for it (None: by the data)
     trained_by: str = "gradient"
     constant_forecast: bool = False
+    whole_days: bool = False  # forward(x) sees one date's cross-section at a time (see above)
 
     def save_state(self, folder: Path) -> None:
         torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, Path(folder) / STATE_FILE)

@@ -98,7 +98,9 @@ def log_importance(model, prep: Prepared, cfg: TrainConfig, fit_seconds: float) 
         table.to_csv(path, index=False)
         mlflow.log_artifact(str(path))
     plots.log_figure(plots.feature_importance_plot(table, TOP), "plots/feature_importance.png")
-    mlflow.log_metrics({"importance_time_s": table.attrs["seconds"], "importance_valid_days": table.attrs["days"]})
+    mlflow.log_metrics(
+        {"valid_importance_time_s": table.attrs["seconds"], "valid_importance_days": table.attrs["days"]}
+    )
 
 
 def log_full_evaluation(

@@ -13,9 +13,21 @@ from stocklab.windows import WindowSet
 
 
 @torch.no_grad()
-def predict_windows(model, windows: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE) -> np.ndarray:
-    """Model outputs for (B, T, F) windows, in order, `batch_size` at a time."""
+def predict_windows(
+    model, windows: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE, days: torch.Tensor | None = None
+) -> np.ndarray:
+    """Model outputs for (B, T, F) windows, in order, `batch_size` at a time. A whole-day model
+    (StockModel.whole_days) scores the windows of each end day (`days` (B,)) together: the
+    request's tickers of one date are its cross-section."""
     eval_mode(model)
+    if model.whole_days:
+        if days is None:
+            raise ValueError("a whole-day model's windows need their end days")
+        out = torch.empty(len(windows))
+        for d in torch.unique(days):
+            rows = torch.nonzero(days == d).squeeze(1)
+            out[rows] = score(model, windows[rows].float()).float().cpu()
+        return out.numpy()
     out = [score(model, windows[i : i + batch_size].float()).float().cpu() for i in range(0, len(windows), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 

@@ -165,7 +165,9 @@ def fit_gradient(model: nn.Module, ws: WindowSet, cfg: FitOptions, on_epoch: Epo
         model.train()
         t0 = time.perf_counter()
         total = torch.zeros((), device=ws.device)
-        for n, t in ws.index_batches("train", cfg.batch_size, gen, daily=daily):  # (B,) ticker, end-day indices
+        # (B,) ticker, end-day indices; a whole-day model steps on one date at a time
+        steps = ws.index_batches("train", 1 if model.whole_days else cfg.batch_size, gen, daily=daily)
+        for n, t in steps:
             loss = (
                 step(n, t) if step is not None else train_step(model, ws, opt, n, t, outputs=outputs, loss_fn=loss_fn)
             )

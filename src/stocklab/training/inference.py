@@ -40,11 +40,16 @@ def full_precision(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def eval_batches(ws: WindowSet, split: str, batch_size: int):
+def eval_batches(ws: WindowSet, split: str, batch_size: int, whole_days: bool = False):
     """ws.batches for evaluation: unshuffled, `batch_size` on CUDA, at most CPU_EVAL_BATCH on
-    CPU, where the pass's freed transient tensors are then handed back to the OS (allocator.py)."""
+    CPU, where the pass's freed transient tensors are then handed back to the OS (allocator.py).
+    `whole_days` (StockModel.whole_days): one batch per date, all of its windows."""
     cpu = ws.device.type == "cpu"
-    yield from ws.batches(split, min(batch_size, CPU_EVAL_BATCH) if cpu else batch_size)
+    if whole_days:
+        for n, t in ws.index_batches(split, 1, daily=True):  # one date per batch
+            yield ws.gather(n, t), ws.y[n, t], n, t
+    else:
+        yield from ws.batches(split, min(batch_size, CPU_EVAL_BATCH) if cpu else batch_size)
     if cpu:
         release_free_memory()
 
@@ -57,6 +62,8 @@ def score(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """model(x) for scoring: (B, T, F) -> (B, ...), each window's output independent of which
     other windows share its batch."""
     n, pad = len(x), -len(x) % SCORE_ROWS
+    if model.whole_days:  # x is one date's cross-section: padding would add tickers to it
+        return model(x)
     if pad:
         x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])  # (B + pad, T, F), zero windows dropped below
     return model(x)[:n]
@@ -68,7 +75,7 @@ def predict(model: nn.Module, ws: WindowSet, split: str, batch_size: int = EVAL_
     eval_mode(model)
     preds, ys, ns, ts = [], [], [], []
     with full_precision(ws.device):
-        for x, y, n, t in eval_batches(ws, split, batch_size):
+        for x, y, n, t in eval_batches(ws, split, batch_size, model.whole_days):
             preds.append(score(model, x).float())
             ys.append(y)
             ns.append(n)
@@ -100,7 +107,9 @@ def mean_loss(
     eval_mode(model)
     fn, _ = objective(model.output, loss)
     size = min(batch_size, CPU_EVAL_BATCH) if ws.device.type == "cpu" or is_daily(loss) else batch_size
-    batches = ws.index_batches(split, size, daily=is_daily(loss), index=ws.loss_index)  # whole dates when daily
+    daily = is_daily(loss) or model.whole_days
+    size = 1 if model.whole_days else size  # a whole-day model: one date per batch
+    batches = ws.index_batches(split, size, daily=daily, index=ws.loss_index)  # whole dates when daily
     total = torch.zeros((), device=ws.device)
     with full_precision(ws.device):
         for n, t in batches:
@@ -117,7 +126,7 @@ def valid_rank_ic(model: StockModel, ws: WindowSet, batch_size: int = EVAL_BATCH
     eval_mode(model)
     preds, ys, ts = [], [], []
     with full_precision(ws.device):
-        for x, y, _, t in eval_batches(ws, "valid", batch_size):
+        for x, y, _, t in eval_batches(ws, "valid", batch_size, model.whole_days):
             preds.append(score(model, x).float())
             ys.append(y)
             ts.append(t)

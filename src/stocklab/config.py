@@ -357,6 +357,12 @@ class BenchmarkConfig:
     # suite=recovery: a synthetic market with a planted cross-sectional signal (benchmarks/recovery.py)
     tickers: int = opt(200, "recovery: tickers of the planted market", ge=0)
     days: int = opt(1260, "recovery: trading days of the planted market (1260: five years)", ge=0)
+    market: str = opt(
+        "single",
+        "recovery: the planted market: single (each ticker's own score) or group (hidden groups' trend: "
+        "the cross-stock model's test)",
+        ("single", "group"),
+    )
 
     experiment: str = opt("", "MLflow experiment (default: stocklab-benchmark)")
 
@@ -390,7 +396,8 @@ class BenchmarkConfig:
         """epochs, seeds or report with 0/'' replaced by the suite's default."""
         value = getattr(self, name)
         if name == "report":
-            return value or f"reports/{self.suite}.md"
+            group = "_group" if self.suite == "recovery" and self.market == "group" else ""
+            return value or f"reports/{self.suite}{group}.md"
         return value or self.SUITE_DEFAULTS.get(self.suite, {}).get(name, 1)
 
 

@@ -23,7 +23,8 @@ def _panel(n_tickers=12, n_days=60, seed=0):
 
 def _direct(pred, close, q, hold, cost_bps):
     """The same book written out day by day: each day's tranche from its own ranking, the
-    portfolio the sum of the last `hold` tranches over hold, next-day returns, costs on |dW|."""
+    portfolio the sum of the last `hold` tranches over hold, next-day returns, costs on the
+    weight traded against yesterday's book drifted by its returns."""
     days = sorted(pred["date"].unique())
     tickers = list(close.columns)
     tranche = {}
@@ -41,9 +42,9 @@ def _direct(pred, close, q, hold, cost_bps):
         k = close.index.get_loc(d)
         ret = (close.iloc[k + 1] / close.iloc[k] - 1.0) if k + 1 < len(close) else pd.Series(0.0, index=tickers)
         gross = float((book * ret.fillna(0.0)).sum())
-        traded = float((book - prev).abs().sum())
+        traded = float((book - prev).abs().sum())  # against yesterday's book as the day's returns moved it
         rows.append((d, gross, gross - traded * cost_bps / 1e4, traded))
-        prev = book
+        prev = book * (1 + ret.fillna(0.0)) / (1 + gross)
     return pd.DataFrame(rows, columns=["date", "gross", "net", "turnover"]).set_index("date")
 
 
@@ -109,3 +110,61 @@ def test_a_train_run_logs_the_book_of_its_test_predictions(tracking, tmp_path):
     for key in ("valid_ls_sharpe_net", "test_ls_max_drawdown", "test_ls_return_ann", "test_top_excess_ann"):
         assert np.isfinite(logged[key]), key
     assert "plots/portfolio.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots")}
+
+
+def _topk_direct(pred, topk, n_drop):
+    """TopkDropout as Qlib's TopkDropoutStrategy.generate_trade_decision writes it (method_sell
+    bottom, method_buy top, hold_thresh 1): the held names by score, the best not held, the
+    combined bottom n_drop sold, as many of the best not held bought."""
+    holdings, out = [], {}
+    for d, day in pred.groupby("date", sort=True):
+        score = day.set_index("ticker")["prediction"].sort_values(ascending=False, kind="stable")
+        k = min(topk, max(1, len(score) // 5))
+        last = [t for t in score.index if t in holdings]  # by today's score
+        if not last:
+            holdings = list(score.index[:k])
+        else:
+            today = [t for t in score.index if t not in last][: n_drop + k - len(last)]
+            comb = [t for t in score.index if t in last or t in today]
+            sell = [t for t in last if t in comb[-n_drop:]]
+            buy = today[: len(sell) + k - len(last)]
+            holdings = [t for t in last if t not in sell] + buy
+        out[d] = sorted(holdings)
+    return out
+
+
+def test_topk_dropout_holds_k_names_replacing_at_most_n_drop_a_day():
+    from stocklab.portfolio import topk_dropout
+
+    pred, _ = _panel(n_tickers=40, n_days=60)
+    weights = topk_dropout(pred, topk=6, n_drop=2)
+    expected = _topk_direct(pred, 6, 2)
+    for d, names in expected.items():
+        row = weights.loc[d]
+        assert sorted(row[row > 0].index) == names and np.allclose(row[row > 0], 1 / len(names))
+    # with a prediction for every name every day: exactly k held, at most n_drop replaced a day
+    rng = np.random.default_rng(3)
+    full = pd.DataFrame([(d, f"T{i:02d}", rng.normal()) for d in range(40) for i in range(40)],
+                        columns=["date", "ticker", "prediction"])  # fmt: skip
+    held = (topk_dropout(full, topk=6, n_drop=2) > 0).astype(int)
+    changes = held.diff().clip(lower=0).sum(axis=1).iloc[1:]
+    assert (held.sum(axis=1) == 6).all() and changes.max() <= 2 and changes.sum() > 0
+
+
+def test_beta_alpha_and_the_topk_book_against_the_universe():
+    """A book that is the universe's long leg twice over has beta ~2; the topk book of a perfect
+    forecast beats the universe, and costs lower its excess."""
+    _, close = _panel(n_tickers=40, n_days=120)
+    fwd = (close.shift(-1) / close - 1).stack().rename("prediction").reset_index()
+    fwd.columns = ["date", "ticker", "prediction"]
+    free = portfolio_metrics(daily_portfolio(fwd.dropna(), close, 5, 1, 0.0, topk=8, n_drop=8))
+    paid = portfolio_metrics(daily_portfolio(fwd.dropna(), close, 5, 1, 25.0, topk=8, n_drop=8))
+    assert free["topk_excess_ann_net"] > 0.5 and free["topk_ir"] > 3
+    assert paid["topk_excess_ann_net"] < free["topk_excess_ann_net"] and paid["topk_turnover"] == free["topk_turnover"]
+    daily = daily_portfolio(fwd.dropna(), close, 5, 1, 0.0)
+    np.testing.assert_allclose(portfolio_metrics(daily.assign(net=2 * daily["universe"]))["ls_beta"], 2.0, rtol=1e-9)
+    import empyrical
+
+    m = portfolio_metrics(daily)
+    assert m["ls_beta"] == pytest.approx(empyrical.beta(daily["net"], daily["universe"]))
+    assert m["ls_alpha_ann"] == pytest.approx(empyrical.alpha(daily["net"], daily["universe"]))

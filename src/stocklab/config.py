@@ -55,9 +55,11 @@ TUNE_METRICS = {
     "valid_loss": ("valid_loss",),
     "valid_rank_ic": ("valid_rank_ic",),
     "valid_ls_sharpe_net": ("valid_ls_sharpe_net",),  # the validation long-short book, net of costs
+    "valid_topk_ir": ("valid_topk_ir",),  # the validation long-only topk book's information ratio, net
     "both": ("valid_loss", "valid_rank_ic"),
 }
-DIRECTIONS = {"valid_loss": "minimize", "valid_rank_ic": "maximize", "valid_ls_sharpe_net": "maximize"}
+DIRECTIONS = {"valid_loss": "minimize", "valid_rank_ic": "maximize", "valid_ls_sharpe_net": "maximize",
+              "valid_topk_ir": "maximize"}  # fmt: skip
 PRUNERS = ("median", "hyperband", "none")
 DEFAULT_JOURNAL = "optuna-journal.log"
 # defaults shared by several jobs' configs (scoring passes, the parsed-panel cache)
@@ -167,6 +169,14 @@ class TrainConfig:
         ge=0,
         why="(0 = the label horizon)",
     )
+    topk: int = opt(
+        50,
+        "portfolio: the long-only topk book holds this many names (at most a fifth of a day's)",
+        role="recorded",
+        ge=1,
+    )
+    n_drop: int = opt(5, "portfolio: names the topk book replaces a day at most (Qlib's TopkDropout)",
+                      role="recorded", ge=0)  # fmt: skip
     cost_bps: float = opt(
         10.0, "portfolio: trading cost in basis points per unit of weight traded", role="recorded", ge=0.0
     )

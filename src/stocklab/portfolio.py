@@ -5,13 +5,22 @@ Every day d, at the close, a new tranche is formed from that day's predictions: 
 `quantiles` = q, ties ranked by their mean rank). A tranche is held `hold` trading days, so the
 portfolio on day d is the average of the last `hold` tranches, each carrying 1/hold of the
 capital (during the first hold - 1 days part of it is idle). Formed at d's close, it earns day
-d+1's close-to-close return. The traded weight on day d is sum_i |W[d, i] - W[d-1, i]| (the
-drift of weights between closes is ignored), and trading costs `cost_bps` per unit traded,
-charged to the next day's return.
+d+1's close-to-close return. The traded weight on day d is sum_i |W[d, i] - D[d, i]|, where
+D is yesterday's book after the day's returns moved it (weights drift between closes: D[d, i] =
+W[d-1, i] (1 + r[i]) / (1 + sum_j W[d-1, j] r[j])), and trading costs `cost_bps` per unit
+traded, charged to the next day's return. This net book is the one every report and plot uses.
 
-Beside it, the long-only book of the top tranches minus the equal-weighted universe of the
-day's scored tickers, held the same way (`top_excess`). The statistics are empyrical's
-(annualised return and volatility, Sharpe ratio, maximum drawdown), on 252 trading days a year.
+Against the equal-weighted universe of the day's scored tickers (`universe`, held the same way):
+the long-short book's beta and annualised alpha (empyrical), and the long-only top tranches
+minus the universe (`top_excess`).
+
+The long-only `topk` book, as a fund runs it (Qlib's TopkDropout): hold the `topk` best-ranked
+names in equal weights (at most a fifth of a day's tickers), and each day sell at most `n_drop`
+of them, those ranked lowest among the held names and the best not held, for as many of the
+best not held; a held name without a prediction that day is sold. Its excess over the universe
+net of the same costs gives `topk_excess_ann_net`, `topk_ir` (annualised mean over volatility of
+the daily excess), `topk_max_drawdown` (of the cumulative excess) and `topk_turnover`.
+The statistics are empyrical's, on 252 trading days a year.
 """
 
 from __future__ import annotations
@@ -22,6 +31,9 @@ import pandas as pd
 
 DEFAULT_QUANTILES = 5
 DEFAULT_COST_BPS = 10.0
+DEFAULT_TOPK, DEFAULT_N_DROP = 50, 5  # Qlib's TopkDropout benchmark settings
+COLUMNS = ["gross", "cost", "net", "turnover", "long", "short", "top_excess", "universe", "topk_net",
+           "topk_turnover", "topk_excess_net"]  # fmt: skip
 
 
 def tranches(pred: pd.DataFrame, quantiles: int) -> dict[str, pd.DataFrame]:
@@ -55,20 +67,53 @@ def next_day_returns(close: pd.DataFrame, dates: pd.Index, tickers: pd.Index) ->
     return fwd.reindex(index=dates, columns=tickers).fillna(0.0)
 
 
+def traded(weights: pd.DataFrame, r: pd.DataFrame) -> pd.Series:
+    """sum_i |W[d, i] - D[d, i]| with D yesterday's weights drifted by the returns earned since
+    (module docstring); the first day buys its whole book."""
+    prev = weights.shift(1).fillna(0.0)
+    moved = prev * (1.0 + r.shift(1).fillna(0.0))  # r is indexed by the day it is earned from
+    drifted = moved.div((1.0 + (prev * r.shift(1).fillna(0.0)).sum(axis=1)), axis=0)
+    return (weights - drifted).abs().sum(axis=1)
+
+
+def topk_dropout(pred: pd.DataFrame, topk: int, n_drop: int) -> pd.DataFrame:
+    """Qlib's TopkDropout holdings as equal weights (dates x tickers), module docstring."""
+    rows, held = {}, []
+    for date, day in pred[["date", "ticker", "prediction"]].dropna().groupby("date", sort=True):
+        scores = day.set_index("ticker")["prediction"]
+        k = min(topk, max(1, len(scores) // 5))
+        ranked = scores.sort_values(ascending=False, kind="stable").index.tolist()
+        held = [t for t in held if t in scores.index]  # a name without a prediction is sold
+        if not held:
+            held = ranked[:k]
+        else:
+            rank = {t: i for i, t in enumerate(ranked)}
+            new = [t for t in ranked if t not in set(held)][: n_drop + max(0, k - len(held))]
+            combined = sorted(held + new, key=rank.__getitem__)
+            sell = set(held) & set(combined[-n_drop:]) if n_drop else set()
+            keep = [t for t in held if t not in sell]
+            held = keep + new[: max(0, k - len(keep))]
+        rows[date] = pd.Series(1.0 / len(held), index=held)
+    return pd.DataFrame(rows).T.fillna(0.0)
+
+
 def daily_portfolio(
     pred: pd.DataFrame,
     close: pd.DataFrame,
     quantiles: int = DEFAULT_QUANTILES,
     hold: int = 1,
     cost_bps: float = DEFAULT_COST_BPS,
+    topk: int = DEFAULT_TOPK,
+    n_drop: int = DEFAULT_N_DROP,
 ) -> pd.DataFrame:
-    """The daily series of the long-short book and the top-minus-universe book, indexed by the
-    day the portfolio is formed (its return is earned over the next day): gross, cost, net,
-    turnover, long, short (the legs' returns), top_excess."""
+    """The daily series of the books, indexed by the day the portfolio is formed (its return is
+    earned over the next day): the long-short book's gross, cost, net, turnover, long, short
+    (the legs' returns); top_excess; the universe's return; the topk book's net return, turnover
+    and net excess over the universe."""
     books = tranches(pred, quantiles)
     dates = books["long_short"].index
     if not len(dates):
-        return pd.DataFrame(columns=["gross", "cost", "net", "turnover", "long", "short", "top_excess"])
+        return pd.DataFrame(columns=COLUMNS)
     w = {k: held(v, hold) for k, v in books.items()}
     r = next_day_returns(close, dates, w["long_short"].columns)
 
@@ -76,10 +121,13 @@ def daily_portfolio(
         return (weights * r).sum(axis=1)
 
     ls = w["long_short"]
-    turnover = ls.diff().abs().sum(axis=1)
-    turnover.iloc[0] = ls.iloc[0].abs().sum()  # the first day buys the whole book
+    turnover = traded(ls, r)
     gross = earned(ls)
     cost = turnover * cost_bps / 1e4
+    universe = earned(w["universe"])
+    top = topk_dropout(pred, topk, n_drop).reindex(index=dates, columns=ls.columns).fillna(0.0)
+    top_turnover = traded(top, r)
+    top_net = earned(top) - top_turnover * cost_bps / 1e4
     return pd.DataFrame(
         {
             "gross": gross,
@@ -88,7 +136,11 @@ def daily_portfolio(
             "turnover": turnover,
             "long": earned(ls.clip(lower=0.0)),
             "short": earned(ls.clip(upper=0.0)),
-            "top_excess": earned(w["top"]) - earned(w["universe"]),
+            "top_excess": earned(w["top"]) - universe,
+            "universe": universe,
+            "topk_net": top_net,
+            "topk_turnover": top_turnover,
+            "topk_excess_net": top_net - universe,
         }
     )
 
@@ -112,4 +164,18 @@ def _stats(daily: pd.DataFrame) -> dict:
         "ls_max_drawdown": empyrical.max_drawdown(daily["net"]),
         "ls_turnover": daily["turnover"].mean(),
         "top_excess_ann": empyrical.annual_return(daily["top_excess"]),
+        # the net long-short book against the equal-weighted universe: how much is the market's
+        "ls_beta": empyrical.beta(daily["net"], daily["universe"]),
+        "ls_alpha_ann": empyrical.alpha(daily["net"], daily["universe"]),
+        # the long-only topk book's excess over the universe, net of costs
+        "topk_excess_ann_net": empyrical.annual_return(daily["topk_excess_net"]),
+        "topk_ir": _information_ratio(daily["topk_excess_net"]),
+        "topk_max_drawdown": empyrical.max_drawdown(daily["topk_excess_net"]),
+        "topk_turnover": daily["topk_turnover"].mean(),
     }
+
+
+def _information_ratio(excess: pd.Series) -> float:
+    """Annualised mean over volatility of a daily excess return (NaN without variation)."""
+    sd = excess.std(ddof=1)
+    return float(excess.mean() / sd * np.sqrt(252)) if sd > 0 else float("nan")

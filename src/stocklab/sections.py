@@ -48,11 +48,20 @@ class BookOptions:
     quantiles: int
     hold_days: int  # the resolved holding period (hold, or the label horizon when hold=0)
     cost_bps: float
+    topk: int  # the long-only TopkDropout book's names and daily replacements
+    n_drop: int
 
     @classmethod
     def of(cls, cfg) -> BookOptions:
         """The book of a TrainConfig (hold 0: the label horizon)."""
-        return cls(cfg.quantiles, cfg.holding_days(), cfg.cost_bps)
+        return cls(cfg.quantiles, cfg.holding_days(), cfg.cost_bps, cfg.topk, cfg.n_drop)
 
     def title(self) -> str:
         return f"top/bottom 1/{self.quantiles}, hold {self.hold_days} days, {self.cost_bps:g} bp"
+
+    def daily(self, pred, close):
+        """portfolio.daily_portfolio of these settings."""
+        from stocklab import portfolio
+
+        return portfolio.daily_portfolio(pred, close, self.quantiles, self.hold_days, self.cost_bps, self.topk,
+                                         self.n_drop)  # fmt: skip

@@ -208,8 +208,7 @@ def _ensemble(members: list[model_report.RunRecord], tcfg: TrainConfig, cache, p
     logged.update({f"test_{k}": v for k, v in metrics.items() if k in ("rank_ic", "hit_rate", "spread_q5_q1")})
     if not skipped:
         panel = cache.inputs(tcfg).panel
-        opts = BookOptions.of(tcfg)
-        book = portfolio.daily_portfolio(frame, panel_close(panel), opts.quantiles, opts.hold_days, opts.cost_bps)
+        book = BookOptions.of(tcfg).daily(frame, panel_close(panel))
         logged.update(portfolio.portfolio_metrics(book, prefix="oos_"))
     starts = pd.to_datetime(pd.Series(members[0].fold_starts or [frame["date"].min()]))
     fold = starts.searchsorted(pd.to_datetime(frame["date"]), side="right")  # 1-based fold of each date
@@ -343,8 +342,7 @@ def _long_short_curves(cfg: BenchmarkConfig, table: pd.DataFrame, records, horiz
             horizon = horizons.get(entry)
             hold = int(horizon) if horizon and np.isfinite(horizon) else TrainConfig().horizon
             book = BookOptions.of(TrainConfig(horizon=hold))
-            daily = [portfolio.daily_portfolio(p, close, book.quantiles, book.hold_days, book.cost_bps)["net"]
-                     for p in preds]  # fmt: skip
+            daily = [book.daily(p, close)["net"] for p in preds]
             curves[entry] = pd.concat(daily, axis=1).mean(axis=1)  # the seeds' books, averaged
     return curves
 

@@ -41,7 +41,8 @@ def daily_rank_ic(runs: list[RunRecord]) -> pd.Series:
 
 
 # the portfolio columns: the concatenated out-of-sample book's (walk-forward) or the test split's
-PORTFOLIO = ("ls_sharpe_net", "ls_return_ann_net", "ls_max_drawdown", "ls_turnover")
+PORTFOLIO = ("ls_sharpe_net", "ls_return_ann_net", "ls_max_drawdown", "ls_turnover", "ls_beta", "ls_alpha_ann",
+             "topk_excess_ann_net", "topk_ir", "topk_max_drawdown", "topk_turnover")  # fmt: skip
 
 
 def summary_table(records: list[RunRecord]) -> pd.DataFrame:
@@ -134,6 +135,8 @@ COLUMNS = [
     ("valid_rank_ic", "valid rank IC", 4), ("best_epoch", "best epoch", 1), ("train_s", "train s", 1),
     ("params", "params", 0), ("cum_long_short", "cum. L/S", 3), ("ls_sharpe_net", "net Sharpe", 2),
     ("ls_return_ann_net", "net ann. ret", 3), ("ls_max_drawdown", "max DD", 3), ("ls_turnover", "turnover", 2),
+    ("ls_beta", "L/S beta", 2), ("ls_alpha_ann", "L/S alpha", 3), ("topk_excess_ann_net", "topk excess", 3),
+    ("topk_ir", "topk IR", 2), ("topk_max_drawdown", "topk DD", 3), ("topk_turnover", "topk turnover", 2),
 ]  # fmt: skip
 
 
@@ -225,7 +228,8 @@ def head_to_head(table: pd.DataFrame) -> list[str]:
     cols = [("rank_ic", "rank IC", 4), ("rank_ic_se", "NW s.e.", 4), ("vs_momentum", "vs momentum", 4),
             ("vs_momentum_se", "± s.e.", 4), ("ls_sharpe_net", "net Sharpe", 2),
             ("ls_return_ann_net", "net ann. ret", 3), ("ls_max_drawdown", "max DD", 3),
-            ("ls_turnover", "turnover", 2), ("valid_rank_ic", "valid rank IC", 4)]  # fmt: skip
+            ("ls_turnover", "turnover", 2), ("ls_beta", "L/S beta", 2), ("topk_excess_ann_net", "topk excess", 3),
+            ("topk_ir", "topk IR", 2), ("valid_rank_ic", "valid rank IC", 4)]  # fmt: skip
     lines = ["| entry | " + " | ".join(c[1] for c in cols) + " |", "|---|" + "---:|" * len(cols)]
     for e in rows:
         lines.append(f"| {e} | " + " | ".join(_fmt(t.loc[e].get(k), d) for k, _, d in cols) + " |")

@@ -51,7 +51,7 @@ class EpochInfo:
     best_epoch: int  # epoch of the lowest validation loss so far (its weights are kept)
     valid_loss_min: float
     valid_rank_ic: Callable[[], float]  # rank IC of the current weights on the validation split
-    valid_ls_sharpe_net: Callable[[], float]  # net Sharpe of their validation long-short book
+    valid_book: Callable[[str], float]  # a metric of their validation books (valid_ls_sharpe_net, valid_topk_ir)
     fold: int = 0  # walk-forward fold (0-based)
     step: int = 0  # epoch counted across folds: fold * epochs + epoch (Optuna's report step)
 
@@ -62,7 +62,7 @@ EpochHook = Callable[[EpochInfo], None]
 FOLD_SUMMARY = (
     "test_rank_ic", "test_ic", "test_icir", "test_ic_tstat", "test_hit_rate", "test_spread_q5_q1",
     "test_mse_skill", "test_mse_skill_mean", "test_mse", "valid_loss_min", "valid_rank_ic", "valid_mse_min",
-    "test_ls_sharpe_net", "valid_ls_sharpe_net",
+    "test_ls_sharpe_net", "valid_ls_sharpe_net", "test_topk_ir", "valid_topk_ir",
 )  # fmt: skip
 # summed over folds, not averaged
 FOLD_TOTALS = ("train_time_s", "train_epochs_run", "train_windows", "test_windows")
@@ -97,7 +97,7 @@ class EpochLogger:
         fold = self.ws.fold.index
         self.on_epoch(EpochInfo(
             done.epoch, done.train_loss, done.valid_loss, done.best_epoch, done.best_valid,
-            functools.partial(self.valid_rank_ic, done), self.valid_ls_sharpe_net,
+            functools.partial(self.valid_rank_ic, done), self.valid_book,
             fold=fold, step=fold * self.cfg.epochs + done.epoch,
         ))  # fmt: skip
 
@@ -106,9 +106,9 @@ class EpochLogger:
             return done.rank_ic
         return rank_ic_of(predictions_frame(self.model, self.ws, "valid", self.cfg.eval_batch_size))
 
-    def valid_ls_sharpe_net(self) -> float:
+    def valid_book(self, metric: str) -> float:
         frame = predictions_frame(self.model, self.ws, "valid", self.cfg.eval_batch_size)
-        return valid_portfolio_metrics(frame, self.ws, self.cfg).get("valid_ls_sharpe_net", float("nan"))
+        return valid_portfolio_metrics(frame, self.ws, self.cfg).get(metric, float("nan"))
 
 
 def fit_fold(cfg: TrainConfig, mcfg, prep: Prepared, on_epoch: EpochHook | None, prefix: str) -> FoldResult:

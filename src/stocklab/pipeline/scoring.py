@@ -58,8 +58,7 @@ def panel_close(panel) -> pd.DataFrame:
 
 def portfolio_of(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig) -> pd.DataFrame:
     """The daily long-short book of a predictions frame (portfolio.py), with cfg's settings."""
-    book = BookOptions.of(cfg)
-    return portfolio.daily_portfolio(df, panel_close(ws.panel), book.quantiles, book.hold_days, book.cost_bps)
+    return BookOptions.of(cfg).daily(df, panel_close(ws.panel))
 
 
 def split_metrics(df: pd.DataFrame, ws: WindowSet, cfg: TrainConfig, split: str) -> tuple[dict, str | None]:

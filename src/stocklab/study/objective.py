@@ -33,6 +33,7 @@ RESULT_KEY = {
     "valid_loss": "valid_loss_min",
     "valid_rank_ic": "valid_rank_ic",
     "valid_ls_sharpe_net": "valid_ls_sharpe_net",
+    "valid_topk_ir": "valid_topk_ir",
 }
 
 
@@ -114,7 +115,7 @@ def epoch_reporter(trial: optuna.Trial, cfg: TuneConfig):
         else:
             key = (info.fold, info.best_epoch)
             if key not in kept and info.best_epoch == info.epoch:
-                kept[key] = info.valid_rank_ic() if cfg.metric == "valid_rank_ic" else info.valid_ls_sharpe_net()
+                kept[key] = info.valid_rank_ic() if cfg.metric == "valid_rank_ic" else info.valid_book(cfg.metric)
             value = kept.get(key, float("nan"))
         trial.report(value, info.step)
         if trial.should_prune():

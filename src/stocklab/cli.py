@@ -47,7 +47,11 @@ JOBS = {
         "score each ticker's latest window with the champion model",
         "stocklab predict --model lstm --data path/to/csvs --output preds.csv",
     ),
-    "benchmark": ("measure windowing and training speed against the source pipeline", "stocklab benchmark"),
+    "benchmark": (
+        "speed (pipeline vs the source code), models (every family and factor, the model report) or recovery "
+        "(planted signals)",
+        "stocklab benchmark --suite models",
+    ),
 }
 
 

@@ -89,6 +89,7 @@ def summary_table(records: list[RunRecord]) -> pd.DataFrame:
             }
         )
     table = pd.DataFrame(rows)
+    table.attrs["daily"] = daily  # each entry's daily out-of-sample rank IC and its NW lags
     factors = table[table["entry"].str.startswith("factor:")].dropna(subset=["rank_ic"]) if len(table) else table
     if len(factors):
         best = factors.sort_values("rank_ic", ascending=False)["entry"].iloc[0]
@@ -100,6 +101,35 @@ def summary_table(records: list[RunRecord]) -> pd.DataFrame:
 
 
 MOMENTUM = "factor:momentum_12_1"
+
+
+def paired(daily: dict, a: str, b: str) -> tuple[float, float]:
+    """(mean, Newey-West s.e.) of entry a's daily rank IC minus b's on their common days."""
+    (x, lx), (y, ly) = daily[a], daily[b]
+    diff = (x - y).dropna()
+    return (float(diff.mean()), newey_west_se(diff, max(lx, ly))) if len(diff) > 1 else (np.nan, np.nan)
+
+
+def detectable(table: pd.DataFrame) -> list[str]:
+    """The smallest differences this design could have told from noise, per label horizon:
+    2 x the Newey-West s.e. of an entry's mean daily rank IC (against zero) and of a paired
+    difference between two entries (against the best factor), medians over the entries."""
+    if not len(table) or "rank_ic_se" not in table:
+        return []
+    out = []
+    horizons = table["horizon"] if "horizon" in table else pd.Series(np.nan, index=table.index)
+    for h in sorted(set(horizons.dropna())) or [np.nan]:
+        at = table[horizons == h] if np.isfinite(h) else table
+        zero = 2 * np.nanmedian(at["rank_ic_se"]) if at["rank_ic_se"].notna().any() else np.nan
+        pair = 2 * np.nanmedian(at["vs_factor_se"]) if "vs_factor_se" in at and at["vs_factor_se"].notna().any() \
+            else np.nan  # fmt: skip
+        where = f"at the {int(h)}-day horizon" if np.isfinite(h) else "overall"
+        out.append(
+            f"Minimal detectable difference {where} (2 Newey-West s.e., median over {len(at)} entries): "
+            f"{zero:.4f} for an entry's rank IC against zero, {pair:.4f} for a paired difference of two entries' "
+            "daily rank IC. A smaller difference below is not evidence either way."
+        )
+    return out
 
 
 def _against(table: pd.DataFrame, daily: dict, ref_entry: str, column: str) -> None:
@@ -164,6 +194,7 @@ def findings(table: pd.DataFrame, records: list[RunRecord]) -> list[str]:
             f"the last one allowed (the cap of {int(np.nanmax(caps))} epochs)."
         )
     t = table.dropna(subset=["rank_ic"]) if "rank_ic" in table else table
+    out += detectable(t)
     if len(t):
         beat_mean = t[t["mse_skill_mean"] < 1.0]["entry"].tolist()
         out.append(
@@ -177,7 +208,7 @@ def findings(table: pd.DataFrame, records: list[RunRecord]) -> list[str]:
             + (", ".join(sig["entry"]) if len(sig) else "none")
             + "."
         )
-        out += _recipe_findings(t)
+        out += _recipe_findings(t, table.attrs.get("daily", {}))
         flips = t[(t["valid_rank_ic"] > 0) & (t["rank_ic"] < 0)]["entry"].tolist()
         if flips:
             out.append("Positive validation rank IC but negative out-of-sample rank IC: " + ", ".join(flips) + ".")
@@ -194,8 +225,9 @@ def findings(table: pd.DataFrame, records: list[RunRecord]) -> list[str]:
     return out
 
 
-def _recipe_findings(t: pd.DataFrame) -> list[str]:
-    """raw against cs for every model fitted under both recipes, on validation and out of sample."""
+def _recipe_findings(t: pd.DataFrame, daily: dict) -> list[str]:
+    """raw against cs for every model fitted under both recipes, on validation and out of sample,
+    and how many of the out-of-sample differences clear two Newey-West s.e. of the pair."""
     by = t.set_index("entry")
     pairs = [e[: -len(":raw")] for e in by.index if e.endswith(":raw") and e[: -len(":raw")] + ":cs" in by.index]
     if not pairs:
@@ -203,10 +235,13 @@ def _recipe_findings(t: pd.DataFrame) -> list[str]:
     oos = [m for m in pairs if by.loc[f"{m}:cs", "rank_ic"] > by.loc[f"{m}:raw", "rank_ic"]]
     valid = [m for m in pairs if by.loc[f"{m}:cs", "valid_rank_ic"] > by.loc[f"{m}:raw", "valid_rank_ic"]]
     gain = np.mean([by.loc[f"{m}:cs", "rank_ic"] - by.loc[f"{m}:raw", "rank_ic"] for m in pairs])
+    tested = [(m, *paired(daily, f"{m}:cs", f"{m}:raw")) for m in pairs if f"{m}:cs" in daily and f"{m}:raw" in daily]
+    clear = [m for m, d, se in tested if np.isfinite(se) and abs(d) > 2 * se]
     return [
         f"The cross-sectional recipe (cs) has the higher out-of-sample rank IC for {len(oos)} of {len(pairs)} "
         f"models ({', '.join(oos) or 'none'}; mean difference cs - raw {gain:+.4f}) and the higher validation "
-        f"rank IC for {len(valid)} of {len(pairs)}."
+        f"rank IC for {len(valid)} of {len(pairs)}; the paired difference clears two Newey-West s.e. for "
+        f"{len(clear)} of {len(tested)} ({', '.join(clear) or 'none'})."
     ]
 
 

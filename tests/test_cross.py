@@ -104,3 +104,30 @@ def test_it_pools_peers_on_the_group_market_where_a_per_ticker_model_cannot(trac
         agree[model] = agreement(market.oracle, test)
     print(f"group market agreement: {agree}")
     assert agree["cross"] > agree["lstm"] + 0.02, agree
+
+
+@pytest.mark.slow
+def test_the_champion_on_raw_bars_equals_its_training_run_and_depends_on_the_request(tracking, tmp_path, bars):
+    """models:/stocklab-cross@champion scores raw bars of the training tickers as its run did
+    (every test date's cross-section complete in the request); without some tickers, the other
+    tickers' scores change: the request's tickers of a date are the cross-section."""
+    from conftest import write_ticker_csvs
+
+    from stocklab import registry
+    from stocklab.jobs.train import run_train
+
+    folder = write_ticker_csvs(bars, tmp_path / "csvs")
+    cfg = TrainConfig(data=str(folder), model="cross", seq_len=8, horizon=5, epochs=1, cache_dir="", tear_sheet=False)
+    run_id = run_train(cfg)["run_id"]
+    name = registry.registered_name("cross")
+    version, _ = registry.register_run_model(name, run_id)
+    registry.set_alias(name, registry.CHAMPION, version)
+    served = mlflow.pyfunc.load_model(registry.champion_uri("cross"))
+    every = served.predict(long_bars(bars), params={"all_dates": True})
+    logged = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet"))
+    both = logged.merge(every, on=["date", "ticker"], suffixes=("_train", "_served"))
+    assert len(both) == len(logged) > 100
+    np.testing.assert_allclose(both["prediction_served"], both["prediction_train"], rtol=0, atol=1e-6)
+    fewer = served.predict(long_bars(bars[bars["Name"] != "T00"]), params={"all_dates": True})
+    again = every.merge(fewer, on=["date", "ticker"], suffixes=("", "_fewer"))
+    assert not np.allclose(again["prediction"], again["prediction_fewer"])

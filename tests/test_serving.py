@@ -126,6 +126,8 @@ def test_the_plain_network_loads_for_research_in_train_and_eval_mode(tracking, c
     assert {"artifacts/state/state_dict.pt", "artifacts/preprocess.json", "pyfunc_model.py"} <= files
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".pyc"))]
     assert "code/stocklab/serving.py" in files  # the model scores with the code that trained it
+    # the whole library a loading process may import (a tune worker: study/), not the benchmark suites
+    assert "code/stocklab/study/objective.py" in files and not [f for f in files if "/benchmarks/" in f]
     example = pd.read_json(os.path.join(local, "input_example.json"), orient="split")
     assert {"date", "ticker", "close", "volume"} <= set(example.columns)
 

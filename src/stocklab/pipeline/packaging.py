@@ -30,6 +30,7 @@ STATE = "state"  # artifacts/ of the logged model: StockModel.save_state's files
 BUNDLE = "preprocess.json"
 ENTRY = PACKAGE / "pyfunc_model.py"
 REQUIRED = ("date", "ticker", "close")
+NOT_SHIPPED = ("benchmarks",)  # package folders a logged model's code leaves out (tools, not scoring)
 OUTPUT = ("date", "ticker", "prediction")
 EXAMPLE_TICKERS, EXAMPLE_WARMUP = 3, 250  # the input example: 3 tickers' last window span + 250 bars
 
@@ -92,11 +93,13 @@ def log_scoring_model(network: torch.nn.Module, bundle: dict, example: pd.DataFr
         state.mkdir()
         network.save_state(state)
         bundle_file.write_text(json.dumps(bundle))
-        # the whole package's source, without bytecode caches: MLflow puts a model's code first on
-        # sys.path of the process that loads it (and of the processes it spawns), so a copy with
-        # only the scoring modules would hide the rest of stocklab from that process
+        # the package's source, without bytecode caches and without the benchmark suites: MLflow
+        # puts a model's code first on sys.path of the process that loads it (and of the
+        # processes it spawns, e.g. tune workers), so a copy with only the scoring modules would
+        # hide the rest of stocklab from that process. The suites run only as their own job,
+        # which imports them before it could load a model (jobs/benchmark.py)
         code = Path(tmp) / "code" / "stocklab"
-        shutil.copytree(PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", *NOT_SHIPPED))
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(ENTRY),

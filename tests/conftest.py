@@ -7,7 +7,10 @@ Markers say what a test costs (pyproject.toml): tests marked `e2e`, `shared` or 
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,20 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+
+
+def mlflow_run(entry: str, params: dict, tracking_uri: str, cwd: Path, *args: str):
+    """`mlflow run <checkout> -e <entry> --env-manager local -P k=v ...` as a user types it; the
+    entry point's `python` is this interpreter's (its folder first on PATH)."""
+    cmd = [MLFLOW, "run", str(ROOT), "-e", entry, "--env-manager", "local", *args]
+    for k, v in params.items():
+        cmd += ["-P", f"{k}={v}"]
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
 SHARED_DATA = ROOT.parent / "shared" / "data" / "sp500_5yr"
 
 

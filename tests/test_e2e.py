@@ -10,26 +10,15 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import optuna
 import pytest
 import torch
-from conftest import ROOT, launched, synthetic_bars, write_ticker_csvs
+from conftest import MLFLOW, ROOT, launched, mlflow_run, synthetic_bars, write_ticker_csvs
 
 from stocklab.pipeline.logged import load_network
-
-MLFLOW = str(Path(sys.executable).with_name("mlflow"))
-
-
-def mlflow_run(entry: str, params: dict, tracking_uri: str, cwd: Path, *args: str):
-    cmd = [MLFLOW, "run", str(ROOT), "-e", entry, "--env-manager", "local", *args]
-    for k, v in params.items():
-        cmd += ["-P", f"{k}={v}"]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
 def job_runs():

@@ -14,8 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_metrics_say_their_split, launched, long_bars, synthetic_bars, write_ticker_csvs
-from test_e2e import mlflow_run
+from conftest import assert_metrics_say_their_split, launched, long_bars, mlflow_run, synthetic_bars, write_ticker_csvs
 
 from stocklab.config import PromoteConfig, StockLabError, TuneConfig, split_params, with_values
 from stocklab.features import build_panel

@@ -105,10 +105,33 @@ def test_gaps_in_a_ticker_never_enter_a_window(bars):
     df = df[~((df["ticker"] == "T01") & (df["date"] == df["date"].unique()[100]))]
     p = build_panel(df, "ohlcv", horizon=5, label_scale=1.0)
     ws = WindowSet(p, 10, 5, FR, "standard")
+    assert p.tickers[1] == "T01"
     for split in ("train", "valid", "test"):
         n, t = (a.numpy() for a in ws.index[split])
         hit = (n == 1) & (t >= 100) & (t - 9 <= 100)
         assert not hit.any()
+    # the ticker is still there: windows right before and right after the gap exist
+    n, t = (a.numpy() for a in ws.index["train"])
+    assert ((n == 1) & (t == 99)).any() and ((n == 1) & (t == 110)).any()
+    assert ((n == 0) & (t == 105)).any()  # another ticker's windows over those days are kept
+
+
+def test_strided_windows_step_back_by_the_stride_and_ignore_later_bars(bars):
+    """window_stride=k: a window ending on day t holds days t - (T-1)k, ..., t - k, t; altering
+    the bars after day t changes no such window (the leak property, with gaps between steps)."""
+    df = long_bars(bars)
+    p = build_panel(df, "returns", horizon=5, label_scale=1.0)
+    ws = WindowSet(p, 4, 5, FR, "standard", stride=3)
+    n, t = (a[:50] for a in ws.index["valid"])
+    x = ws.gather(n, t)  # (50, 4, F)
+    for k, (i, d) in enumerate(zip(n.tolist(), t.tolist())):
+        torch.testing.assert_close(x[k], ws.X[i, [d - 9, d - 6, d - 3, d]], rtol=0, atol=0)
+    cut = p.dates[int(t.max())]
+    later = df.copy()
+    scramble_prices_after(later, cut)
+    ws2 = WindowSet(build_panel(later, "returns", horizon=5, label_scale=1.0), 4, 5, FR, "standard", stride=3,
+                    scaler=ws.scaler)  # fmt: skip
+    torch.testing.assert_close(ws2.gather(n, t), x, rtol=0, atol=0)
 
 
 def test_short_tickers_are_dropped_then_an_error_when_none_left(bars):
@@ -196,3 +219,17 @@ def test_one_absurd_value_does_not_set_the_scaler(kind):
     assert np.array_equal(dirty.shift, Scaler.fit(X, 200, kind).shift)
     assert np.array_equal(dirty.scale, Scaler.fit(X, 200, kind).scale)
     assert np.allclose(dirty.shift, clean.shift, atol=0.2) and np.allclose(dirty.scale, clean.scale, atol=0.2)
+
+
+def test_classifier_cuts_are_the_training_targets_terciles_whatever_the_later_labels(bars):
+    """cnn_ta's sell/hold/buy cuts come from the training windows' targets only: multiplying every
+    later return (validation and test) by 10 leaves them unchanged."""
+    df = long_bars(bars)
+    p = build_panel(df, "returns", horizon=5, label_scale=1.0)
+    ws = WindowSet(p, 10, 5, FR, "standard")
+    expected = np.quantile(ws.target[ws.index["train"]].numpy(), [1 / 3, 2 / 3])
+    np.testing.assert_allclose(ws.class_cuts.numpy(), expected, rtol=1e-6)
+    first_valid = int(ws.index["valid"][1].min())
+    p.y[:, first_valid - 5 :] *= 10.0  # labels that reach into validation and beyond
+    again = WindowSet(p, 10, 5, FR, "standard")
+    torch.testing.assert_close(again.class_cuts, ws.class_cuts)

@@ -53,3 +53,20 @@ def test_every_label_is_a_target_of_the_labelled_windows(label):
     ws = WindowSet(panel, 10, 5, (0.6, 0.2, 0.2), "standard", label=label)
     n, t = ws.loss_index["train"]
     assert ws.label == label and torch.isfinite(ws.target[n, t]).all() and ws.target[n, t].std() > 0
+
+
+def test_a_bundle_written_before_inputs_existed_rebuilds_its_training_inputs():
+    """Bundles of older versions kept the input values at their top level, had no `recipe`,
+    `label` or `extra`, and cnn1d had no dense layer: they load as what they were trained with."""
+    from stocklab.pipeline.inputs import Bundle
+    from stocklab.windows import Scaler
+
+    scaler = Scaler("standard", np.zeros((1, 3)), np.ones((1, 3)))
+    old = {"model": "cnn1d", "features": "returns", "seq_len": 12, "horizon": 5, "return_period": 1,
+           "label_scale": 1.0, "window_stride": 1, "model_config": {"channels": 8, "kernel": 3},
+           "feature_names": ["a", "b", "c"], "scaler": scaler.to_dict(), "tickers": ["X", "Y"]}  # fmt: skip
+    bundle = Bundle.from_dict(old)
+    cfg = bundle.train_config()
+    assert (cfg.model, cfg.features, cfg.seq_len, cfg.horizon) == ("cnn1d", "returns", 12, 5)
+    assert (cfg.recipe, cfg.label, cfg.scaler, cfg.extra) == ("raw", "raw", "standard", "")
+    assert bundle.model_config["hidden"] == 0 and bundle.model_config["channels"] == 8

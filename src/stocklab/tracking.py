@@ -50,7 +50,7 @@ def _same(logged: str, value) -> bool:
         return str(logged).lower() == str(value).lower()
 
 
-# One naming scheme for metrics (README "What each run records"): every metric of a train,
+# One naming scheme for metrics (docs/data-and-training.md, "What each run records"): every metric of a train,
 # trial or evaluate run starts with what it measures, so `metrics.test_rank_ic` never mixes
 # splits: train_ (the fit itself: losses, epochs, time, sizes), valid_, test_ (the split scored),
 # or oos_ (walk-forward: the folds' out-of-sample periods concatenated and judged as one factor),

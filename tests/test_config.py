@@ -191,6 +191,30 @@ def test_sections_are_frozen_views_of_train_config_fields_with_the_same_types():
     assert (book.quantiles, book.hold_days, book.cost_bps) == (10, 5, 2.5)  # hold 0: the label horizon
 
 
+def test_each_benchmark_suite_reads_its_own_section_and_every_benchmark_parameter_is_read():
+    """`benchmark` keeps one flat -P surface (BenchmarkConfig); each suite's runner gets its own
+    frozen section, with the suite's defaults filled in, and no parameter is read by no suite."""
+    from stocklab.config import BenchmarkConfig
+    from stocklab.sections import SUITES
+
+    bench_types = field_types(BenchmarkConfig)
+    read = set()
+    for suite, cls in SUITES.items():
+        section = BenchmarkConfig(suite=suite, seeds=0, epochs=0, report="").section()
+        assert type(section) is cls and section.suite == suite
+        for f in dataclasses.fields(cls):
+            assert field_types(cls)[f.name] is bench_types[f.name], (suite, f.name)
+        read |= {f.name for f in dataclasses.fields(cls)}
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            section.device = "cpu"
+    assert read == set(bench_types), set(bench_types) ^ read
+    models = BenchmarkConfig(suite="models").section()
+    assert (models.epochs, models.seeds, models.report) == (15, 2, "reports/models.md")
+    group = BenchmarkConfig(suite="recovery", market="group").section()
+    assert (group.epochs, group.seeds, group.report) == (30, 1, "reports/recovery_group.md")
+    assert not hasattr(models, "seed000_steps") and not hasattr(group, "folds")
+
+
 def test_an_explicit_value_equal_to_the_fixed_one_is_accepted():
     cfg, _, explicit = parse_model_job("train", ["--model", "cnn_ta", "--seq_len", "1"])
     assert cfg.seq_len == 1 and "seq_len" in explicit

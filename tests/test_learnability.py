@@ -6,12 +6,11 @@ return) is trained on with `train_in_run` exactly as `stocklab train --model M` 
 nothing but the market and the epoch budget. Agreement = the mean daily rank correlation of the
 test predictions with the planted score itself (1 = learned it exactly; unlike the rank IC it
 has no market noise). Under the default recipe (cs) every trainable family must reach
-MIN_AGREEMENT; the raw recipe's agreement is printed beside it, never asserted.
+MIN_AGREEMENT. The raw recipe is not fitted here: nothing would be asserted of it (its
+agreement, 0.14-0.40 on this market, is the recovery suite's to report: reports/recovery.md).
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import mlflow
 import pandas as pd
@@ -19,7 +18,7 @@ import pytest
 
 from stocklab.benchmarks.recovery import agreement, planted_market
 from stocklab.config import TrainConfig
-from stocklab.models import BASELINES, MODELS, recipe_values
+from stocklab.models import BASELINES, MODELS
 from stocklab.pipeline.fitting import train_in_run
 
 # the market: small enough to fit every family in seconds on 2 cores, its signal strong enough
@@ -43,11 +42,10 @@ def market(tmp_path_factory):
     return path, planted.oracle
 
 
-def _agreement(market, model: str, recipe: str) -> tuple[float, dict]:
+def _agreement(market, model: str) -> tuple[float, dict]:
     path, oracle = market
-    cfg = TrainConfig(data=str(path), model=model, epochs=EPOCHS, patience=PATIENCE, tear_sheet=False, cache_dir="")
-    if recipe != "cs":  # the recipe as the model trains under it (a whole-day model keeps daily batches)
-        cfg = dataclasses.replace(cfg, **recipe_values(model, recipe))
+    cfg = TrainConfig(data=str(path), model=model, epochs=EPOCHS, patience=PATIENCE, tear_sheet=False, cache_dir="",
+                      importance=False)  # fmt: skip
     with mlflow.start_run() as run:
         res = train_in_run(cfg)
     local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="predictions.parquet")
@@ -57,9 +55,7 @@ def _agreement(market, model: str, recipe: str) -> tuple[float, dict]:
 
 @pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow if m in SLOW else ()) for m in FAMILIES])
 def test_every_family_learns_the_planted_signal_under_its_defaults(tracking, market, model):
-    agree, res = _agreement(market, model, "cs")
-    raw, _ = _agreement(market, model, "raw")
-    print(f"{model}: agreement cs {agree:.3f} (test rank IC {res['test_rank_ic']:+.3f}, "
-          f"{res['train_epochs_run']} epochs), raw {raw:.3f}")  # fmt: skip
+    agree, res = _agreement(market, model)
+    print(f"{model}: agreement {agree:.3f} (test rank IC {res['test_rank_ic']:+.3f}, {res['train_epochs_run']} epochs)")
     bar = EXCEPTIONS.get(model, MIN_AGREEMENT)
     assert agree >= bar, f"{model} agrees {agree:.3f} with the planted score under the default recipe (< {bar})"

@@ -25,7 +25,7 @@ from stocklab.fields import (  # noqa: F401 - re-exported: the jobs' configs and
 )
 from stocklab.losses import DAILY_LOSSES, LOSSES
 from stocklab.scalers import SCALERS
-from stocklab.sections import BookOptions, FitOptions  # noqa: F401 - re-exported: the sections of TrainConfig
+from stocklab.sections import SUITES, BookOptions, FitOptions  # noqa: F401 - re-exported: the sections of TrainConfig
 
 __all__ = ["StockLabError"]  # re-exported: config users need not import errors too
 
@@ -409,6 +409,14 @@ class BenchmarkConfig:
             group = "_group" if self.suite == "recovery" and self.market == "group" else ""
             return value or f"reports/{self.suite}{group}.md"
         return value or self.SUITE_DEFAULTS.get(self.suite, {}).get(name, 1)
+
+    def resolved(self) -> BenchmarkConfig:
+        """A copy with the suite's default epochs, seeds and report where they were left 0 / ''."""
+        return dataclasses.replace(self, **{k: self.suite_value(k) for k in ("epochs", "seeds", "report")})
+
+    def section(self):
+        """The suite's own config (sections.SUITES), the only one its runner reads."""
+        return SUITES[self.suite].of(self)
 
 
 JOB_CONFIGS = {

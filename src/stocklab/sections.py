@@ -1,10 +1,12 @@
-"""Sections: the frozen part of a TrainConfig that one layer reads.
+"""Sections: the frozen part of a job's config that one layer reads.
 
-The flat TrainConfig (config.py) is the CLI and MLflow-params surface (one `-P name=value` per
-field, names unchanged); a section is taken from it with `Section.of(cfg)`, so a trainer or a
-book sees what it uses and nothing else. Sections declare no defaults: those live on
-TrainConfig's fields, once (tests/test_config.py checks names and types agree). ReadOptions
-(data.py) is the reading section.
+The flat job configs (config.py) are the CLI and MLflow-params surface (one `-P name=value` per
+field, names unchanged); a section is taken from one with `Section.of(cfg)`, so a trainer, a
+book or a benchmark suite sees what it uses and nothing else. Sections declare no defaults:
+those live on the job configs' fields, once (tests/test_config.py checks names and types
+agree). ReadOptions (data.py) is the reading section of a TrainConfig; FitOptions and
+BookOptions below are its training and book sections; SpeedSuite, ModelsSuite and
+RecoverySuite are the three suites' sections of a BenchmarkConfig.
 """
 
 from __future__ import annotations
@@ -65,3 +67,88 @@ class BookOptions:
 
         return portfolio.daily_portfolio(pred, close, self.quantiles, self.hold_days, self.cost_bps, self.topk,
                                          self.n_drop)  # fmt: skip
+
+
+# --- the benchmark suites: one config each, taken from the job's flat BenchmarkConfig ---------
+# `benchmark` keeps one `-P` surface (config.BenchmarkConfig); each suite reads only its own
+# section, whose epochs/seeds/report carry the suite's default where the job left them 0 / ''.
+
+
+@dataclass(frozen=True)
+class SpeedSuite:
+    """suite=speed (benchmarks/speed.py): (a) windows, (b) training step, (c) the 2D-CNN study's
+    workload, (d) a short study with one and several workers."""
+
+    data: str
+    n_tickers: int
+    seq_len: int
+    batch_size: int
+    train_steps: int
+    seed000_steps: int
+    seed000_tickers: int
+    seed000_days: int
+    study_trials: int
+    study_tickers: int
+    study_jobs: int
+    output: str
+    device: str
+    experiment: str
+    suite: str = "speed"
+
+    @classmethod
+    def of(cls, cfg) -> SpeedSuite:
+        return _section(cls, cfg)
+
+
+@dataclass(frozen=True)
+class ModelsSuite:
+    """suite=models (benchmarks/models.py): every entry on walk-forward folds, the model report."""
+
+    data: str
+    models: str
+    model_tickers: int
+    epochs: int
+    seeds: int
+    folds: int
+    walk: str
+    split: str
+    recipes: str
+    train_every: int
+    patience: int
+    tear_sheet: bool
+    resume: bool
+    report: str
+    device: str
+    experiment: str
+    suite: str = "models"
+
+    @classmethod
+    def of(cls, cfg) -> ModelsSuite:
+        return _section(cls, cfg.resolved())
+
+    def recipe_names(self) -> list[str]:
+        return [r.strip() for r in self.recipes.split(",") if r.strip()]
+
+
+@dataclass(frozen=True)
+class RecoverySuite:
+    """suite=recovery (benchmarks/recovery.py): a planted market, every family's recovery of it."""
+
+    market: str
+    tickers: int
+    days: int
+    models: str
+    epochs: int
+    seeds: int
+    patience: int
+    report: str
+    device: str
+    experiment: str
+    suite: str = "recovery"
+
+    @classmethod
+    def of(cls, cfg) -> RecoverySuite:
+        return _section(cls, cfg.resolved())
+
+
+SUITES = {"speed": SpeedSuite, "models": ModelsSuite, "recovery": RecoverySuite}

@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import mlflow
@@ -33,10 +33,10 @@ from stocklab.pipeline.fitting import train_in_run
 from stocklab.pipeline.inputs import InputCache
 from stocklab.pipeline.scoring import panel_close, rank_ic_of
 from stocklab.presets import PRESETS
+from stocklab.sections import ModelsSuite
 from stocklab.tracking import job_run, log_params_once, system_metrics
 from stocklab.training import configure_cpu_threads, resolve_device
 
-RECOVERY_ONLY = ("tickers", "days")
 SETUP_ONLY = ("resume", "report", "experiment")  # change nothing that is fitted: not in the resume key
 KEY_TAG, FIT_TAG = "stocklab.benchmark_key", "stocklab.benchmark_fit"
 
@@ -70,7 +70,7 @@ def model_entries(recipes: list[str], presets: bool = True) -> list[Entry]:
     return out
 
 
-def _selected(cfg: BenchmarkConfig) -> list[Entry]:
+def _selected(cfg: ModelsSuite) -> list[Entry]:
     """The default set (no presets), 'all', or the named entries; a name without its ':' part
     (lstm, factor, preset) stands for all of its entries."""
     if cfg.models in ("", "all"):
@@ -85,19 +85,12 @@ def _selected(cfg: BenchmarkConfig) -> list[Entry]:
     return chosen
 
 
-def resolved(cfg: BenchmarkConfig) -> BenchmarkConfig:
-    """cfg with its suite's default epochs, seeds and report where they were left 0 / ''."""
-    return replace(cfg, **{k: cfg.suite_value(k) for k in ("epochs", "seeds", "report")})
-
-
-def command(cfg: BenchmarkConfig) -> str:
-    """The `mlflow run` command that reproduces this benchmark (non-default values only)."""
-    default = resolved(BenchmarkConfig(suite=cfg.suite))
+def command(cfg) -> str:
+    """The `mlflow run` command that reproduces a suite's run (its non-default values only)."""
+    default = BenchmarkConfig(suite=cfg.suite).section()
     parts = [f"mlflow run . -e benchmark --env-manager local -P suite={cfg.suite}"]
     for f in fields(cfg):
         if f.name not in ("suite", "experiment") and getattr(cfg, f.name) != getattr(default, f.name):
-            if f.name in RECOVERY_ONLY and cfg.suite != "recovery":
-                continue
             parts.append(f"-P {f.name}={getattr(cfg, f.name)}")
     return " ".join(parts)
 
@@ -119,7 +112,7 @@ def _digest(values) -> str:
     return hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def benchmark_key(cfg: BenchmarkConfig) -> str:
+def benchmark_key(cfg: ModelsSuite) -> str:
     """What identifies a benchmark for resuming: every setting that changes what is fitted."""
     return _digest({k: v for k, v in asdict(cfg).items() if k not in SETUP_ONLY})
 
@@ -225,13 +218,12 @@ def _ensemble(members: list[model_report.RunRecord], tcfg: TrainConfig, cache, p
     return rec
 
 
-def run_models_suite(cfg: BenchmarkConfig) -> dict:
+def run_models_suite(cfg: ModelsSuite) -> dict:
     """Fit every entry with `seeds` seeds on walk-forward folds, each fit an MLflow run nested
     under one `benchmark models` run, add a seed-ensemble per trained entry, then write the
     report and its plots. With `resume` (the default) the latest earlier run of the same
     configuration is reopened and its FINISHED fits are read back instead of refitted, so an
     interrupted benchmark is completed by running the same command again."""
-    cfg = resolved(cfg)
     entries = _selected(cfg)
     configure_cpu_threads()
     device = resolve_device(cfg.device)
@@ -330,7 +322,7 @@ LONG_SHORT_NOTE = (
 )
 
 
-def _long_short_curves(cfg: BenchmarkConfig, table: pd.DataFrame, records, horizons: dict) -> dict[str, pd.Series]:
+def _long_short_curves(cfg: ModelsSuite, table: pd.DataFrame, records, horizons: dict) -> dict[str, pd.Series]:
     """Each entry's daily net long-short return (its seeds' books averaged): the same book
     (portfolio.daily_portfolio, costs included) as the table's net columns."""
     raw, _ = load_panel(cfg.data)
@@ -347,7 +339,7 @@ def _long_short_curves(cfg: BenchmarkConfig, table: pd.DataFrame, records, horiz
     return curves
 
 
-def write_models_report(cfg: BenchmarkConfig, records, device, started, resumed: Resumed) -> dict:
+def write_models_report(cfg: ModelsSuite, records, device, started, resumed: Resumed) -> dict:
     """reports/models.md + models_rank_ic.png + models_long_short.png from the runs' records."""
     path = Path(cfg.report)
     path.parent.mkdir(parents=True, exist_ok=True)

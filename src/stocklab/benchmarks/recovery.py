@@ -40,12 +40,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from stocklab.benchmarks.models import command, machine, resolved  # noqa: E402
-from stocklab.config import CACHE_DIR, BenchmarkConfig, StockLabError, TrainConfig, with_values  # noqa: E402
+from stocklab.benchmarks.models import command, machine  # noqa: E402
+from stocklab.config import CACHE_DIR, StockLabError, TrainConfig, with_values  # noqa: E402
 from stocklab.errors import describe  # noqa: E402
 from stocklab.models import BASELINES, MODELS, recipe_values  # noqa: E402
 from stocklab.pipeline.fitting import train_in_run  # noqa: E402
 from stocklab.pipeline.scoring import rank_ic_of  # noqa: E402
+from stocklab.sections import RecoverySuite  # noqa: E402
 from stocklab.tracking import job_run, log_params_once  # noqa: E402
 from stocklab.training import configure_cpu_threads, resolve_device  # noqa: E402
 
@@ -161,10 +162,9 @@ def agreement(oracle: pd.DataFrame, test: pd.DataFrame) -> float:
     return rank_ic_of(frame.rename(columns={"score": "label"}))
 
 
-def run_recovery_suite(cfg: BenchmarkConfig) -> dict:
+def run_recovery_suite(cfg: RecoverySuite) -> dict:
     """Build the planted market, fit every (model, recipe, seed) as a nested MLflow run under
     one `benchmark recovery` run, and write the recovery report and its plot."""
-    cfg = resolved(cfg)
     models = [m.strip() for m in cfg.models.split(",") if m.strip()] or catalogue()
     unknown = [m for m in models if m not in catalogue()]
     if unknown:
@@ -236,7 +236,7 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     return table.unstack("recipe")
 
 
-def write_recovery_report(cfg: BenchmarkConfig, runs: pd.DataFrame, oracle_ic: float, device, started,
+def write_recovery_report(cfg: RecoverySuite, runs: pd.DataFrame, oracle_ic: float, device, started,
                           elapsed: float) -> dict:  # fmt: skip
     """reports/recovery.md and recovery.png (recovery ratio per model and recipe)."""
     path = Path(cfg.report)

@@ -38,10 +38,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from stocklab.config import BenchmarkConfig, StockLabError, TrainConfig
+from stocklab.config import StockLabError, TrainConfig
 from stocklab.data import load_panel
 from stocklab.features import Panel, build_panel
 from stocklab.models import build_model, model_config
+from stocklab.sections import SpeedSuite
 from stocklab.tracking import job_run, log_params_once
 from stocklab.training import configure_cpu_threads, fit, resolve_device
 from stocklab.windows import WindowSet
@@ -49,7 +50,7 @@ from stocklab.windows import WindowSet
 DEFAULTS = TrainConfig()  # the label, split and scaler the suite measures with: train's defaults
 
 
-def _panel(cfg: BenchmarkConfig) -> Panel:
+def _panel(cfg: SpeedSuite) -> Panel:
     raw, _ = load_panel(cfg.data)
     keep = sorted(raw["ticker"].unique())[: cfg.n_tickers]
     return build_panel(raw[raw["ticker"].isin(keep)], "ohlcv", DEFAULTS.horizon, DEFAULTS.label_scale)
@@ -223,7 +224,7 @@ def synthetic_seed000(n_tickers=514, n_days=3500, n_features=7, seed=0) -> Panel
 SEED000_BATCHES = (64, 1024)  # the source study's own batch, and the benchmark's default
 
 
-def bench_seed000(cfg: BenchmarkConfig, device) -> dict:
+def bench_seed000(cfg: SpeedSuite, device) -> dict:
     """(c) seconds per epoch on the 2D-CNN study's workload, for cnn2d deep (lr 1e-5, as the
     study) and an lstm on the same windows, at batch 64 and 1024, projected to 200 epochs. A GPU
     runs full epochs (the trainer's CUDA-graph step included); a CPU `seed000_steps` steps."""
@@ -261,7 +262,7 @@ def bench_seed000(cfg: BenchmarkConfig, device) -> dict:
     return out
 
 
-def bench_study(cfg: BenchmarkConfig, n_jobs: int, workdir: Path) -> dict:
+def bench_study(cfg: SpeedSuite, n_jobs: int, workdir: Path) -> dict:
     """(d) a short lstm study on `cfg.data` run as users run it (`stocklab tune`, a fresh
     process, its own journal and tracking store): wall time, trials per hour, and each trial's
     overhead = its wall time (Optuna's start/complete) - its training time (`train_time_s`)."""
@@ -314,7 +315,7 @@ XS_RECIPES = (("random", "mse"), ("daily", "mse"), ("daily", "ic"), ("daily", "r
 XS_REPEATS = 2
 
 
-def bench_cross_sectional(ws: WindowSet, cfg: BenchmarkConfig) -> dict:
+def bench_cross_sectional(ws: WindowSet, cfg: SpeedSuite) -> dict:
     """(e): one training epoch per recipe, the best of XS_REPEATS, on the same windows."""
     out: dict = {}
     for name in ("cnn2d", "lstm"):
@@ -331,7 +332,7 @@ def bench_cross_sectional(ws: WindowSet, cfg: BenchmarkConfig) -> dict:
     return out
 
 
-def run_speed_suite(cfg: BenchmarkConfig) -> dict:
+def run_speed_suite(cfg: SpeedSuite) -> dict:
     """(a)-(d) on this machine; the results go to `cfg.output`, the benchmark run and stdout."""
     import mlflow
 

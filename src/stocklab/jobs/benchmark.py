@@ -11,15 +11,16 @@ from stocklab.config import BenchmarkConfig
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict:
+    """Validate the job's parameters, then run the suite on its own section of them."""
     cfg.validate()
     if cfg.suite == "models":
         from stocklab.benchmarks.models import run_models_suite
 
-        return run_models_suite(cfg)
+        return run_models_suite(cfg.section())
     if cfg.suite == "recovery":
         from stocklab.benchmarks.recovery import run_recovery_suite
 
-        return run_recovery_suite(cfg)
+        return run_recovery_suite(cfg.section())
     from stocklab.benchmarks.speed import run_speed_suite
 
-    return run_speed_suite(cfg)
+    return run_speed_suite(cfg.section())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
@@ -248,6 +249,30 @@ def test_a_study_resumes_only_with_its_own_model_and_data(tracking, csv_dir, tmp
         run_tune(_study(other, tmp_path, n_trials=2, study_name="s", register=False))
     study = optuna.load_study(study_name="s", storage=make_storage(str(tmp_path / "j.log")))
     assert [t.state.name for t in study.trials] == ["COMPLETE"]  # nothing ran, nothing was lost
+
+
+def test_a_space_may_search_the_feature_set_and_the_registered_model_keeps_its_own(tracking, csv_dir, tmp_path):
+    """`features` is a dimension like any other: each trial builds (and caches) the panel of its
+    set, and the registered model's Bundle names the winning trial's set and columns."""
+    space = tmp_path / "space.yaml"
+    space.write_text("features: {type: categorical, choices: [relative, alpha158]}\n"
+                     "alpha: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n")  # fmt: skip
+    optuna_study = optuna.create_study(study_name="f", storage=make_storage(str(tmp_path / "j.log")))
+    for features in ("relative", "alpha158"):
+        optuna_study.enqueue_trial({"features": features, "alpha": 1e-3})
+    res = run_tune(_study(csv_dir, tmp_path, study_name="f", space=str(space), seq_len=5))
+    trials = optuna.load_study(study_name="f", storage=make_storage(str(tmp_path / "j.log"))).trials
+    widths = {}
+    for t in trials:
+        run = mlflow.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.data.params["features"] == t.params["features"]
+        bundle = json.loads(Path(mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id, artifact_path="model_bundle/preprocess.json")).read_text())  # fmt: skip
+        assert bundle["inputs"]["features"] == t.params["features"]
+        widths[t.params["features"]] = len(bundle["feature_names"])
+    assert widths["alpha158"] == 157 and widths["relative"] < 10
+    version = mlflow.MlflowClient().get_model_version("stocklab-linear", str(res["registered_version"]))
+    assert version.run_id == trials[res["best_trial"]].user_attrs["mlflow_run_id"]
 
 
 @pytest.mark.slow

@@ -99,12 +99,13 @@ def planted_market(tickers: int, days: int, seed: int = 0, strength: float = STR
 GROUP_SIZE = 10  # tickers per hidden group of the group market
 
 
-def group_market(tickers: int, days: int, seed: int = 0, strength: float = STRENGTH) -> Planted:
+def group_market(tickers: int, days: int, seed: int = 0, strength: float = STRENGTH, noise: float = 1.0) -> Planted:
     """A market a per-ticker model can only half see: hidden groups of GROUP_SIZE tickers share
     a group factor, and the planted score is the group's 20-day trend (the sum of its factor's
     last 20 returns, squashed), lifting every member's next-day return. A ticker's own window
-    shows that trend only through its own idiosyncratic noise (twice the factor's volatility);
-    a model that pools the peers whose windows move with it can average the noise away."""
+    shows that trend only through its own idiosyncratic noise (`noise` x the factor's volatility:
+    as large by default); a model that pools the peers whose windows move with it can average
+    the noise away."""
     rng = np.random.default_rng(seed)
     n, d = tickers, days
     group = np.arange(n) % max(1, n // GROUP_SIZE)  # (n,) hidden membership
@@ -115,7 +116,8 @@ def group_market(tickers: int, days: int, seed: int = 0, strength: float = STREN
     for t in range(LOOKBACK, d):
         trend[:, t - 1] = np.tanh(factor[:, t - LOOKBACK : t].sum(axis=1) / (0.01 * np.sqrt(LOOKBACK)))
     lift = np.concatenate([np.zeros((n, 1)), trend[group, :-1]], axis=1)  # day t's return gets t-1's score
-    r = beta[:, None] * market + factor[group] + 0.01 * rng.standard_normal((n, d)) + strength * lift
+    idio = noise * 0.01 * rng.standard_normal((n, d))  # (n, d): `noise` x the group factor's volatility
+    r = beta[:, None] * market + factor[group] + idio + strength * lift
     close = 50.0 * np.exp(rng.normal(0.0, 0.5, n))[:, None] * np.exp(np.cumsum(r, axis=1))  # (n, d)
     prev = np.concatenate([close[:, :1], close[:, :-1]], axis=1)
     open_ = prev * np.exp(rng.normal(0.0, 0.003, (n, d)))

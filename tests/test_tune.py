@@ -251,6 +251,7 @@ def test_a_study_resumes_only_with_its_own_model_and_data(tracking, csv_dir, tmp
     assert [t.state.name for t in study.trials] == ["COMPLETE"]  # nothing ran, nothing was lost
 
 
+@pytest.mark.slow
 def test_a_space_may_search_the_feature_set_and_the_registered_model_keeps_its_own(tracking, csv_dir, tmp_path):
     """`features` is a dimension like any other: each trial builds (and caches) the panel of its
     set, and the registered model's Bundle names the winning trial's set and columns."""

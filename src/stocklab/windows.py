@@ -187,7 +187,9 @@ class WindowSet:
         labelled = ok & np.isfinite(panel.y)
         Xs = self.scaler.transform(panel.X, inplace=scale_in_place)
         self.device = torch.device(device)
-        self.X = torch.from_numpy(np.nan_to_num(Xs, nan=0.0, copy=False)).to(self.device)  # (N, D, F)
+        for j in range(0, Xs.shape[-1], 16):  # NaN -> 0 in place, a few columns at a time: nan_to_num's
+            np.nan_to_num(Xs[..., j : j + 16], nan=0.0, copy=False)  # masks of a whole panel cost 3 bools a cell
+        self.X = torch.from_numpy(Xs).to(self.device)  # (N, D, F)
         self.y = torch.from_numpy(np.nan_to_num(panel.y, nan=0.0)).to(self.device)  # (N, D)
         self.y_ok = torch.from_numpy(np.isfinite(panel.y)).to(self.device)  # (N, D)
         # the training target: the same day's labels only, thin days dropped (label != raw)

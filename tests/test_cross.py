@@ -103,7 +103,7 @@ def test_it_pools_peers_on_the_group_market_where_a_per_ticker_model_cannot(trac
         )
         agree[model] = agreement(market.oracle, test)
     print(f"group market agreement: {agree}")
-    assert agree["cross"] > agree["lstm"] + 0.02, agree
+    assert agree["cross"] > agree["lstm"] + 0.05, agree
 
 
 @pytest.mark.slow

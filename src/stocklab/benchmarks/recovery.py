@@ -99,13 +99,17 @@ def planted_market(tickers: int, days: int, seed: int = 0, strength: float = STR
 GROUP_SIZE = 10  # tickers per hidden group of the group market
 
 
-def group_market(tickers: int, days: int, seed: int = 0, strength: float = STRENGTH, noise: float = 1.0) -> Planted:
+def group_market(tickers: int, days: int, seed: int = 0, strength: float = STRENGTH, noise: float = 2.0,
+                 volume_shock: float = 0.5) -> Planted:
     """A market a per-ticker model can only half see: hidden groups of GROUP_SIZE tickers share
     a group factor, and the planted score is the group's 20-day trend (the sum of its factor's
     last 20 returns, squashed), lifting every member's next-day return. A ticker's own window
     shows that trend only through its own idiosyncratic noise (`noise` x the factor's volatility:
-    as large by default); a model that pools the peers whose windows move with it can average
-    the noise away."""
+    twice as large by default, so its own 20-day return has a correlation of ~0.45 with the
+    trend). Who the peers are shows in trading activity: a group's news days lift every
+    member's volume (`volume_shock`, the sd of the group's daily log-volume shock, against 0.3
+    of its own), which carries no return signal. A model that finds the peers whose volume moves
+    with its own can average their noise away (~0.8 with the group known exactly)."""
     rng = np.random.default_rng(seed)
     n, d = tickers, days
     group = np.arange(n) % max(1, n // GROUP_SIZE)  # (n,) hidden membership
@@ -123,7 +127,8 @@ def group_market(tickers: int, days: int, seed: int = 0, strength: float = STREN
     open_ = prev * np.exp(rng.normal(0.0, 0.003, (n, d)))
     high = np.maximum(open_, close) * np.exp(np.abs(rng.normal(0.0, 0.006, (n, d))))
     low = np.minimum(open_, close) * np.exp(-np.abs(rng.normal(0.0, 0.006, (n, d))))
-    volume = np.round(1e6 * np.exp(rng.normal(0.0, 0.4, (n, 1)) + rng.normal(0.0, 0.3, (n, d))))
+    news = rng.normal(0.0, volume_shock, (group.max() + 1, d))  # (G, d): a group's log-volume shocks
+    volume = np.round(1e6 * np.exp(rng.normal(0.0, 0.4, (n, 1)) + news[group] + rng.normal(0.0, 0.3, (n, d))))
     dates = pd.bdate_range("2013-01-02", periods=d)
     index = pd.MultiIndex.from_product([[f"S{i:03d}" for i in range(n)], dates], names=["ticker", "date"])
     bars = pd.DataFrame(
@@ -141,9 +146,10 @@ MARKETS = {
                "a common market factor (~70% of raw-return variance), ticker betas and volatilities, and a planted "
                "score (20-day trend t-statistic x relative volatility, non-linear) lifting the next day's return"),
     "group": (group_market, GROUP_STRENGTH,
-              f"hidden groups of {GROUP_SIZE} tickers sharing a group factor, a market factor, idiosyncratic noise "
-              "as large as the group factor, and a planted score, the group's 20-day trend, lifting every "
-              "member's next-day return: a ticker's own window shows it only through its own noise"),
+              f"hidden groups of {GROUP_SIZE} tickers sharing a group factor and the group's volume shocks, a market "
+              "factor, idiosyncratic noise twice the group factor's, and a planted score, the group's 20-day "
+              "trend, lifting every member's next-day return: a ticker's own window shows it only through its "
+              "own noise, its peers are the tickers whose volume moves with its own"),
 }  # fmt: skip
 
 

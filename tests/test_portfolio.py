@@ -163,8 +163,39 @@ def test_beta_alpha_and_the_topk_book_against_the_universe():
     assert paid["topk_excess_ann_net"] < free["topk_excess_ann_net"] and paid["topk_turnover"] == free["topk_turnover"]
     daily = daily_portfolio(fwd.dropna(), close, 5, 1, 0.0)
     np.testing.assert_allclose(portfolio_metrics(daily.assign(net=2 * daily["universe"]))["ls_beta"], 2.0, rtol=1e-9)
-    import empyrical
 
+
+def test_the_topk_book_beta_and_alpha_equal_a_direct_computation():
+    """The topk book (held names from _topk_direct, equal weights, next-day returns, costs on the
+    weight traded against yesterday's drifted book), its excess over the equal-weighted universe,
+    and the long-short book's beta and alpha (covariance over variance; the mean daily residual
+    compounded over 252 days), written out with pandas, within 1e-9."""
+    pred, close = _panel(n_tickers=40, n_days=90)
+    cost = 10.0
+    daily = daily_portfolio(pred, close, 5, 1, cost, topk=6, n_drop=2)
+    holdings, tickers = _topk_direct(pred, 6, 2), list(close.columns)
+    rows, prev = [], pd.Series(0.0, index=tickers)
+    for d, names in holdings.items():
+        k = close.index.get_loc(d)
+        ret = (close.iloc[k + 1] / close.iloc[k] - 1.0).fillna(0.0)
+        book = pd.Series(0.0, index=tickers)
+        book[names] = 1.0 / len(names)
+        traded = float((book - prev).abs().sum())
+        gross = float((book * ret).sum())
+        scored = pred.loc[pred["date"] == d, "ticker"]
+        universe = float(ret[scored].mean())
+        rows.append((d, gross - traded * cost / 1e4, traded, universe))
+        prev = book * (1 + ret) / (1 + gross)
+    expected = pd.DataFrame(rows, columns=["date", "net", "turnover", "universe"]).set_index("date")
+    np.testing.assert_allclose(daily["topk_net"].to_numpy(), expected["net"].to_numpy(), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(daily["topk_turnover"].to_numpy(), expected["turnover"].to_numpy(), rtol=0, atol=1e-9)
+    excess = expected["net"] - expected["universe"]
+    np.testing.assert_allclose(daily["topk_excess_net"].to_numpy(), excess.to_numpy(), rtol=0, atol=1e-9)
     m = portfolio_metrics(daily)
-    assert m["ls_beta"] == pytest.approx(empyrical.beta(daily["net"], daily["universe"]))
-    assert m["ls_alpha_ann"] == pytest.approx(empyrical.alpha(daily["net"], daily["universe"]))
+    assert m["topk_ir"] == pytest.approx(excess.mean() / excess.std(ddof=1) * np.sqrt(252), abs=1e-9)
+    assert m["topk_excess_ann_net"] == pytest.approx((1 + excess).prod() ** (252 / len(excess)) - 1, abs=1e-9)
+    assert m["topk_turnover"] == pytest.approx(expected["turnover"].mean(), abs=1e-12)
+    ls, u = daily["net"], expected["universe"]
+    beta = ((ls - ls.mean()) * (u - u.mean())).mean() / ((u - u.mean()) ** 2).mean()
+    assert m["ls_beta"] == pytest.approx(beta, abs=1e-9)
+    assert m["ls_alpha_ann"] == pytest.approx((1 + (ls - beta * u).mean()) ** 252 - 1, abs=1e-9)

@@ -99,8 +99,9 @@ def planted_market(tickers: int, days: int, seed: int = 0, strength: float = STR
 GROUP_SIZE = 10  # tickers per hidden group of the group market
 
 
-def group_market(tickers: int, days: int, seed: int = 0, strength: float = STRENGTH, noise: float = 2.0,
-                 volume_shock: float = 0.5) -> Planted:
+def group_market(
+    tickers: int, days: int, seed: int = 0, strength: float = STRENGTH, noise: float = 2.0, volume_shock: float = 0.5
+) -> Planted:
     """A market a per-ticker model can only half see: hidden groups of GROUP_SIZE tickers share
     a group factor, and the planted score is the group's 20-day trend (the sum of its factor's
     last 20 returns, squashed), lifting every member's next-day return. A ticker's own window

@@ -29,6 +29,8 @@ def test_mlproject_params_are_dataclass_fields_with_the_same_default(entry):
         assert name in types, f"{entry}: MLproject parameter '{name}' is not a {cls.__name__} field"
         if "default" in param:
             assert convert(param["default"], types[name], name) == defaults[name], (entry, name)
+        numeric = types[name] in (int, float)
+        assert param.get("type", "string") == ("float" if numeric else "string"), (entry, name, param)
         assert f"--{name} {{{name}}}" in spec["command"], f"{entry}: '{name}' is declared but not passed"
 
 

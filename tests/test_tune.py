@@ -473,3 +473,38 @@ def test_the_study_saves_a_ui_view_of_its_trials_with_their_key_metrics(tracking
     assert [k for k in tags if k.startswith("mlflow.sharedViewState.")] == [key]
     again = json.loads(tags[key])
     assert again["createdAt"] == envelope["createdAt"] and again["updatedAt"] >= envelope["updatedAt"]
+
+
+def test_a_timeout_starts_no_trial_after_its_deadline(tracking, csv_dir, tmp_path):
+    """timeout: a deadline that passed before the first trial leaves the study with none, a
+    one-line error, not 50 trials."""
+    with pytest.raises(StockLabError, match="no trial completed .*none ran"):
+        run_tune(_study(csv_dir, tmp_path, n_trials=50, timeout=1e-3, register=False))
+    study = optuna.load_study(study_name="linear-csvs", storage=make_storage(str(tmp_path / "j.log")))
+    assert not study.trials
+
+
+def test_hyperband_prunes_a_trial_on_its_epoch_reports(tracking, csv_dir, tmp_path):
+    """pruner=hyperband: Optuna's HyperbandPruner over the epochs (1 to `epochs`) stops the
+    second trial, worse after its first epoch than the first trial was."""
+    from stocklab.study.storage import make_pruner
+
+    pruner = make_pruner("hyperband", 2)
+    assert isinstance(pruner, optuna.pruners.HyperbandPruner)
+    assert (pruner._min_resource, pruner._max_resource) == (1, 2)
+    run_tune(_study(csv_dir, tmp_path, n_trials=2, epochs=2, patience=2, pruner="hyperband", tear_sheet=False,
+                    register=False))  # fmt: skip
+    study = optuna.load_study(study_name="linear-csvs", storage=make_storage(str(tmp_path / "j.log")))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"]
+    assert sorted(study.trials[1].intermediate_values) == [1]
+
+
+def test_trial_artifacts_all_logs_every_trials_model_not_only_the_best(tracking, csv_dir, tmp_path):
+    run_tune(_study(csv_dir, tmp_path, n_trials=2, trial_artifacts="all", tear_sheet=False, register=False))
+    study = optuna.load_study(study_name="linear-csvs", storage=make_storage(str(tmp_path / "j.log")))
+    client = mlflow.MlflowClient()
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    for t in study.trials:  # the best and the other: the full run's importance and book plot
+        run_id = t.user_attrs["mlflow_run_id"]
+        paths = {a.path for folder in (None, "plots") for a in client.list_artifacts(run_id, folder)}
+        assert {"model_bundle", "feature_importance.csv", "plots/portfolio.png"} <= paths, (t.number, paths)

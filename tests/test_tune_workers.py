@@ -273,6 +273,20 @@ def test_input_cache_prepares_once_per_data_recipe(csv_dir):
     assert cache.loads == 2
 
 
+def test_input_cache_keeps_at_most_max_entries_least_recently_used_out(csv_dir):
+    cache = InputCache(max_entries=2)
+    cfg = TrainConfig(data=str(csv_dir), features="returns", horizon=1, seq_len=5, device="cpu", cache_dir="")
+    recipes = [TrainConfig(**{**cfg.__dict__, "seq_len": k}) for k in (5, 6, 7)]
+    first = cache.inputs(recipes[0])
+    cache.inputs(recipes[1])
+    cache.inputs(recipes[0])  # used again: now the most recent
+    cache.inputs(recipes[2])  # a third recipe: the least recently used (6) goes
+    assert cache.loads == 3 and cache.inputs(recipes[0]) is first and cache.loads == 3
+    cache.inputs(recipes[1])
+    assert cache.loads == 4  # 6 was evicted, so it is loaded again
+    assert len(cache._inputs) == 2
+
+
 def _wait_for(predicate, timeout: float, what: str, poll: float = 0.5):
     end = time.monotonic() + timeout
     while time.monotonic() < end:

@@ -248,6 +248,11 @@ def test_train_run_logs_factor_metrics_and_tear_sheet_then_evaluate(tracking, cs
     assert run.data.tags["stocklab.source_run_id"] == res["run_id"]
     assert run.data.metrics["test_mse"] == pytest.approx(m["test_mse"], rel=1e-5)
     assert run.data.metrics["test_ic"] == pytest.approx(m["test_ic"], rel=1e-4, abs=1e-6)
+    # any model URI scores the same (evaluate -P model_uri=), traced back to the training run
+    by_uri = run_evaluate(EvaluateConfig(model_uri=f"runs:/{res['run_id']}/model", tear_sheet=False, cache_dir=""))
+    uri_run = client.get_run(by_uri["run_id"])
+    assert uri_run.data.tags["stocklab.source_run_id"] == res["run_id"]
+    assert uri_run.data.metrics["test_mse"] == run.data.metrics["test_mse"]
     ev_valid = run_evaluate(EvaluateConfig(run_id=res["run_id"], split="valid", cache_dir=""))
     valid_run = client.get_run(ev_valid["run_id"])
     assert {"valid_mse", "valid_rank_ic", "valid_ls_sharpe_net"} <= set(valid_run.data.metrics)

@@ -233,3 +233,23 @@ def test_classifier_cuts_are_the_training_targets_terciles_whatever_the_later_la
     p.y[:, first_valid - 5 :] *= 10.0  # labels that reach into validation and beyond
     again = WindowSet(p, 10, 5, FR, "standard")
     torch.testing.assert_close(again.class_cuts, ws.class_cuts)
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_seq2seq_step_targets_of_a_training_window_stay_in_training(bars, stride):
+    """Per-step targets (losses.step_mse: the label of every day in the window) of a training
+    window are labels that end by the training span's last label: multiplying every label that
+    reaches into validation and beyond by 10 leaves every training window's step targets as
+    they were, while the validation windows' do change."""
+    p = build_panel(long_bars(bars), "returns", horizon=5, label_scale=1.0)
+    ws = WindowSet(p, 10, 5, FR, "standard", stride=stride)
+    n, t = ws.index["train"]
+    before, ok = ws.label_steps(n, t)
+    assert ok.sum() > 0.9 * ok.numel()  # most steps have a target: the check is not vacuous
+    first_valid = int(ws.index["valid"][1].min())
+    p.y[:, first_valid - 5 :] *= 10.0
+    again = WindowSet(p, 10, 5, FR, "standard", stride=stride)
+    after, _ = again.label_steps(n, t)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    nv, tv = ws.index["valid"]
+    assert not torch.equal(again.label_steps(nv, tv)[0], ws.label_steps(nv, tv)[0])

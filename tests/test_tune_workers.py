@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -197,9 +198,11 @@ def test_a_dead_workers_trial_does_not_hold_back_the_best_trials_evaluation(tmp_
     trial.set_user_attr("worker", "another-host:7")
     study._storage.record_heartbeat(trial._trial_id)
     assert trials_of_other_workers(study) == [trial.number]  # beating: a live worker's trial
-    # past the grace period (2 heartbeats): SQLite stores CURRENT_TIMESTAMP in whole seconds and
-    # Optuna needs now - heartbeat > grace, so 2.5 s passed only when the beat fell late in its second
-    time.sleep(2 + 1 + 0.5)
+    # the worker stopped beating a minute ago (well past the grace period of 2 heartbeats):
+    # backdated in the store rather than slept for, SQLite's timestamps having whole seconds
+    with sqlite3.connect(tmp_path / "s.db") as con:
+        con.execute("UPDATE trial_heartbeats SET heartbeat = datetime(heartbeat, '-60 seconds')")
+    con.close()
     assert trials_of_other_workers(study) == []
     assert study.get_trials(deepcopy=False)[trial.number].state == TrialState.FAIL
 

@@ -19,9 +19,9 @@ volatile names and revert in quiet ones). It is known at day t's close and lifts
 day's return; at the default strength its rank IC with the 20-day forward return is ~0.10.
 
 `-P market=group` (`group_market`) is the test of the cross-stock model: hidden groups of 10
-tickers share a factor, and the planted score is the group's 20-day trend; a per-ticker model
-sees it only through its own noisy path, a model that pools its peers can do better
-(reports/recovery_group.md).
+tickers share a factor and its volume shocks, and the planted score is the group's 20-day
+trend; a per-ticker model sees it only through its own noisy path, a model that finds its peers
+by what moved with it and pools them can do better (reports/recovery_group.md).
 """
 
 from __future__ import annotations

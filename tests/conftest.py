@@ -13,9 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import pytest
+# pytest-xdist runs the suite in worker processes, one per core: one intra-op thread each (and
+# for every job a test starts), or the workers' OpenMP pools oversubscribe the cores. Set before
+# numpy and torch size their pools.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))

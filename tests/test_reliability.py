@@ -452,7 +452,7 @@ def test_a_damaged_journal_is_repaired_on_resume_and_its_trials_kept(tmp_path, t
     journal = tmp_path / "j.log"
     argv = ["tune", "--data", str(data), "--model", "linear", "--n_trials", "1", "--epochs", "1", "--horizon", "5",
             "--seq_len", "5", "--storage", str(journal), "--study_name", "s", "--register", "false",
-            "--cache_dir", ""]  # fmt: skip
+            "--cache_dir", "", "--tear_sheet", "false", "--importance", "false"]  # fmt: skip
     assert main(argv) == 0
     lines = journal.read_bytes().count(b"\n")
     with open(journal, "ab") as f:

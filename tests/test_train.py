@@ -79,11 +79,12 @@ def test_same_seed_same_numbers(tracking, csv_dir):
 def test_sample_data_default_features(tracking):
     """The close-only sample trains under the default recipe: the close relative to the window's
     last close; the raw recipe's `auto` is its returns."""
-    res = run_train(TrainConfig(epochs=1, max_tickers=6, seq_len=5, horizon=5))
+    quick = dict(tear_sheet=False, importance=False)
+    res = run_train(TrainConfig(epochs=1, max_tickers=6, seq_len=5, horizon=5, **quick))
     p = mlflow.get_run(res["run_id"]).data.params
     assert p["features_resolved"] == "relative" and p["data_tickers"] == "6" and p["data_tickers_in_source"] == "20"
     assert math.isfinite(res["test_rank_ic"])
-    raw = run_train(TrainConfig(epochs=1, max_tickers=3, seq_len=5, horizon=5).with_recipe("raw"))
+    raw = run_train(TrainConfig(epochs=1, max_tickers=3, seq_len=5, horizon=5, **quick).with_recipe("raw"))
     assert mlflow.get_run(raw["run_id"]).data.params["features_resolved"] == "returns"
 
 

@@ -78,23 +78,31 @@ def traded(weights: pd.DataFrame, r: pd.DataFrame) -> pd.Series:
 
 def topk_dropout(pred: pd.DataFrame, topk: int, n_drop: int) -> pd.DataFrame:
     """Qlib's TopkDropout holdings as equal weights (dates x tickers), module docstring."""
-    rows, held = {}, []
-    for date, day in pred[["date", "ticker", "prediction"]].dropna().groupby("date", sort=True):
-        scores = day.set_index("ticker")["prediction"]
-        k = min(topk, max(1, len(scores) // 5))
-        ranked = scores.sort_values(ascending=False, kind="stable").index.tolist()
-        held = [t for t in held if t in scores.index]  # a name without a prediction is sold
+    df = pred[["date", "ticker", "prediction"]].dropna()
+    dates, day = np.unique(df["date"].to_numpy(), return_inverse=True)
+    tickers, name = np.unique(df["ticker"].to_numpy(), return_inverse=True)
+    # rows by day, best prediction first, ties in their given order (lexsort is stable): the
+    # pandas groupby and sort per day this replaces took 6 of 8 s on 1,600 days of 6 tickers
+    order = np.lexsort((-df["prediction"].to_numpy(), day))
+    start = np.searchsorted(day[order], np.arange(len(dates) + 1))
+    weights = np.zeros((len(dates), len(tickers)))
+    held: list[int] = []
+    for d in range(len(dates)):
+        ranked = name[order[start[d] : start[d + 1]]].tolist()  # ticker indices, best first
+        k = min(topk, max(1, len(ranked) // 5))
+        rank = {t: i for i, t in enumerate(ranked)}
+        held = [t for t in held if t in rank]  # a name without a prediction is sold
         if not held:
             held = ranked[:k]
         else:
-            rank = {t: i for i, t in enumerate(ranked)}
-            new = [t for t in ranked if t not in set(held)][: n_drop + max(0, k - len(held))]
+            holding = set(held)
+            new = [t for t in ranked if t not in holding][: n_drop + max(0, k - len(held))]
             combined = sorted(held + new, key=rank.__getitem__)
-            sell = set(held) & set(combined[-n_drop:]) if n_drop else set()
+            sell = holding & set(combined[-n_drop:]) if n_drop else set()
             keep = [t for t in held if t not in sell]
             held = keep + new[: max(0, k - len(keep))]
-        rows[date] = pd.Series(1.0 / len(held), index=held)
-    return pd.DataFrame(rows).T.fillna(0.0)
+        weights[d, held] = 1.0 / len(held)
+    return pd.DataFrame(weights, index=pd.Index(dates), columns=tickers)
 
 
 def daily_portfolio(

@@ -114,7 +114,7 @@ def test_naive_zero_is_the_zero_forecast_and_mean_fits_the_train_average(planted
 
 # the fast tier round-trips one model of each kind (output RETURN, STEPS, CLASSES; a baseline
 # with and one without parameters); the full suite every model
-ROUND_TRIP_FAST = {"lstm", "seq2seq", "cnn_ta", "linear", "factor"}
+ROUND_TRIP_FAST = {"lstm", "seq2seq", "linear", "factor"}  # cnn_ta builds 225 indicators: slow tier
 
 
 @pytest.mark.parametrize(

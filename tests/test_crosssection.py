@@ -306,7 +306,7 @@ TRAINED = [
 
 @pytest.mark.parametrize("name", TRAINED)
 def test_every_rankable_model_trains_with_a_daily_loss(name):
-    """Any trained model with a return forecast takes a loss over dates (the losses themselves:
+    """Any trained model with a return forecast takes a loss over dates, and trains on it (the losses themselves:
     test_daily_losses_match...; cnn_ta's classes cannot: test_bad_recipe_combinations...;
     naive and factor train nothing)."""
     p = _panel(n_tickers=6, n_days=120)
@@ -319,3 +319,9 @@ def test_every_rankable_model_trains_with_a_daily_loss(name):
     hist = fit(model, ws, dataclasses.replace(cfg, loss="rank").validate())
     assert np.isfinite(hist.train_loss[0]) and np.isfinite(hist.valid_loss[0])
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # it trained
+    # on the rank loss: the same start and the same daily batches under MSE end elsewhere
+    set_seed(0)
+    by_mse = build_model(name, ws.n_features, cfg.seq_len, mcfg)
+    assert all(torch.equal(a, b) for a, b in zip(before, by_mse.parameters()))
+    fit(by_mse, ws, dataclasses.replace(cfg, loss="mse").validate())
+    assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), by_mse.parameters()))

@@ -182,32 +182,57 @@ def test_predict_on_a_subset_keeps_each_tickers_training_identity(tracking, tmp_
     )
 
 
-def test_presets_apply_underneath_explicit_values():
+# (argv, expected TrainConfig values, expected model hyper-parameters or None: not checked)
+PRESET_CASES = {
+    "explicit values apply over the preset's": (
+        ["--preset", "seed000-deep", "--epochs", "3", "--dropout", "0.2"],
+        {"model": "cnn2d", "seq_len": 96, "batch_size": 64, "lr": 1e-5, "features": "ohlcv", "epochs": 3},
+        {"variant": "deep", "dropout": 0.2},
+    ),
+    "an explicit value equal to the default still wins": (
+        ["--preset", "seed000-deep", "--lr", "0.001", "--batch_size", "256"],
+        {"lr": 1e-3, "batch_size": 256},
+        None,
+    ),
+    "a preset sets the label scale": (["--preset", "seed000-deep-scale10"], {"label_scale": 10.0}, None),
+    "a monthly preset sets strides and horizon": (
+        ["--preset", "seed004-cnn1d"],
+        {"model": "cnn1d", "window_stride": 21, "return_period": 21, "seq_len": 12, "horizon": 21},
+        None,
+    ),
+    "another model drops the preset's model hyper-parameters": (
+        ["--preset", "seed000-deep", "--model", "lstm"],
+        {"model": "lstm", "seq_len": 96},
+        {},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(PRESET_CASES))
+def test_presets_apply_underneath_explicit_values(case):
+    from stocklab.cli import parse_model_job
+
+    argv, values, model_args = PRESET_CASES[case]
+    cfg, margs, explicit = parse_model_job("train", argv)
+    assert {k: getattr(cfg, k) for k in values} == values
+    if model_args is not None:
+        assert margs == model_args
+    assert explicit == {a[2:] for a in argv if a.startswith("--")}
+
+
+def test_every_preset_names_a_real_model_with_valid_values_and_an_unknown_one_is_an_error():
     from stocklab.cli import parse_model_job
     from stocklab.presets import PRESETS
 
-    cfg, model_args, explicit = parse_model_job(
-        "train", ["--preset", "seed000-deep", "--epochs", "3", "--dropout", "0.2"]
-    )
-    assert (cfg.model, cfg.seq_len, cfg.batch_size, cfg.lr, cfg.features) == ("cnn2d", 96, 64, 1e-5, "ohlcv")
-    assert cfg.epochs == 3 and model_args == {"variant": "deep", "dropout": 0.2}
-    assert explicit == {"preset", "epochs", "dropout"}
-    # an explicit value equal to the built-in default still wins over the preset
-    cfg, _, _ = parse_model_job("train", ["--preset", "seed000-deep", "--lr", "0.001", "--batch_size", "256"])
-    assert (cfg.lr, cfg.batch_size) == (1e-3, 256)
-    cfg, _, _ = parse_model_job("train", ["--preset", "seed000-deep-scale10"])
-    assert cfg.label_scale == 10.0
-    cfg, margs, _ = parse_model_job("train", ["--preset", "seed004-cnn1d"])
-    assert (cfg.model, cfg.window_stride, cfg.return_period, cfg.seq_len, cfg.horizon) == ("cnn1d", 21, 21, 12, 21)
-    # another model than the preset's: the preset's model hyper-parameters do not apply
-    cfg, margs, _ = parse_model_job("train", ["--preset", "seed000-deep", "--model", "lstm"])
-    assert cfg.model == "lstm" and margs == {} and cfg.seq_len == 96
-    for name in PRESETS:  # every preset names a real model with valid values
-        cfg, margs, _ = parse_model_job("train", ["--preset", name])
+    for name in PRESETS:
+        cfg, _, _ = parse_model_job("train", ["--preset", name])
         cfg.validate()
     with pytest.raises(ValueError, match="preset: unknown preset 'x'"):
         parse_model_job("train", ["--preset", "x"])
-    # tune takes every train parameter, presets included
+
+
+def test_tune_takes_every_train_parameter_presets_included():
+    from stocklab.cli import parse_model_job
     from stocklab.config import TuneConfig
 
     tcfg, _, _ = parse_model_job(

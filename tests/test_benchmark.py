@@ -96,7 +96,7 @@ def test_models_suite_runs_every_entry_is_resumable_and_writes_the_report(tmp_pa
     report = tmp_path / "rep" / "models.md"
     entries = "preset:seed002-lstm,linear:raw,factor:reversal_1m"  # a preset, a baseline, a factor
     cfg = BenchmarkConfig(suite="models", data=str(data), models=entries, seeds=2, folds=2, epochs=1,
-                          split="0.5,0.2,0.3", train_every=2, report=str(report))  # fmt: skip
+                          split="0.5,0.2,0.3", train_every=2, report=str(report), horizons="20")  # fmt: skip
     # the first session is interrupted (Ctrl-C) in its fourth fit: linear:raw seed 1
     real, calls = models_suite.train_in_run, []
 
@@ -164,3 +164,12 @@ def test_a_benchmark_without_its_data_says_where_it_looked(tmp_path, monkeypatch
     with pytest.raises(StockLabError, match=rf"looked for '{tmp_path.parent}/shared/data/sp500_5yr'.*-P data=<folder>"):
         BenchmarkConfig(suite="models").validate()
     BenchmarkConfig(suite="recovery").validate()  # a planted market needs no data
+
+
+@pytest.mark.parametrize("text", ["", "20,x", "20,20", "0"])
+def test_horizons_are_days_each_once_and_each_has_its_report(text, tmp_path):
+    with pytest.raises(StockLabError, match="horizons: .* must be label horizons in days, each once"):
+        BenchmarkConfig(suite="models", data=str(tmp_path), horizons=text).validate()
+    suite = BenchmarkConfig(suite="models", data=str(tmp_path), horizons="20,5", report="out/m.md").section()
+    assert suite.horizon_list() == [20, 5]
+    assert (suite.report_for(20), suite.report_for(5)) == ("out/m.md", "out/m_h5.md")

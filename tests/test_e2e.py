@@ -144,8 +144,8 @@ def test_experiment_chosen_by_the_user_is_used_as_is(csv_dir, tracking, monkeypa
 
 @pytest.mark.e2e
 def test_mlflow_run_benchmark_models_suite_end_to_end(tmp_path, csv_dir, tracking):
-    """`-e benchmark -P suite=models` with walk-forward folds, through MLflow Projects (the
-    suite's own parameters pass through MLproject as `--name value`)."""
+    """`-e benchmark -P suite=models` with walk-forward folds at its default horizons, through
+    MLflow Projects (the suite's own parameters pass through MLproject as `--name value`)."""
     report = tmp_path / "out" / "models.md"
     params = {"suite": "models", "data": csv_dir, "models": "naive:zero,factor:reversal_1m", "folds": 2,
               "model_tickers": 0, "report": report, "tear_sheet": "false"}  # fmt: skip
@@ -153,10 +153,19 @@ def test_mlflow_run_benchmark_models_suite_end_to_end(tmp_path, csv_dir, trackin
     assert r.returncode == 0, r.stderr[-3000:]
     runs = job_runs()
     children = runs[runs["tags.stocklab.role"] == "benchmark"]
-    assert sorted(children["tags.stocklab.benchmark_entry"]) == ["factor:reversal_1m", "naive:zero"]
+    # every entry at each default horizon (20 and 5 days), one report each
+    fits = sorted(zip(children["tags.stocklab.benchmark_entry"], children["params.horizon"]))
+    assert fits == [
+        ("factor:reversal_1m", "20"),
+        ("factor:reversal_1m", "5"),
+        ("naive:zero", "20"),
+        ("naive:zero", "5"),
+    ]
     assert (children["params.folds"] == "2").all() and (children["status"] == "FINISHED").all()
-    text = report.read_text()
-    assert "| factor:reversal_1m |" in text and "-P models=naive:zero,factor:reversal_1m" in text
+    for path, horizon in ((report, 20), (report.with_name("models_h5.md"), 5)):
+        text = path.read_text()
+        assert "| factor:reversal_1m |" in text and "-P models=naive:zero,factor:reversal_1m" in text
+        assert f"label horizon {horizon} days" in text and f"at the {horizon}-day horizon" in text
 
 
 REMOTE = "https://example.invalid/stocklab.git"  # never fetched: git rewrites it to the bare repo

@@ -25,7 +25,7 @@ from stocklab.fields import (  # noqa: F401 - re-exported: the jobs' configs and
 )
 from stocklab.losses import DAILY_LOSSES, LOSSES
 from stocklab.scalers import SCALERS
-from stocklab.sections import SUITES, BookOptions, FitOptions  # noqa: F401 - re-exported: the sections of TrainConfig
+from stocklab.sections import SUITES, BookOptions, FitOptions, parse_horizons  # noqa: F401 - re-exported: the sections of TrainConfig
 
 __all__ = ["StockLabError"]  # re-exported: config users need not import errors too
 
@@ -357,6 +357,10 @@ class BenchmarkConfig:
     folds: int = opt(3, "models: walk-forward folds", ge=1)
     walk: str = opt("expanding", "models: walk-forward training span", WALKS)
     split: str = opt("0.45,0.15,0.4", "models: initial train,valid fractions and the out-of-sample fraction")
+    horizons: str = opt(
+        "20,5", "models: label horizons in days, every entry at each; the first's report is `report`, "
+        "another's <report>_h<h>.md (a preset keeps its own, at the first)"
+    )  # fmt: skip
     report: str = opt("", "models, recovery: the report, its plots beside it (default reports/<suite>.md)")
     tear_sheet: bool = opt(False, "models: log each fit's model, plots and alphalens tear sheet (slower)")
     # suite=models: how every trained entry is fitted
@@ -392,6 +396,7 @@ class BenchmarkConfig:
                 f"{self.suite} benchmark reads daily bars of many stocks, e.g. one CSV per ticker of the S&P 500 "
                 "5-year set (date, open, high, low, close, volume, Name): pass -P data=<folder>"
             )
+        parse_horizons(self.horizons)
         unknown = [r for r in self.recipe_names() if r not in RECIPES]
         if unknown or not self.recipe_names():
             raise StockLabError(f"recipes: {self.recipes!r} must name recipes among {', '.join(RECIPES)}")

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+
+from stocklab.errors import StockLabError
 
 
 def _section(cls, cfg):
@@ -112,6 +115,7 @@ class ModelsSuite:
     folds: int
     walk: str
     split: str
+    horizons: str
     recipes: str
     train_every: int
     patience: int
@@ -128,6 +132,27 @@ class ModelsSuite:
 
     def recipe_names(self) -> list[str]:
         return [r.strip() for r in self.recipes.split(",") if r.strip()]
+
+    def horizon_list(self) -> list[int]:
+        return parse_horizons(self.horizons)
+
+    def report_for(self, horizon: int) -> str:
+        """The first horizon's report is `report`; another's is <report>_h<horizon>.md."""
+        if horizon == self.horizon_list()[0]:
+            return self.report
+        path = Path(self.report)
+        return str(path.with_name(f"{path.stem}_h{horizon}{path.suffix}"))
+
+
+def parse_horizons(text: str) -> list[int]:
+    """'20,5' -> [20, 5]: label horizons in trading days, each once."""
+    try:
+        values = [int(h) for h in text.split(",") if h.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1 or len(set(values)) != len(values):
+        raise StockLabError(f"horizons: {text!r} must be label horizons in days, each once (e.g. 20,5)")
+    return values
 
 
 @dataclass(frozen=True)

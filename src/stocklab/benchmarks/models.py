@@ -232,12 +232,15 @@ def run_models_suite(cfg: ModelsSuite) -> dict:
                        patience=cfg.patience)  # fmt: skip
     base.validate()
     t0 = time.perf_counter()
-    jobs = [(e, seed) for e in entries for seed in range(1 if e.deterministic else cfg.seeds)]
+    horizons = cfg.horizon_list()
+    # every entry at every horizon; a preset that fixes its own horizon runs once, at the first
+    jobs = [(h, e, seed) for h in horizons for e in entries if h == horizons[0] or "horizon" not in e.values
+            for seed in range(1 if e.deterministic else cfg.seeds)]  # fmt: skip
     experiment = cfg.experiment or "stocklab-benchmark-models"
     key = benchmark_key(cfg)
     earlier = _earlier_parent(key, experiment) if cfg.resume else None
     cache = InputCache()  # seeds and recipes of one model share the loaded panel and folds
-    records: list[model_report.RunRecord] = []
+    records: dict[int, list[model_report.RunRecord]] = {h: [] for h in horizons}  # per horizon: one report each
     with job_run(experiment, bool(cfg.experiment), run_name="benchmark models", run_id=earlier) as parent:
         mlflow.set_tag(KEY_TAG, key)
         log_params_once({f"benchmark_{k}": v for k, v in asdict(cfg).items() if k not in ("output",)})
@@ -246,22 +249,21 @@ def run_models_suite(cfg: ModelsSuite) -> dict:
         sessions = _history(client, parent.info.run_id, "session_wall_time_s")
         reused = 0
         try:
-            for entry, seed in tqdm(jobs, desc="benchmark models", unit="fit"):
+            for horizon, entry, seed in tqdm(jobs, desc="benchmark models", unit="fit"):
                 epochs = min(int(entry.values.get("epochs", cfg.epochs)), cfg.epochs)
-                tcfg = with_values(base, {**entry.values, "seed": seed, "epochs": epochs})
+                tcfg = with_values(base, {"horizon": horizon, **entry.values, "seed": seed, "epochs": epochs})
                 fkey = fit_key(tcfg, entry.overrides)
                 run = done.get(fkey)
                 reused += run is not None
                 run = run or _fit(entry, seed, tcfg, fkey, parent, cfg, cache)
+                recs = records[horizon]
                 if isinstance(run, str):
-                    records.append(model_report.RunRecord(entry.name, entry.kind, seed, "", {}, error=run))
+                    recs.append(model_report.RunRecord(entry.name, entry.kind, seed, "", {}, error=run))
                     continue
-                records.append(
-                    _record(run, entry.name, entry.kind, seed, {"horizon": tcfg.horizon, "epoch_cap": epochs})
-                )
-                members = [r for r in records if r.entry == entry.name and not r.error]
+                recs.append(_record(run, entry.name, entry.kind, seed, {"horizon": tcfg.horizon, "epoch_cap": epochs}))
+                members = [r for r in recs if r.entry == entry.name and not r.error]
                 if seed == cfg.seeds - 1 and len(members) == cfg.seeds > 1:  # the entry's last seed
-                    records.append(_ensemble(members, tcfg, cache, parent, done))
+                    recs.append(_ensemble(members, tcfg, cache, parent, done))
         finally:  # an interrupted session's time counts too: the report adds up every session
             sessions.append(time.perf_counter() - t0)
             # by id: when a fit is interrupted its nested run, not the parent, is the active one
@@ -270,10 +272,11 @@ def run_models_suite(cfg: ModelsSuite) -> dict:
         mlflow.log_metric("fits_reused", reused)
         started = datetime.datetime.fromtimestamp(parent.info.start_time / 1000, datetime.timezone.utc)
         resumed = Resumed(sessions=sessions, reused=reused, fits=len(jobs))
-        out = write_models_report(cfg, records, device, started, resumed)
-        for path in (out["report"], *out["plots"]):  # the report and its plots, not their folder
-            mlflow.log_artifact(str(path), "report")
-    return out
+        outs = [write_models_report(cfg, records[h], device, started, resumed, h) for h in horizons]
+        for out in outs:
+            for path in (out["report"], *out["plots"]):  # the reports and their plots, not their folder
+                mlflow.log_artifact(str(path), "report")
+    return {**outs[0], "reports": {h: out["report"] for h, out in zip(horizons, outs)}}
 
 
 @dataclass
@@ -339,9 +342,10 @@ def _long_short_curves(cfg: ModelsSuite, table: pd.DataFrame, records, horizons:
     return curves
 
 
-def write_models_report(cfg: ModelsSuite, records, device, started, resumed: Resumed) -> dict:
-    """reports/models.md + models_rank_ic.png + models_long_short.png from the runs' records."""
-    path = Path(cfg.report)
+def write_models_report(cfg: ModelsSuite, records, device, started, resumed: Resumed, horizon: int) -> dict:
+    """reports/models.md + models_rank_ic.png + models_long_short.png from the runs' records at
+    one label horizon (another horizon's report: models_h<h>.md and its plots)."""
+    path = Path(cfg.report_for(horizon))
     path.parent.mkdir(parents=True, exist_ok=True)
     table = model_report.summary_table(records)
     horizons = {r.entry: r.metrics.get("horizon") for r in records if r.metrics}
@@ -363,7 +367,8 @@ def write_models_report(cfg: ModelsSuite, records, device, started, resumed: Res
         f"Date: {started:%Y-%m-%d %H:%M} UTC; {resumed.describe()}  ",
         f"Machine: {machine(device)}  ",
         f"Data: `{cfg.data}`, {f'first {cfg.model_tickers}' if cfg.model_tickers else 'all'} tickers; split "
-        f"{cfg.split} (initial train, valid, out-of-sample), {cfg.folds} {cfg.walk} walk-forward folds over the "
+        f"{cfg.split} (initial train, valid, out-of-sample); label horizon {horizon} days (this run's horizons: "
+        f"{cfg.horizons}, one report each); {cfg.folds} {cfg.walk} walk-forward folds over the "
         "out-of-sample span with the horizon embargo, a refit and a train-only scaler per fold; every "
         f"{cfg.train_every}th end day enters training (every day is scored); at most {cfg.epochs} epochs per "
         f"fit (presets' own counts capped to it), early stopping after {cfg.patience} epochs without a better "

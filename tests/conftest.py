@@ -100,10 +100,17 @@ def assert_metrics_say_their_split(run) -> None:
     assert run.data.metrics and not unnamed, f"{run.info.run_name}: {unnamed}"
 
 
+# the longest files first: each goes whole to one worker (`--dist loadfile`), and one handed out
+# last would keep its worker busy long after the other ran out of files
+LONGEST_FIRST = ("test_learnability.py", "test_scale_out.py", "test_e2e.py", "test_tune_workers.py", "test_tune.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(item.get_closest_marker(m) for m in ("e2e", "shared", "postgres")):
             item.add_marker(pytest.mark.slow)
+    first = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(item.path.name, len(first)))  # stable: a file's own order is kept
 
 
 def long_bars(df: pd.DataFrame) -> pd.DataFrame:

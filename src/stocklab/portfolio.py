@@ -81,8 +81,8 @@ def topk_dropout(pred: pd.DataFrame, topk: int, n_drop: int) -> pd.DataFrame:
     df = pred[["date", "ticker", "prediction"]].dropna()
     dates, day = np.unique(df["date"].to_numpy(), return_inverse=True)
     tickers, name = np.unique(df["ticker"].to_numpy(), return_inverse=True)
-    # rows by day, best prediction first, ties in their given order (lexsort is stable): the
-    # pandas groupby and sort per day this replaces took 6 of 8 s on 1,600 days of 6 tickers
+    # rows by day, best prediction first, ties in their given order (lexsort is stable); plain
+    # lists and dicts per day, since this runs for every scored split of every run
     order = np.lexsort((-df["prediction"].to_numpy(), day))
     start = np.searchsorted(day[order], np.arange(len(dates) + 1))
     weights = np.zeros((len(dates), len(tickers)))

@@ -354,7 +354,7 @@ class BenchmarkConfig:
         0, "models, recovery: maximum epochs per fit, presets' capped to it (0: models 15, recovery 30)", ge=0
     )
     seeds: int = opt(0, "models, recovery: seeds per trained model, baselines once (0: models 2, recovery 1)", ge=0)
-    folds: int = opt(3, "models: walk-forward folds", ge=1)
+    folds: int = opt(2, "models: walk-forward folds", ge=1)
     walk: str = opt("expanding", "models: walk-forward training span", WALKS)
     split: str = opt("0.45,0.15,0.4", "models: initial train,valid fractions and the out-of-sample fraction")
     horizons: str = opt(
@@ -365,7 +365,7 @@ class BenchmarkConfig:
     tear_sheet: bool = opt(False, "models: log each fit's model, plots and alphalens tear sheet (slower)")
     # suite=models: how every trained entry is fitted
     recipes: str = opt("raw,cs", "models: training recipes of the catalogue models: raw (MSE on the return), cs")
-    train_every: int = opt(5, "models: only every k-th end day enters training (see train --train_every)", ge=1)
+    train_every: int = opt(10, "models: only every k-th end day enters training (see train --train_every)", ge=1)
     patience: int = opt(2, "models, recovery: early-stopping patience of every fit (see train --patience)", ge=1)
     resume: bool = opt(True, "models: read back the fits an earlier run of the same configuration finished")
     # suite=recovery: a synthetic market with a planted cross-sectional signal (benchmarks/recovery.py)

@@ -39,6 +39,7 @@ from stocklab.training import configure_cpu_threads, resolve_device
 
 SETUP_ONLY = ("resume", "report", "experiment")  # change nothing that is fitted: not in the resume key
 KEY_TAG, FIT_TAG = "stocklab.benchmark_key", "stocklab.benchmark_fit"
+ALPHA158_BASELINES = ("lgbm", "linear")  # the cs recipe on alpha158 (reports/features_sp500.md)
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,9 @@ class Entry:
 
 
 def model_entries(recipes: list[str], presets: bool = True) -> list[Entry]:
-    """Every catalogue model and the linear baseline under every recipe (config.RECIPES), the
-    naive forecasts and the classic factors; the source-study presets first if `presets`."""
+    """Every catalogue model and baseline under every recipe (config.RECIPES), lgbm and linear on
+    alpha158, the naive forecasts and the classic factors; the source-study presets first if
+    `presets`."""
     out: list[Entry] = []
     if presets:
         for name, values in PRESETS.items():
@@ -63,6 +65,9 @@ def model_entries(recipes: list[str], presets: bool = True) -> list[Entry]:
             kind = "baseline" if name in BASELINES else "model"
             for recipe in recipes:
                 out.append(Entry(f"{name}:{recipe}", kind, {"model": name, **recipe_values(name, recipe)}, {}))
+    for name in ALPHA158_BASELINES:  # Qlib's yardsticks: alpha158 on the latest day's row, robust-scaled
+        values = {"model": name, **recipe_values(name, "cs"), "features": "alpha158", "seq_len": 1, "scaler": "robust"}
+        out.append(Entry(f"{name}:alpha158", "baseline", values, {}))
     out.append(Entry("naive:zero", "baseline", {"model": "naive"}, {"mode": "zero"}, True))
     out.append(Entry("naive:mean", "baseline", {"model": "naive"}, {"mode": "mean"}))
     for factor in FACTORS:

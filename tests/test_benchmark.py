@@ -11,6 +11,7 @@ import pytest
 from conftest import long_bars, synthetic_bars, write_ticker_csvs
 
 from stocklab.benchmarks import models as models_suite
+from stocklab.benchmarks import speed
 from stocklab.benchmarks.report import daily_rank_ic
 from stocklab.benchmarks.speed import naive_windows, train_flops_per_sample
 from stocklab.config import BenchmarkConfig, StockLabError
@@ -44,28 +45,23 @@ def test_speed_suite_writes_speed_json(tmp_path, tracking):
     saved = json.loads((tmp_path / "speed.json").read_text())
     for key in ("window_speedup", "window_mem_naive_mb", "window_mem_project_mb", "train_speedup_cnn2d",
                 "train_speedup_lstm", "seed000_epoch_s", "seed000_200_epochs_s", "device", "peak_gemm_gflops",
-                "train_ceiling_speedup_cnn2d", "train_ceiling_speedup_lstm"):  # fmt: skip
+                "train_ceiling_speedup_cnn2d", "train_ceiling_speedup_lstm", "xs_epoch_ratio_lstm_daily_rank",
+                "study_jobs1_trials_per_hour"):  # fmt: skip
         assert key in saved and key in res
-    assert saved["seed000_200_epochs_s"] == pytest.approx(200 * saved["seed000_epoch_s"])
-    assert saved["window_project_windows"] > 0 and saved["train_speedup_lstm"] > 0
-    for name in ("cnn2d", "lstm"):  # (e): daily batches and the date losses against random + mse
-        for recipe in ("daily_mse", "daily_ic", "daily_rank"):
-            ratio = saved[f"xs_epoch_s_{name}_{recipe}"] / saved[f"xs_epoch_s_{name}_random_mse"]
-            assert saved[f"xs_epoch_ratio_{name}_{recipe}"] == pytest.approx(ratio)
-    for name in ("cnn2d", "lstm"):
-        for batch in (64, 1024):
-            k = f"seed000_{name}_b{batch}"
-            assert (
-                saved[f"{k}_200_epochs_s"] == pytest.approx(200 * saved[f"{k}_epoch_s"]) and saved[f"{k}_step_ms"] > 0
-            )
-    for jobs in (1,):  # the short study, run as `stocklab tune` (several workers: test_tune_workers.py)
-        assert saved[f"study_jobs{jobs}_trials"] == 2
-        assert saved[f"study_jobs{jobs}_trials_per_hour"] == pytest.approx(3600 * 2 / saved[f"study_jobs{jobs}_wall_s"])
-        assert 0 <= saved[f"study_jobs{jobs}_trial_overhead_s_median"] < saved[f"study_jobs{jobs}_trial_wall_s_mean"]
-    # the ceiling is the matmul peak over the counted work, relative to the source pipeline
-    samples_per_s_at_peak = saved["peak_gemm_gflops"] * 1e3 / saved["train_mflop_per_sample_lstm"]
-    ceiling = samples_per_s_at_peak / saved["train_dataloader_lstm_per_s"]
-    assert saved["train_ceiling_speedup_lstm"] == pytest.approx(ceiling)
+    # what was measured is what the suite says: (a) counted every window each pipeline built,
+    # counted independently here (the naive loop: every complete window; the project: those
+    # with a label, the three splits' windows); (d) ran the trials it was asked for
+    panel = speed._panel(cfg.section())  # the suite's own panel: n_tickers of `data`
+    complete = sum(
+        int(np.isfinite(panel.X[n, i : i + 20]).all()) for n in range(panel.X.shape[0])
+        for i in range(panel.X.shape[1] - 20 + 1)
+    )  # fmt: skip
+    ws = WindowSet(panel, 20, 20, (0.6, 0.2, 0.2), "standard")
+    assert saved["window_naive_windows"] == complete
+    assert saved["window_project_windows"] == sum(len(ws.index[s][0]) for s in ("train", "valid", "test")) > 0
+    assert saved["study_jobs1_trials"] == 2
+    timed = [v for k, v in saved.items() if k.endswith(("_s", "_per_s", "_gflops"))]
+    assert timed and all(np.isfinite(v) and v > 0 for v in timed)
     run = mlflow.search_runs(search_all_experiments=True).iloc[0]
     assert run["metrics.window_speedup"] == pytest.approx(saved["window_speedup"])
     with pytest.raises(StockLabError, match="suite: 'fast' must be one of speed, models"):

@@ -82,13 +82,7 @@ def test_lgbm_through_the_train_job_registry_and_raw_bars(tracking, csv_dir, bar
     name = registry.registered_name("lgbm")
     version, _ = registry.register_run_model(name, runs[0])
     registry.set_alias(name, registry.CHAMPION, version)
-    served = mlflow.pyfunc.load_model(registry.champion_uri("lgbm"))
-    every = served.predict(long_bars(bars), params={"all_dates": True})
-    logged = pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=runs[0], artifact_path="predictions.parquet"))
-    both = logged.merge(every, on=["date", "ticker"], suffixes=("_train", "_served"))
-    assert len(both) == len(logged) > 100
-    np.testing.assert_array_equal(both["prediction_served"], both["prediction_train"].astype(np.float64))
-
+    # (that the champion scores raw bars as its run did: test_models.py, every model)
     # the booster is kept as LightGBM's own text, and loads back as the plain model
     local = mlflow.artifacts.download_artifacts(registry.champion_uri("lgbm"))
     text = (Path(local) / "artifacts" / "state" / "booster.txt").read_text()

@@ -8,6 +8,7 @@ import math
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import long_bars, synthetic_bars
@@ -16,8 +17,6 @@ from stocklab.config import StockLabError, TrainConfig
 from stocklab.features import build_panel
 from stocklab.jobs.train import run_train
 from stocklab.models import MODELS, build_model, model_config
-from stocklab.pipeline.inputs import prepare
-from stocklab.pipeline.logged import load_network
 from stocklab.training import fit, mean_loss, predict, score
 from stocklab.windows import WindowSet
 
@@ -113,26 +112,34 @@ def test_naive_zero_is_the_zero_forecast_and_mean_fits_the_train_average(planted
 
 
 # the fast tier round-trips one model of each kind (output RETURN, STEPS, CLASSES; a baseline
-# with and one without parameters); the full suite every model
-ROUND_TRIP_FAST = {"lstm", "seq2seq", "linear", "factor"}  # cnn_ta builds 225 indicators: slow tier
+# with and one without parameters; the trees); the full suite every model
+ROUND_TRIP_FAST = {"lstm", "seq2seq", "linear", "factor", "lgbm"}  # cnn_ta builds 225 indicators: slow tier
 
 
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=() if n in ROUND_TRIP_FAST else pytest.mark.slow) for n in sorted(MODELS)]
 )
-def test_each_model_through_the_train_job_and_mlflow_round_trip(tracking, csv_dir, name):
+def test_each_model_served_from_its_run_scores_raw_bars_as_the_run_did(tracking, csv_dir, bars, name):
+    """The contract of every registered model, proven once here: the pyfunc logged by the `train`
+    job, fed the raw bars, gives bit for bit the test predictions its run logged (one
+    preprocessing path for training, evaluation and serving)."""
     features = "technical" if name == "cnn_ta" else "ohlcv"
     seq_len = 1 if name == "cnn_ta" else 8
     cfg = TrainConfig(data=str(csv_dir), model=name, features=features, seq_len=seq_len, horizon=5, epochs=1,
                       batch_size=64, cache_dir="", tear_sheet=False)  # fmt: skip
     # a factor fixes its own window (a year for momentum): the one-month reversal fits 300 days
-    res = run_train(cfg, {"factor": "reversal_1m"} if name == "factor" else None)
+    overrides = {"factor": "reversal_1m"} if name == "factor" else {"n_estimators": 50} if name == "lgbm" else None
+    res = run_train(cfg, overrides)
     run = mlflow.get_run(res["run_id"])
     assert math.isfinite(run.data.metrics["test_mse"]) and int(run.data.params["n_params"]) == res["n_params"]
-    model, bundle = load_network(f"runs:/{res['run_id']}/model")
-    prep = prepare(bundle.train_config(cache_dir=""), bundle=bundle)  # as `evaluate` rebuilds it
-    pred, y, _, _ = predict(model, prep.ws, "test")
-    assert float(np.mean((pred - y) ** 2)) == pytest.approx(run.data.metrics["test_mse"], rel=1e-4, abs=1e-9)
+    served = mlflow.pyfunc.load_model(f"runs:/{res['run_id']}/model")
+    every = served.predict(long_bars(bars), params={"all_dates": True})
+    logged = pd.read_parquet(
+        mlflow.artifacts.download_artifacts(run_id=res["run_id"], artifact_path="predictions.parquet")
+    )
+    both = logged.merge(every, on=["date", "ticker"], suffixes=("_train", "_served"))
+    assert len(both) == len(logged) > 50
+    np.testing.assert_array_equal(both["prediction_served"], both["prediction_train"].astype(np.float64))
     if name == "attention":
         plots = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(res["run_id"], "plots")}
         assert "plots/attention_heatmap.png" in plots

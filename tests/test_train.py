@@ -9,7 +9,6 @@ import sys
 
 import mlflow
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, cli_error
@@ -54,17 +53,11 @@ def test_run_records_params_metrics_artifacts_and_model(tracking, csv_dir, model
 
     assert m["valid_mse_min"] == pytest.approx(m["valid_loss_min"], rel=1e-5)  # a regressor's objective is its MSE
     assert "lr" not in m  # no schedule: the learning rate is a param, not a metric
-    # the logged model and its Bundle (that they reproduce test_mse: test_models.py, every model)
-    loaded, bundle = load_network(f"runs:/{res['run_id']}/model")
+    # the logged model's Bundle records what it was trained on (that the model reproduces its
+    # run's predictions: test_models.py, every model)
+    _, bundle = load_network(f"runs:/{res['run_id']}/model")
     assert (bundle.seq_len, bundle.features, bundle.model) == (10, "ohlcv", model)
     assert bundle.data_fingerprint.startswith(p["data_fingerprint"])
-    prep = prepare(_cfg(csv_dir, model=model).with_recipe("raw"), bundle=bundle)
-    x = prep.ws.gather(*(a[:8] for a in prep.ws.index["test"]))
-    with torch.no_grad():
-        pred = loaded(x).numpy()
-    logged = mlflow.artifacts.download_artifacts(run_id=res["run_id"], artifact_path="predictions.parquet")
-    expected = pd.read_parquet(logged)
-    np.testing.assert_array_equal(pred, expected["prediction"].to_numpy()[:8])
 
 
 @pytest.mark.slow
@@ -269,16 +262,23 @@ def test_an_unusable_tracking_store_is_a_one_line_error(tmp_path, tracking, caps
 
 
 def test_system_metrics_are_one_flag_away_on_cpu(tracking, csv_dir, monkeypatch):
-    """STOCKLAB_SYSTEM_METRICS=true gives a CPU run MLflow's system metrics (on by default only
-    where CUDA is available); a value that is not a boolean is a one-line error."""
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
-    monkeypatch.setenv("STOCKLAB_SYSTEM_METRICS", "true")
-    on = mlflow.get_run(run_train(_cfg(csv_dir, epochs=3))["run_id"]).data.metrics
-    assert "system/cpu_utilization_percentage" in on and "system/system_memory_usage_megabytes" in on
-    monkeypatch.setenv("STOCKLAB_SYSTEM_METRICS", "false")
-    off = mlflow.get_run(run_train(_cfg(csv_dir, epochs=1))["run_id"]).data.metrics
-    assert not [k for k in off if k.startswith("system/")]
+    """STOCKLAB_SYSTEM_METRICS=true makes a CPU job's run start MLflow's system-metrics monitor
+    (on by default only where CUDA is available), false keeps it off; a value that is not a
+    boolean is a one-line error. What the run asked MLflow for is checked, not what a timed
+    sampler happened to log."""
+    asked = []
+    start_run = mlflow.start_run
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs.get("log_system_metrics"))
+        return start_run(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "start_run", recording)
+    for value, expected in (("true", True), ("false", False)):
+        monkeypatch.setenv("STOCKLAB_SYSTEM_METRICS", value)
+        asked.clear()
+        run_train(_cfg(csv_dir, epochs=1))
+        assert asked == [expected], (value, asked)
     monkeypatch.setenv("STOCKLAB_SYSTEM_METRICS", "maybe")
     with pytest.raises(StockLabError, match="STOCKLAB_SYSTEM_METRICS: 'maybe' must be true or false"):
         run_train(_cfg(csv_dir, epochs=1))

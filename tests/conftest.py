@@ -215,23 +215,27 @@ def migrated_store(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def tracking(tmp_path, monkeypatch, migrated_store) -> str:
-    """A private sqlite tracking store (and artifact root) per test: a copy of the migrated
-    empty store whose Default experiment stores its artifacts under this test's folder, as a
-    store created here would."""
+def private_store(folder: Path, migrated_store: Path) -> str:
+    """The URI of a private sqlite tracking store in `folder`: a copy of the migrated empty store
+    whose Default experiment stores its artifacts under `folder`, as a store created there would."""
     import sqlite3
 
-    import mlflow
-
-    db = tmp_path / "mlflow.db"
+    db = folder / "mlflow.db"
     shutil.copyfile(migrated_store, db)
     with sqlite3.connect(db) as con:
         con.execute(
-            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(tmp_path / "mlruns" / "0"),)
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (str(folder / "mlruns" / "0"),)
         )
     con.close()
-    uri = f"sqlite:///{db}"
+    return f"sqlite:///{db}"
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch, migrated_store) -> str:
+    """A private tracking store (and artifact root) per test, the current one, in the test's folder."""
+    import mlflow
+
+    uri = private_store(tmp_path, migrated_store)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(uri)

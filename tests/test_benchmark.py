@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import long_bars, synthetic_bars, write_ticker_csvs
+from conftest import long_bars, private_store, synthetic_bars, write_ticker_csvs
 
 from stocklab.benchmarks import models as models_suite
 from stocklab.benchmarks import speed
@@ -18,6 +19,7 @@ from stocklab.config import BenchmarkConfig, StockLabError
 from stocklab.factor_eval import newey_west_se
 from stocklab.features import build_panel
 from stocklab.jobs.benchmark import run_benchmark
+from stocklab.models import MODELS
 from stocklab.windows import WindowSet
 
 
@@ -86,14 +88,18 @@ def test_flop_count_sees_the_recurrent_matmuls():
     assert 2.7 * forward < train_flops_per_sample("lstm", ws, 96) < 3.1 * forward
 
 
-@pytest.mark.slow
-def test_models_suite_runs_every_entry_is_resumable_and_writes_the_report(tmp_path, tracking, monkeypatch):
-    data = write_ticker_csvs(synthetic_bars(n_tickers=6, n_days=320), tmp_path / "csvs")
-    report = tmp_path / "rep" / "models.md"
-    entries = "preset:seed002-lstm,linear:raw,factor:reversal_1m"  # a preset, a baseline, a factor
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory, migrated_store):
+    """One models suite (a preset, a baseline, a factor; 2 seeds, 2 folds) whose first session
+    is interrupted (Ctrl-C) in its fourth fit, linear:raw seed 1, then run again: the same
+    command reopens the parent and fits what is missing. Read by the named cases below."""
+    tmp = tmp_path_factory.mktemp("suite")
+    uri = private_store(tmp, migrated_store)
+    data = write_ticker_csvs(synthetic_bars(n_tickers=6, n_days=320), tmp / "csvs")
+    report = tmp / "rep" / "models.md"
+    entries = "preset:seed002-lstm,linear:raw,factor:reversal_1m"
     cfg = BenchmarkConfig(suite="models", data=str(data), models=entries, seeds=2, folds=2, epochs=1,
                           split="0.5,0.2,0.3", train_every=2, report=str(report), horizons="20")  # fmt: skip
-    # the first session is interrupted (Ctrl-C) in its fourth fit: linear:raw seed 1
     real, calls = models_suite.train_in_run, []
 
     def interrupted(*args, **kwargs):
@@ -102,18 +108,40 @@ def test_models_suite_runs_every_entry_is_resumable_and_writes_the_report(tmp_pa
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(models_suite, "train_in_run", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_benchmark(cfg)
-    monkeypatch.setattr(models_suite, "train_in_run", real)
-    res = run_benchmark(cfg)  # the same command again: reopens the parent, fits what is missing
-    runs = mlflow.search_runs(experiment_names=["stocklab-benchmark-models"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(tmp)
+        mlflow.set_tracking_uri(uri)
+        try:
+            mp.setattr(models_suite, "train_in_run", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                run_benchmark(cfg)
+            mp.setattr(models_suite, "train_in_run", real)
+            res = run_benchmark(cfg)
+            runs = mlflow.search_runs(experiment_names=["stocklab-benchmark-models"])
+        finally:
+            mlflow.set_tracking_uri(None)
     parent = runs[runs["tags.mlflow.runName"] == "benchmark models"]
+    children = runs[runs["tags.mlflow.parentRunId"].isin(parent["run_id"])]
+    return SimpleNamespace(uri=uri, res=res, parent=parent, children=children, text=report.read_text(),
+                           report=report, table=res["table"].set_index("entry"))  # fmt: skip
+
+
+@pytest.fixture
+def suite_store(suite, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", suite.uri)
+    mlflow.set_tracking_uri(suite.uri)
+    yield suite
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow
+def test_an_interrupted_suite_resumes_and_fits_only_what_is_missing(suite_store):
+    parent, children = suite_store.parent, suite_store.children
     assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
-    assert parent["metrics.fits_reused"].iloc[0] == 3 and "3 of 5 fits read back" in report.read_text()
+    assert parent["metrics.fits_reused"].iloc[0] == 3 and "3 of 5 fits read back" in suite_store.text
     sessions = mlflow.MlflowClient().get_metric_history(parent["run_id"].iloc[0], "session_wall_time_s")
-    assert sorted(m.step for m in sessions) == [1, 2] and "in 2 sessions" in report.read_text()
-    children = runs[runs["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]]
+    assert sorted(m.step for m in sessions) == [1, 2] and "in 2 sessions" in suite_store.text
     assert children["status"].value_counts().to_dict() == {"FINISHED": 7, "KILLED": 1}
     done = children[children["status"] == "FINISHED"]
     # two seeds per trained entry and their ensemble, one run for the deterministic factor
@@ -121,38 +149,67 @@ def test_models_suite_runs_every_entry_is_resumable_and_writes_the_report(tmp_pa
         ("factor:reversal_1m", 1), ("linear:raw", 2), ("linear:raw (ensemble)", 1), ("preset:seed002-lstm", 2),
         ("preset:seed002-lstm (ensemble)", 1),
     ]  # fmt: skip
-    text = report.read_text()
+
+
+@pytest.mark.slow
+def test_the_report_names_its_command_machine_every_entry_and_its_plots(suite_store):
+    text = suite_store.text
     assert text.startswith("# Model comparison") and "-P suite=models" in text and "Machine:" in text
     for entry in ("| linear:raw |", "| factor:reversal_1m |", "| preset:seed002-lstm |", "| linear:raw (ensemble) |"):
         assert entry in text
     for png in ("models_rank_ic.png", "models_long_short.png"):
-        assert (report.parent / png).stat().st_size > 10_000 and f"]({png})" in text
-    # the table's rank IC is the mean of the runs' logged per-fold values (seeds x folds)
+        assert (suite_store.report.parent / png).stat().st_size > 10_000 and f"]({png})" in text
+    assert "| horizon | entries | MDE against zero | MDE of a paired difference |" in text
+    assert "by more than two Newey-West standard errors" in text
+
+
+@pytest.mark.slow
+def test_the_tables_rank_ic_is_the_mean_of_the_runs_logged_fold_values(suite_store):
     client = mlflow.MlflowClient()
+    done = suite_store.children[suite_store.children["status"] == "FINISHED"]
     linear = done[done["tags.stocklab.benchmark_entry"] == "linear:raw"]["run_id"]
     folds = [m.value for r in linear for m in client.get_metric_history(r, "fold/test_rank_ic")]
-    table = res["table"].set_index("entry")
-    row = table.loc["linear:raw"]
+    row = suite_store.table.loc["linear:raw"]
     assert len(folds) == 4 and row["rank_ic"] == pytest.approx(np.mean(folds))
     assert row["rank_ic_std"] == pytest.approx(np.std(folds, ddof=1))
-    # the ensemble scores the seeds' mean prediction
-    records = {(r.entry, r.seed): r for r in res["records"]}
+
+
+@pytest.mark.slow
+def test_an_ensemble_scores_its_seeds_mean_prediction(suite_store):
+    records = {(r.entry, r.seed): r for r in suite_store.res["records"]}
     members = [records[("linear:raw", s)].predictions.set_index(["date", "ticker"])["prediction"] for s in (0, 1)]
     ens = records[("linear:raw (ensemble)", -1)].predictions.set_index(["date", "ticker"])["prediction"]
     assert np.allclose(ens.sort_index(), ((members[0] + members[1]) / 2).sort_index())
+    table = suite_store.table
     assert np.isfinite(table.loc["linear:raw (ensemble)", "ls_sharpe_net"])
     assert np.isnan(table.loc["linear:raw (ensemble)", "params"]) and table.loc["linear:raw", "params"] > 0
-    # against the factor: the seeds' mean daily rank IC minus the factor's, with its NW error
-    mine = daily_rank_ic([r for r in res["records"] if r.entry == "linear:raw"])
-    factor = daily_rank_ic([r for r in res["records"] if r.entry == "factor:reversal_1m"])
+
+
+@pytest.mark.slow
+def test_against_the_factor_is_the_paired_daily_difference_with_its_newey_west_se(suite_store):
+    records = suite_store.res["records"]
+    row = suite_store.table.loc["linear:raw"]
+    mine = daily_rank_ic([r for r in records if r.entry == "linear:raw"])
+    factor = daily_rank_ic([r for r in records if r.entry == "factor:reversal_1m"])
     diff = (mine - factor).dropna()
-    assert row["vs_factor"] == pytest.approx(diff.mean()) and row["vs_factor_se"] == pytest.approx(
-        newey_west_se(diff, 19)
-    )
+    assert row["vs_factor"] == pytest.approx(diff.mean())
+    assert row["vs_factor_se"] == pytest.approx(newey_west_se(diff, 19))
     assert row["rank_ic_se"] == pytest.approx(newey_west_se(mine, 19))  # horizon 20: 19 lags
-    assert np.isfinite(row["ls_sharpe_net"]) and "by more than two Newey-West standard errors" in text
+
+
+def test_the_default_entries_are_every_family_under_both_recipes_and_the_yardsticks(tmp_path):
+    names = [e.name for e in models_suite._selected(BenchmarkConfig(suite="models", data=str(tmp_path)).section())]
+    trainable = [m for m in MODELS if m not in ("naive", "factor")]
+    assert {f"{m}:{r}" for m in trainable for r in ("raw", "cs")} <= set(names)
+    assert {"lgbm:alpha158", "linear:alpha158", "naive:zero", "naive:mean", "factor:momentum_12_1"} <= set(names)
+    alpha = models_suite._selected(
+        BenchmarkConfig(suite="models", data=str(tmp_path), models="lgbm:alpha158").section()
+    )
+    assert [(e.values["features"], e.values["seq_len"], e.values["label"]) for e in alpha] == [
+        ("alpha158", 1, "cs_rank")
+    ]
     with pytest.raises(StockLabError, match="models: unknown entry 'lstmx'"):
-        run_benchmark(BenchmarkConfig(suite="models", models="lstmx", data=str(data)))
+        run_benchmark(BenchmarkConfig(suite="models", models="lstmx", data=str(tmp_path)))
 
 
 def test_a_benchmark_without_its_data_says_where_it_looked(tmp_path, monkeypatch):

@@ -81,39 +81,66 @@ def study_store(study, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
+# one real `mlflow run . -e tune` (the module's `study` fixture), read by the named cases below
+
+
+def _trial_runs(study) -> tuple[str, pd.DataFrame]:
+    """(parent run id, the trials' runs indexed by trial number as text)."""
+    runs = study.runs
+    parent = runs[runs["tags.stocklab.role"] == "study"]
+    assert len(parent) == 1
+    parent_id = parent["run_id"].iloc[0]
+    return parent_id, runs[runs["tags.mlflow.parentRunId"] == parent_id].set_index("tags.stocklab.trial")
+
+
+def _best(study):
+    return min((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
+
+
 @pytest.mark.e2e
-def test_mlflow_run_tune_records_every_trial_its_parent_and_the_best_model(study_store):
-    r, runs, trials = study_store.result, study_store.runs, study_store.trials
+def test_mlflow_run_tune_exits_0_and_a_failed_trial_is_one_line(study_store):
+    r = study_store.result
     assert r.returncode == 0, r.stderr[-4000:]
     # the failed trial is one line (number, state, reason), not an Optuna traceback
     assert "Traceback" not in r.stderr + r.stdout
     assert any(line.startswith("trial   3 FAIL") and "dropout: 1.5" in line for line in r.stdout.splitlines())
+    assert "dropout: 1.5 must be in [0, 1)" in study_store.trials[3].user_attrs["fail_reason"]
 
+
+@pytest.mark.e2e
+def test_every_trial_is_a_named_child_run_of_one_study_run_with_its_state(study_store):
+    trials = study_store.trials
+    parent_id, children = _trial_runs(study_store)
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
-    assert "dropout: 1.5 must be in [0, 1)" in trials[3].user_attrs["fail_reason"]
-    parent = runs[runs["tags.stocklab.role"] == "study"]
-    assert len(parent) == 1
-    parent_id = parent["run_id"].iloc[0]
-    children = runs[runs["tags.mlflow.parentRunId"] == parent_id].set_index("tags.stocklab.trial")
     assert sorted(children.index) == ["0", "1", "2", "3"]
     assert list(children.loc[["0", "1", "2", "3"], "status"]) == ["FINISHED", "FINISHED", "KILLED", "FAILED"]
     assert (children["tags.stocklab.study"] == "s1").all()
     # one experiment per study; runs named by their trial and key hyper-parameters
-    assert set(children["experiment_id"]) == set(parent["experiment_id"])
-    assert mlflow.get_experiment(parent["experiment_id"].iloc[0]).name == "stocklab-tune-s1"
+    assert set(children["experiment_id"]) == {mlflow.get_run(parent_id).info.experiment_id}
+    assert mlflow.get_experiment(children["experiment_id"].iloc[0]).name == "stocklab-tune-s1"
     assert children.loc["0", "tags.mlflow.runName"] == "t000 lstm h8 L2 T20 lr2e-02"
     # the UI shows KILLED and FAILED alike: the name tells pruned and failed trials apart
     assert children.loc["2", "tags.mlflow.runName"].endswith("[pruned]")
     assert children.loc["3", "tags.mlflow.runName"].endswith("[failed]")
     for t in trials:  # every Optuna trial knows its MLflow run
         assert t.user_attrs["mlflow_run_id"] == children.loc[str(t.number), "run_id"]
+
+
+@pytest.mark.e2e
+def test_each_trial_logs_its_epochs_and_metrics_named_by_their_split(study_store):
+    _, children = _trial_runs(study_store)
     client = mlflow.tracking.MlflowClient()
     hist = client.get_metric_history(children.loc["0", "run_id"], "valid_loss")
     assert [h.step for h in hist] == [1, 2]
     for run_id in children.loc[["0", "1", "2"], "run_id"]:  # finished and pruned trials
         assert_metrics_say_their_split(client.get_run(run_id))
 
-    best = min((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
+
+@pytest.mark.e2e
+def test_the_study_run_holds_the_best_value_its_params_the_space_and_plots(study_store):
+    parent_id, _ = _trial_runs(study_store)
+    best = _best(study_store)
+    client = mlflow.tracking.MlflowClient()
     prun = client.get_run(parent_id)
     assert prun.data.metrics["best_value"] == pytest.approx(best.value)
     assert prun.data.params["best_lr"] == str(best.params["lr"])
@@ -124,13 +151,18 @@ def test_mlflow_run_tune_records_every_trial_its_parent_and_the_best_model(study
         a.path for a in client.list_artifacts(parent_id, "plots")
     }
     assert {"trials.csv", "plots/optimization_history.png", "plots/param_importances.png"} <= arts
-    # the best trial (the registered model) has its tear sheet; the other trials skip it
+
+
+@pytest.mark.e2e
+def test_only_the_best_trial_has_a_tear_sheet_and_is_registered(study_store):
+    _, children = _trial_runs(study_store)
+    client = mlflow.tracking.MlflowClient()
+    best = _best(study_store)
     best_run = best.user_attrs["mlflow_run_id"]
     sheets = {a.path for a in client.list_artifacts(best_run, "tearsheet")}
     assert {"tearsheet/returns.png", "tearsheet/information.png", "tearsheet/turnover.png"} <= sheets
-    assert not client.list_artifacts(
-        children.loc["1" if best_run == children.loc["0", "run_id"] else "0", "run_id"], "tearsheet"
-    )
+    other = children.loc["1" if best_run == children.loc["0", "run_id"] else "0", "run_id"]
+    assert not client.list_artifacts(other, "tearsheet")
     versions = study_store.versions
     assert len(versions) == 1 and versions[0].run_id == best_run
     assert float(versions[0].tags["valid_loss_min"]) == pytest.approx(best.value)

@@ -4,13 +4,14 @@ and summary metrics, the model a walk-forward run logs, and walk-forward `evalua
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_metrics_say_their_split, synthetic_bars, write_ticker_csvs
+from conftest import assert_metrics_say_their_split, private_store, synthetic_bars, write_ticker_csvs
 
 from stocklab.config import EvaluateConfig, StockLabError, TrainConfig
 from stocklab.jobs.evaluate import run_evaluate
@@ -110,45 +111,80 @@ def test_no_fold_sees_a_later_period_in_training_scaling_or_its_inputs(tracking,
                 assert not later[-1].test["prediction"].equals(original[-1].test["prediction"])
 
 
+@pytest.fixture(scope="module")
+def walked(tmp_path_factory, migrated_store):
+    """One walk-forward `train` run (3 sliding folds), `evaluate` of its logged model and a
+    walk-forward `evaluate` (2 folds) in a store of their own, read by the named cases below."""
+    tmp = tmp_path_factory.mktemp("walk")
+    uri = private_store(tmp, migrated_store)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.chdir(tmp)
+        mlflow.set_tracking_uri(uri)
+        try:
+            data = write_ticker_csvs(synthetic_bars(), tmp / "csvs")
+            cfg = TrainConfig(data=str(data), model="gru", epochs=2, horizon=5, folds=3, split="0.5,0.2,0.3",
+                              cache_dir="", walk="sliding", tear_sheet=False)  # fmt: skip
+            res = run_train(cfg)
+            ev = run_evaluate(EvaluateConfig(run_id=res["run_id"], tear_sheet=False))
+            wf = run_evaluate(EvaluateConfig(run_id=res["run_id"], folds=2, tear_sheet=False))
+            base = load_inputs(cfg)
+        finally:
+            mlflow.set_tracking_uri(None)
+    return SimpleNamespace(uri=uri, cfg=cfg, run_id=res["run_id"], ev=ev["run_id"], wf=wf["run_id"],
+                           dates=base.panel.dates, folds=folds_of(cfg, len(base.panel.dates)))  # fmt: skip
+
+
+@pytest.fixture
+def walk(walked, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", walked.uri)
+    mlflow.set_tracking_uri(walked.uri)
+    yield walked
+    mlflow.set_tracking_uri(None)
+
+
+def _predictions(run_id: str) -> pd.DataFrame:
+    return pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="predictions.parquet"))
+
+
 @pytest.mark.slow
-def test_walk_forward_train_logs_folds_summary_and_concatenated_predictions(tracking, csv_dir):
-    cfg = TrainConfig(data=str(csv_dir), model="gru", epochs=2, horizon=5, folds=3, split="0.5,0.2,0.3",
-                      cache_dir="", walk="sliding", tear_sheet=False)  # fmt: skip
-    res = run_train(cfg)
+def test_a_walk_forward_run_logs_each_folds_metrics_and_their_mean(walk):
     client = mlflow.MlflowClient()
-    run = client.get_run(res["run_id"])
-    history = sorted(client.get_metric_history(res["run_id"], "fold/test_rank_ic"), key=lambda m: m.step)
+    run = client.get_run(walk.run_id)
+    history = sorted(client.get_metric_history(walk.run_id, "fold/test_rank_ic"), key=lambda m: m.step)
     assert [m.step for m in history] == [1, 2, 3]
     per_fold = [m.value for m in history]
     assert run.data.metrics["test_rank_ic"] == pytest.approx(np.mean(per_fold))
     assert run.data.metrics["test_rank_ic_std"] == pytest.approx(np.std(per_fold, ddof=1))
     assert {"fold_1/train_loss", "fold_3/valid_loss", "test_mse_skill_mean", "oos_rank_ic"} <= set(run.data.metrics)
     assert run.data.params["folds"] == "3" and run.data.params["walk"] == "sliding"
-    # predictions.parquet: the three test periods back to back, each day once per ticker
-    preds = pd.read_parquet(
-        mlflow.artifacts.download_artifacts(run_id=res["run_id"], artifact_path="predictions.parquet")
-    )
-    base = load_inputs(cfg)
-    folds = folds_of(cfg, len(base.panel.dates))
-    lo, hi = folds[0].end_day_ranges(5)["test"][0], folds[-1].end_day_ranges(5)["test"][1]
-    days = pd.DatetimeIndex(sorted(preds["date"].unique()))
-    assert days[0] == base.panel.dates[lo] and days[-1] == base.panel.dates[hi - 1]
-    assert not preds.duplicated(["date", "ticker"]).any()
-    assert sum(m.value for m in client.get_metric_history(res["run_id"], "fold/test_windows")) == len(preds)
-    artifacts = {a.path for a in client.list_artifacts(res["run_id"], "plots")}
+    artifacts = {a.path for a in client.list_artifacts(walk.run_id, "plots")}
     assert {"plots/loss_curve_fold_1.png", "plots/loss_curve_fold_3.png"} <= artifacts
-    # the logged model is the last fold's: evaluating it scores the last fold's test period only
-    ev = run_evaluate(EvaluateConfig(run_id=res["run_id"], tear_sheet=False))
-    last = folds[-1].end_day_ranges(5)["test"]
-    ev_preds = pd.read_parquet(
-        mlflow.artifacts.download_artifacts(run_id=ev["run_id"], artifact_path="predictions.parquet")
-    )
-    assert ev_preds["date"].min() == base.panel.dates[last[0]]
-    # walk-forward evaluate: the run's configuration refit on 2 folds, in a run of its own
-    wf = run_evaluate(EvaluateConfig(run_id=res["run_id"], folds=2, tear_sheet=False))
-    wf_run = client.get_run(wf["run_id"])
+    assert_metrics_say_their_split(run)
+
+
+@pytest.mark.slow
+def test_its_predictions_are_the_test_periods_back_to_back_each_day_once(walk):
+    preds = _predictions(walk.run_id)
+    lo, hi = walk.folds[0].end_day_ranges(5)["test"][0], walk.folds[-1].end_day_ranges(5)["test"][1]
+    days = pd.DatetimeIndex(sorted(preds["date"].unique()))
+    assert days[0] == walk.dates[lo] and days[-1] == walk.dates[hi - 1]
+    assert not preds.duplicated(["date", "ticker"]).any()
+    windows = mlflow.MlflowClient().get_metric_history(walk.run_id, "fold/test_windows")
+    assert len(windows) == 3 and sum(m.value for m in windows) == len(preds)
+
+
+@pytest.mark.slow
+def test_its_logged_model_is_the_last_folds_and_evaluate_scores_that_fold_only(walk):
+    last = walk.folds[-1].end_day_ranges(5)["test"]
+    assert _predictions(walk.ev)["date"].min() == walk.dates[last[0]]
+
+
+@pytest.mark.slow
+def test_walk_forward_evaluate_refits_the_runs_configuration_on_its_own_folds(walk):
+    client = mlflow.MlflowClient()
+    wf_run = client.get_run(walk.wf)
     assert wf_run.data.params["folds"] == "2" and wf_run.data.params["model"] == "gru"
-    assert wf_run.data.tags["stocklab.source_run_id"] == res["run_id"]
-    assert len(client.get_metric_history(wf["run_id"], "fold/test_rank_ic")) == 2
-    for logged in (run, wf_run):
-        assert_metrics_say_their_split(logged)
+    assert wf_run.data.tags["stocklab.source_run_id"] == walk.run_id
+    assert len(client.get_metric_history(walk.wf, "fold/test_rank_ic")) == 2
+    assert_metrics_say_their_split(wf_run)

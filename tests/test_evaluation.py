@@ -243,7 +243,8 @@ def test_train_run_logs_factor_metrics_and_tear_sheet_then_evaluate(tracking, cs
         kind, key = col.split(".", 1)
         assert key.strip("`") in getattr(run.data, kind), col
 
-    ev = run_evaluate(EvaluateConfig(run_id=res["run_id"], cache_dir=""))
+    # (evaluate draws the same tear sheet as train, shown above: not drawn again here)
+    ev = run_evaluate(EvaluateConfig(run_id=res["run_id"], tear_sheet=False, cache_dir=""))
     run = client.get_run(ev["run_id"])
     assert run.data.tags["stocklab.source_run_id"] == res["run_id"]
     assert run.data.metrics["test_mse"] == pytest.approx(m["test_mse"], rel=1e-5)
@@ -253,7 +254,7 @@ def test_train_run_logs_factor_metrics_and_tear_sheet_then_evaluate(tracking, cs
     uri_run = client.get_run(by_uri["run_id"])
     assert uri_run.data.tags["stocklab.source_run_id"] == res["run_id"]
     assert uri_run.data.metrics["test_mse"] == run.data.metrics["test_mse"]
-    ev_valid = run_evaluate(EvaluateConfig(run_id=res["run_id"], split="valid", cache_dir=""))
+    ev_valid = run_evaluate(EvaluateConfig(run_id=res["run_id"], split="valid", tear_sheet=False, cache_dir=""))
     valid_run = client.get_run(ev_valid["run_id"])
     assert {"valid_mse", "valid_rank_ic", "valid_ls_sharpe_net"} <= set(valid_run.data.metrics)
     assert not any(k.startswith("test_") for k in valid_run.data.metrics)  # it scored the validation split

@@ -93,7 +93,7 @@ def run_tune(cfg: TuneConfig, model_overrides: dict | None = None, fixed: set[st
             busy = trials_of_other_workers(study)  # looked at first: with none running, the best is final
             summary = report.finish(study, cfg, parent.info.run_id, busy)
             if not busy:
-                _check_some_trial_completed(study)
+                _check_some_trial_completed(study, cfg.timeout)
             return summary
     finally:
         if joined is not None:
@@ -130,13 +130,14 @@ def _space_param(space: dict) -> str:
     return text if len(text) <= 6000 else text[:5980] + "... (search_space.json)"
 
 
-def _check_some_trial_completed(study: optuna.Study) -> None:
+def _check_some_trial_completed(study: optuna.Study, timeout: float = 0.0) -> None:
     """A study with no completed trial has no result: an error with the trials' reasons (the
     parent run ends FAILED and the exit is non-zero), never a quiet success."""
     trials = study.get_trials(deepcopy=False)
     if any(t.state == TrialState.COMPLETE for t in trials):
         return
     reasons = dict.fromkeys(t.user_attrs.get("fail_reason", t.state.name) for t in trials)
+    none = f"none ran: timeout={timeout:g} s passed before the first trial" if timeout else "none ran"
     raise StockLabError(
-        f"study '{study.study_name}': no trial completed ({len(trials)} trial(s): {'; '.join(reasons) or 'none ran'})"
+        f"study '{study.study_name}': no trial completed ({len(trials)} trial(s): {'; '.join(reasons) or none})"
     )

@@ -165,7 +165,7 @@ def test_mlflow_run_benchmark_models_suite_end_to_end(tmp_path, csv_dir, trackin
     for path, horizon in ((report, 20), (report.with_name("models_h5.md"), 5)):
         text = path.read_text()
         assert "| factor:reversal_1m |" in text and "-P models=naive:zero,factor:reversal_1m" in text
-        assert f"label horizon {horizon} days" in text and f"at the {horizon}-day horizon" in text
+        assert f"label horizon {horizon} days" in text and f"| {horizon} days |" in text  # its MDE row
 
 
 REMOTE = "https://example.invalid/stocklab.git"  # never fetched: git rewrites it to the bare repo

@@ -230,6 +230,17 @@ def private_store(folder: Path, migrated_store: Path) -> str:
     return f"sqlite:///{db}"
 
 
+def as_current_store(run, monkeypatch):
+    """For a fixture over a module-scoped run held in its own store (`run.uri`):
+    `yield from as_current_store(run, monkeypatch)` makes that store the current one for a test."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", run.uri)
+    mlflow.set_tracking_uri(run.uri)
+    yield run
+    mlflow.set_tracking_uri(None)
+
+
 @pytest.fixture
 def tracking(tmp_path, monkeypatch, migrated_store) -> str:
     """A private tracking store (and artifact root) per test, the current one, in the test's folder."""

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import mlflow
 import numpy as np
 import pytest
-from conftest import long_bars, private_store, synthetic_bars, write_ticker_csvs
+from conftest import as_current_store, long_bars, private_store, synthetic_bars, write_ticker_csvs
 
 from stocklab.benchmarks import models as models_suite
 from stocklab.benchmarks import speed
@@ -129,10 +129,7 @@ def suite(tmp_path_factory, migrated_store):
 
 @pytest.fixture
 def suite_store(suite, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", suite.uri)
-    mlflow.set_tracking_uri(suite.uri)
-    yield suite
-    mlflow.set_tracking_uri(None)
+    yield from as_current_store(suite, monkeypatch)
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import assert_metrics_say_their_split, private_store, synthetic_bars, write_ticker_csvs
+from conftest import as_current_store, assert_metrics_say_their_split, private_store, synthetic_bars, write_ticker_csvs
 
 from stocklab.config import EvaluateConfig, StockLabError, TrainConfig
 from stocklab.jobs.evaluate import run_evaluate
@@ -137,10 +137,7 @@ def walked(tmp_path_factory, migrated_store):
 
 @pytest.fixture
 def walk(walked, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", walked.uri)
-    mlflow.set_tracking_uri(walked.uri)
-    yield walked
-    mlflow.set_tracking_uri(None)
+    yield from as_current_store(walked, monkeypatch)
 
 
 def _predictions(run_id: str) -> pd.DataFrame:

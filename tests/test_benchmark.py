@@ -209,10 +209,16 @@ def test_the_default_entries_are_every_family_under_both_recipes_and_the_yardsti
         run_benchmark(BenchmarkConfig(suite="models", models="lstmx", data=str(tmp_path)))
 
 
-def test_a_benchmark_without_its_data_says_where_it_looked(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # a fresh clone has no ../shared beside it
+@pytest.mark.parametrize("suite", ["speed", "models"])
+def test_a_benchmark_of_bars_names_its_data_or_says_where_it_looked(suite, tmp_path, monkeypatch):
+    """No default path: a fresh clone has no ../shared beside it, and the sample would overwrite
+    the committed report with a toy market's."""
+    with pytest.raises(StockLabError, match=rf"data: the {suite} benchmark needs daily bars .*-P data=sample"):
+        BenchmarkConfig(suite=suite).validate()
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(StockLabError, match=rf"looked for '{tmp_path.parent}/shared/data/sp500_5yr'.*-P data=<folder>"):
-        BenchmarkConfig(suite="models").validate()
+        BenchmarkConfig(suite=suite, data="../shared/data/sp500_5yr").validate()
+    BenchmarkConfig(suite=suite, data="sample").validate()
     BenchmarkConfig(suite="recovery").validate()  # a planted market needs no data
 
 

@@ -202,7 +202,7 @@ def test_bad_recipe_combinations_are_one_line_errors():
     with pytest.raises(StockLabError, match="loss: 'rank' ranks a return forecast .* output is classes"):
         effective_config(cfg, model_config("cnn_ta"))
     with pytest.raises(StockLabError, match="recipes: 'raw,xs' must name recipes among cs, raw"):
-        BenchmarkConfig(suite="models", recipes="raw,xs").validate()
+        BenchmarkConfig(suite="models", data="sample", recipes="raw,xs").validate()
     with pytest.raises(StockLabError, match="tickers/days: 5 x 100 is too small"):
         BenchmarkConfig(suite="recovery", tickers=5, days=100).validate()
     assert objective(RETURN, "mse")[0] is RETURN.loss

@@ -6,8 +6,9 @@ return) is trained on with `train_in_run` exactly as `stocklab train --model M` 
 nothing but the market and the epoch budget. Agreement = the mean daily rank correlation of the
 test predictions with the planted score itself (1 = learned it exactly; unlike the rank IC it
 has no market noise). Under the default recipe (cs) every trainable family must reach
-MIN_AGREEMENT. The raw recipe is not fitted here: nothing would be asserted of it (its
-agreement, 0.14-0.40 on this market, is the recovery suite's to report: reports/recovery.md).
+MIN_AGREEMENT, the ridge on the flattened window (`linear`) too: it cannot form the score's
+product of trend and volatility but finds its linear part. The raw recipe is not fitted here:
+nothing would be asserted of it (its agreement is the recovery suite's to report).
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ from stocklab.config import TrainConfig
 from stocklab.models import BASELINES, MODELS
 from stocklab.pipeline.fitting import train_in_run
 
-# the market: small enough to fit every family in seconds on 2 cores, its signal strong enough
-# to be found from ~20k training windows (at the recovery suite's strength, 0.0018, it is not:
-# reports/recovery.md); measured agreement under cs 0.59-0.65, raw 0.14-0.40 (cnn_ta 0.62)
-TICKERS, DAYS, STRENGTH = 60, 600, 0.05
+# the market: small enough to fit every family in seconds on 2 cores (cnn_ta, the slowest, ~65 s
+# alone), its signal strong enough to be found from ~11k training windows (at the recovery
+# suite's strength, 0.0018, it is not: reports/recovery.md). Measured agreement under cs:
+# 0.59-0.70 (lowest: linear 0.587, cnn1d 0.596, cross 0.607; a 40 x 400 market left cross at
+# 0.53, too close to the bar to tell a broken default from noise).
+TICKERS, DAYS, STRENGTH = 40, 500, 0.05
 EPOCHS, PATIENCE = 12, 3
 MIN_AGREEMENT = 0.5
-# the documented exception: a ridge on the flattened window cannot form the score's product of
-# trend and volatility (models/baselines.py); it finds its linear part (0.51 measured)
-EXCEPTIONS = {"linear": 0.3}
 FAMILIES = sorted(set(MODELS) - set(BASELINES)) + ["linear", "lgbm"]
 
 
@@ -52,10 +52,9 @@ def _agreement(market, model: str) -> tuple[float, dict]:
     return agreement(oracle, test), res
 
 
-@pytest.mark.slow  # 7-100 s a family: full suite only (the inner tier keeps the fits of a few seconds)
+@pytest.mark.slow  # 4-65 s a family: full suite only (the inner tier keeps the fits of a few seconds)
 @pytest.mark.parametrize("model", FAMILIES)
 def test_every_family_learns_the_planted_signal_under_its_defaults(tracking, market, model):
     agree, res = _agreement(market, model)
     print(f"{model}: agreement {agree:.3f} (test rank IC {res['test_rank_ic']:+.3f}, {res['train_epochs_run']} epochs)")
-    bar = EXCEPTIONS.get(model, MIN_AGREEMENT)
-    assert agree >= bar, f"{model} agrees {agree:.3f} with the planted score under the default recipe (< {bar})"
+    assert agree >= MIN_AGREEMENT, f"{model} agrees {agree:.3f} with the planted score under its defaults"

@@ -330,7 +330,7 @@ class BenchmarkConfig:
         "speed: pipeline vs source; models: every model and baseline; recovery: a planted signal's recovery",
         ("speed", "models", "recovery"),
     )
-    data: str = opt("../shared/data/sp500_5yr", "real bars (speed: (a) and (b)); or 'sample'")
+    data: str = opt("", "speed, models: the bars (a folder of CSVs, a file, or 'sample'); recovery: unused")
     n_tickers: int = opt(20, "tickers for (a) and (b): the naive loop is slow", ge=1)
     seq_len: int = opt(96, "window length", ge=1)
     batch_size: int = opt(1024, "the project's training batch in (b), (c)", ge=1)
@@ -389,8 +389,15 @@ class BenchmarkConfig:
             raise StockLabError(
                 f"output: '{self.output}' is a folder; the speed suite writes one JSON file (speed.json)"
             )
+        if self.suite != "recovery" and not self.data:
+            # no default: the committed reports are about real bars that cannot ship inside the repository,
+            # and the built-in sample would silently overwrite them with a toy market's report
+            raise StockLabError(
+                f"data: the {self.suite} benchmark needs daily bars of many stocks: pass -P data=<folder> (the "
+                "committed reports use ../shared/data/sp500_5yr, one CSV per ticker of the S&P 500 5-year set) "
+                "or -P data=sample (the built-in sample, a quick look)"
+            )
         if self.suite != "recovery" and self.data != "sample" and not Path(self.data).expanduser().exists():
-            # the default is the project's reference data beside a development checkout
             raise StockLabError(
                 f"data: '{self.data}' does not exist (looked for '{Path(self.data).expanduser().resolve()}'); the "
                 f"{self.suite} benchmark reads daily bars of many stocks, e.g. one CSV per ticker of the S&P 500 "

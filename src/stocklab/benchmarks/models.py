@@ -1,7 +1,7 @@
 """The models suite of the `benchmark` job: every preset, catalogue model and baseline through
 the same walk-forward harness, several seeds each, written up as reports/models.md.
 
-    mlflow run . -e benchmark --env-manager local -P suite=models
+    mlflow run . -e benchmark --env-manager local -P suite=models -P data=../shared/data/sp500_5yr
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The speed suite of the `benchmark` job: the project's pipeline side by side with the source one.
 
-    mlflow run . -e benchmark --env-manager local -P suite=speed
+    mlflow run . -e benchmark --env-manager local -P suite=speed -P data=../shared/data/sp500_5yr
 
 Measured in one process on one machine, and written to `speed.json` (also logged to the run):
   (a) window construction: the source tutorial's Python loop that appends `.tolist()` windows

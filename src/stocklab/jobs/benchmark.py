@@ -1,7 +1,7 @@
 """The `benchmark` job: one of three suites, each in its own module.
 
-mlflow run . -e benchmark --env-manager local -P suite=speed     # benchmarks/speed.py
-mlflow run . -e benchmark --env-manager local -P suite=models    # benchmarks/models.py
+mlflow run . -e benchmark --env-manager local -P suite=speed -P data=../shared/data/sp500_5yr     # benchmarks/speed.py
+mlflow run . -e benchmark --env-manager local -P suite=models -P data=../shared/data/sp500_5yr    # benchmarks/models.py
 mlflow run . -e benchmark --env-manager local -P suite=recovery  # benchmarks/recovery.py
 """
 

@@ -2,9 +2,10 @@
 
 `linear`: ridge regression on the flattened window, fitted by the shared trainer with an L2
 penalty `alpha` on the weights: linear in the window by design, it cannot express a signal that
-is a product of two functions of the window (trend x volatility: tests/test_learnability.py
-holds it to a lower bar than the networks). `naive`: `zero` predicts a zero return (no parameters) and `mean`
-predicts the historical average return of the training labels (one bias fitted by MSE).
+is a product of two functions of the window (trend x volatility); on tests/test_learnability.py's
+planted score it finds the linear part, enough for the networks' bar. `naive`: `zero` predicts
+a zero return (no parameters) and `mean` predicts the historical average return of the training
+labels (one bias fitted by MSE).
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ def test_each_model_served_from_its_run_scores_raw_bars_as_the_run_did(tracking,
     features = "technical" if name == "cnn_ta" else "ohlcv"
     seq_len = 1 if name == "cnn_ta" else 8
     cfg = TrainConfig(data=str(csv_dir), model=name, features=features, seq_len=seq_len, horizon=5, epochs=1,
-                      batch_size=64, cache_dir="", tear_sheet=False)  # fmt: skip
+                      batch_size=64, cache_dir="", tear_sheet=False, importance=False)  # fmt: skip
     # a factor fixes its own window (a year for momentum): the one-month reversal fits 300 days
     overrides = {"factor": "reversal_1m"} if name == "factor" else {"n_estimators": 50} if name == "lgbm" else None
     res = run_train(cfg, overrides)

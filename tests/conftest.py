@@ -102,7 +102,8 @@ def assert_metrics_say_their_split(run) -> None:
 
 # the longest files first: each goes whole to one worker (`--dist loadfile`), and one handed out
 # last would keep its worker busy long after the other ran out of files
-LONGEST_FIRST = ("test_learnability.py", "test_scale_out.py", "test_e2e.py", "test_tune_workers.py", "test_tune.py")
+LONGEST_FIRST = ("test_learnability.py", "test_tune.py", "test_scale_out.py", "test_e2e.py", "test_tune_workers.py",
+                 "test_models.py", "test_reliability.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,7 +13,7 @@ from conftest import as_current_store, long_bars, private_store, synthetic_bars,
 
 from stocklab.benchmarks import models as models_suite
 from stocklab.benchmarks import speed
-from stocklab.benchmarks.report import daily_rank_ic
+from stocklab.benchmarks.report import daily_rank_ic, head_to_head
 from stocklab.benchmarks.speed import naive_windows, train_flops_per_sample
 from stocklab.config import BenchmarkConfig, StockLabError
 from stocklab.factor_eval import newey_west_se
@@ -207,6 +207,30 @@ def test_the_default_entries_are_every_family_under_both_recipes_and_the_yardsti
     ]
     with pytest.raises(StockLabError, match="models: unknown entry 'lstmx'"):
         run_benchmark(BenchmarkConfig(suite="models", models="lstmx", data=str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    "diff, verdict, beaten",
+    [(-0.05, "clears, below factor:reversal_1m,", "none"), (0.05, "clears, above factor:reversal_1m,", "lstm:cs"),
+     (0.01, "does not clear", "none")],
+)  # fmt: skip
+def test_the_head_to_head_sentence_says_which_side_a_clear_difference_favours(diff, verdict, beaten):
+    """Chosen on validation (lstm:cs, not the better out-of-sample gru:raw), judged against the
+    best factor by its paired difference and 2 s.e. (0.02 here), with the winning side named."""
+    import pandas as pd
+
+    table = pd.DataFrame({
+        "entry": ["lstm:cs", "gru:raw", "factor:reversal_1m", "factor:momentum_12_1"],
+        "kind": ["model", "model", "factor", "factor"],
+        "valid_rank_ic": [0.05, 0.01, np.nan, np.nan],
+        "rank_ic": [0.02 + diff, 0.03, 0.02, 0.0],
+        "vs_factor": [diff, 0.01, 0.0, -0.02],
+        "vs_factor_se": [0.01, 0.01, np.nan, 0.01],
+    })  # fmt: skip
+    table.attrs["best_factor"] = "factor:reversal_1m"
+    sentence = head_to_head(table)[-1]
+    assert sentence.startswith(f"The chosen entry's difference to factor:reversal_1m, {diff:+.4f} ± 0.0100, {verdict}")
+    assert sentence.endswith(f"standard errors: {beaten}.")
 
 
 @pytest.mark.parametrize("suite", ["speed", "models"])

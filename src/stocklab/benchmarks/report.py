@@ -276,7 +276,8 @@ def head_to_head(table: pd.DataFrame) -> list[str]:
     trained = t[[_trained(e, k) or k == "ensemble" for e, k in zip(t.index, t["kind"])]]
     beat = trained[trained["vs_factor"] > 2 * trained["vs_factor_se"]].index.tolist()
     d, se = t.loc[best, "vs_factor"], t.loc[best, "vs_factor_se"]
-    verdict = "clears" if abs(d) > 2 * se else "does not clear"
+    # the sign says which side won: at 5 days the one difference that cleared it was against the model
+    verdict = f"clears, {'above' if d > 0 else 'below'} {factor}," if abs(d) > 2 * se else "does not clear"
     intro = (
         f"{best} is the trained entry with the highest validation rank IC"
         + (f" ({chosen[1]} the deep one)" if len(chosen) > 1 else "")

@@ -84,7 +84,7 @@ def test_every_scoring_pass_sees_one_whole_date_and_never_later_bars(bars):
 @pytest.mark.slow
 def test_it_pools_peers_on_the_group_market_where_a_per_ticker_model_cannot(tracking, tmp_path):
     """benchmarks/recovery.group_market: the planted score is each hidden group's 20-day trend.
-    Trained the same way (the cs recipe, 12 epochs), cross agrees with the planted score more
+    Trained the same way (the cs recipe, at most 12 epochs), cross agrees with the planted score more
     than lstm, which sees the trend only through its own noisy path."""
     from stocklab.benchmarks.recovery import agreement, group_market
     from stocklab.pipeline.fitting import train_in_run
@@ -94,7 +94,8 @@ def test_it_pools_peers_on_the_group_market_where_a_per_ticker_model_cannot(trac
     market.bars.to_parquet(path)
     agree = {}
     for model in ("lstm", "cross"):
-        cfg = TrainConfig(data=str(path), model=model, epochs=12, patience=3, tear_sheet=False, cache_dir="",
+        # patience 2 keeps the same epochs as 3 here (lstm 0.396, cross 0.499) in 53 s instead of 66
+        cfg = TrainConfig(data=str(path), model=model, epochs=12, patience=2, tear_sheet=False, cache_dir="",
                           importance=False)  # fmt: skip
         with mlflow.start_run() as run:
             train_in_run(cfg)
